@@ -1,0 +1,231 @@
+"""The one configuration model: every setting, its default (the seed notebook's) and why.
+
+CLI flags, the flow's parameters (and so the Prefect UI form), the sd-scripts TOML files, the LoRA
+metadata and the resume fingerprint are all derived from `TrainingConfig`. Secrets are never fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+BaseModelName = Literal["anima-base-v1.0", "anima-preview3-base", "anima-preview", "anima-preview2"]
+Optimizer = Literal["adamw8bit", "adamw", "adafactor"]
+Scheduler = Literal[
+    "cosine_with_restarts", "cosine", "linear", "constant", "constant_with_warmup", "polynomial"
+]
+TimestepSampling = Literal["sigmoid", "uniform", "shift", "flux_shift", "sigma"]
+Precision = Literal["auto", "bf16", "fp16", "no"]
+TrainerBackend = Literal["native", "sd-scripts"]
+OnOverrun = Literal["auto", "stop", "resume", "proceed"]
+
+_PROJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+# Fields that change what is trained. Everything else (where things live, how long a session is,
+# how the run is shown) may differ between a run and its resume.
+_RUN_PLACEMENT_FIELDS = frozenset(
+    {
+        "storage",
+        "work_dir",
+        "models_dir",
+        "models_cache",
+        "session_budget_hours",
+        "on_overrun",
+        "restart",
+        "save_state_every_minutes",
+        "keep_last_states",
+        "save_last_n_epochs",
+        "sample_every_n_epochs",
+        "sample_prompts",
+        "sd_scripts_commit",
+        "dataset",  # the dataset's *content* fingerprint is compared instead of its location
+    }
+)
+
+
+class TrainingConfig(BaseModel):
+    """Settings for one Anima LoRA run. Defaults are those of the Colab notebook this tool replaces."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- Project and data -----------------------------------------------------------------
+    project_name: str = Field(
+        "my_lora",
+        description="Name of the LoRA and of its folder in the storage root. Letters, digits, '.', '_' and '-'.",
+    )
+    dataset: str = Field(
+        ...,
+        description=(
+            "Training images with .txt captions: a local folder, a .zip, a Google Drive share link or "
+            "file id, an http(s) URL, or any fsspec URL (gs://, s3://, hf://...)."
+        ),
+    )
+    storage: str = Field(
+        "./anima-runs",
+        description=(
+            "Durable storage root for checkpoints, states and logs (a local folder, "
+            "/content/drive/MyDrive/..., gs://, s3://, hf://). Runs resume from here after a disconnect."
+        ),
+    )
+    work_dir: str | None = Field(
+        None,
+        description="Local scratch folder for the extracted dataset and caches. Default: a folder under the system cache.",
+    )
+
+    # --- Model ------------------------------------------------------------------------------
+    base_model: BaseModelName = Field("anima-base-v1.0", description="Which Anima DiT to train on.")
+    models_dir: str | None = Field(
+        None,
+        description=(
+            "A local Diffusers-format Anima folder to use instead of downloading "
+            "(the demo points this at its generated tiny model)."
+        ),
+    )
+    models_cache: str | None = Field(
+        None,
+        description="Optional durable copy of the downloaded models (for example on Drive) so a new session copies instead of downloading.",
+    )
+
+    # --- Network ----------------------------------------------------------------------------
+    network_dim: int = Field(20, ge=1, le=512, description="LoRA rank. Lower uses less memory (8 helps on small GPUs).")
+    network_alpha: float = Field(20, gt=0, description="LoRA alpha; the update is scaled by alpha / rank.")
+
+    # --- Optimisation -----------------------------------------------------------------------
+    learning_rate: float = Field(1e-4, gt=0, le=1.0, description="Peak learning rate.")
+    max_train_epochs: int = Field(10, ge=1, le=10_000, description="Passes over the (repeated) dataset.")
+    batch_size: int = Field(1, ge=1, le=64, description="Images per step. A batch holds images of one aspect-ratio bucket.")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=128, description="Micro-batches per optimizer step.")
+    optimizer: Optimizer = Field("adamw8bit", description="Optimizer (the seed uses AdamW8bit).")
+    weight_decay: float = Field(0.1, ge=0, description="Decoupled weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.99), description="Adam betas.")
+    lr_scheduler: Scheduler = Field("cosine_with_restarts", description="Learning-rate schedule.")
+    lr_scheduler_num_cycles: int = Field(1, ge=1, description="Restarts of cosine_with_restarts.")
+    lr_warmup_steps: int = Field(100, ge=0, description="Warm-up steps; clamped to a tenth of the run when the run is short.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0 disables).")
+    seed: int = Field(42, description="Seed for data order, noise and LoRA initialisation.")
+
+    # --- Diffusion objective ------------------------------------------------------------------
+    timestep_sampling: TimestepSampling = Field("sigmoid", description="How the noise level is drawn each step.")
+    sigmoid_scale: float = Field(1.0, gt=0, description="Scale of the logit-normal draw for 'sigmoid'.")
+    discrete_flow_shift: float = Field(1.0, gt=0, description="Shift used by 'shift' sampling.")
+
+    # --- Data -------------------------------------------------------------------------------
+    resolution: int = Field(768, ge=256, le=2048, description="Training resolution; bucket areas are about resolution squared.")
+    repeats: int = Field(5, ge=1, le=1000, description="How often each image is seen per epoch.")
+    caption_dropout: float = Field(0.1, ge=0, le=1, description="Share of steps trained with an empty caption.")
+    min_bucket_reso: int = Field(256, ge=64, description="Smallest bucket side.")
+    max_bucket_reso: int = Field(4096, ge=256, description="Largest bucket side.")
+    bucket_reso_steps: int = Field(64, ge=16, description="Bucket sides are multiples of this (a multiple of 16).")
+
+    # --- Precision and memory -----------------------------------------------------------------
+    mixed_precision: Precision = Field(
+        "auto",
+        description="auto = bf16 where the GPU has native bf16, fp16 otherwise (a T4 emulates bf16 slowly).",
+    )
+    gradient_checkpointing: bool = Field(True, description="Recompute activations to save memory (slower).")
+
+    # --- Saving and resume --------------------------------------------------------------------
+    save_every_n_epochs: int = Field(1, ge=0, description="Save a LoRA every N epochs (0: only the final one).")
+    save_last_n_epochs: int = Field(4, ge=0, description="Keep the last N epoch LoRAs (0 keeps all).")
+    save_state_every_minutes: float = Field(
+        15.0, ge=0, description="Save a full resumable state at least this often (0: only at epoch ends)."
+    )
+    keep_last_states: int = Field(2, ge=1, description="Full states kept in storage.")
+    restart: bool = Field(False, description="Ignore saved states of this project and start from step 0.")
+
+    # --- Backend and session --------------------------------------------------------------------
+    trainer: TrainerBackend = Field("native", description="native (diffusers + peft) or sd-scripts (kohya).")
+    sd_scripts_commit: str = Field("48d368fa", description="sd-scripts commit to install for the sd-scripts backend.")
+    session_budget_hours: float | None = Field(
+        None, gt=0, description="Hours this session may run. Default: the platform's limit (Colab/Kaggle 12 h)."
+    )
+    on_overrun: OnOverrun = Field(
+        "auto",
+        description="When the run does not fit the session: stop, resume across sessions, or proceed. auto = resume with durable storage, else stop.",
+    )
+    sample_every_n_epochs: int = Field(0, ge=0, description="Render sample images every N epochs (0: off).")
+    sample_prompts: list[str] = Field(default_factory=list, description="Prompts for sample images.")
+
+    @field_validator("project_name")
+    @classmethod
+    def _check_project_name(cls, value: str) -> str:
+        if not _PROJECT_NAME.match(value):
+            raise ValueError(
+                f"project_name {value!r} must start with a letter or digit and use only letters, digits, '.', '_' and '-'"
+            )
+        return value
+
+    @field_validator("dataset", "storage")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _check_buckets(self) -> "TrainingConfig":
+        if self.bucket_reso_steps % 16:
+            raise ValueError(f"bucket_reso_steps must be a multiple of 16 (Anima needs it), got {self.bucket_reso_steps}")
+        if self.min_bucket_reso > self.resolution or self.max_bucket_reso < self.resolution:
+            raise ValueError("resolution must lie between min_bucket_reso and max_bucket_reso")
+        return self
+
+    # --- Derived values -------------------------------------------------------------------------
+    @property
+    def network_scale(self) -> float:
+        return self.network_alpha / self.network_dim
+
+    def resolved_work_dir(self) -> Path:
+        if self.work_dir:
+            return Path(self.work_dir).expanduser()
+        return cache_root() / "work" / self.project_name
+
+    def training_fields(self) -> dict[str, Any]:
+        """The settings that decide what is trained (the resume fingerprint's input)."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in _RUN_PLACEMENT_FIELDS}
+
+    def fingerprint(self, dataset_fingerprint: str = "") -> str:
+        """Stable hash of the training settings and the dataset content."""
+        payload = json.dumps({"config": self.training_fields(), "dataset": dataset_fingerprint}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def cache_root() -> Path:
+    """Local (never durable) folder for downloads, extracted datasets and caches."""
+    base = os.environ.get("ANIMA_LORA_CACHE") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    path = Path(base).expanduser()
+    return path if os.environ.get("ANIMA_LORA_CACHE") else path / "anima-lora-flow"
+
+
+def diff_training_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Names and values of the training settings that differ, for a refusal to resume."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            changed.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return changed
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML or JSON config file into a dict of field values (validated by the caller)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        data = json.loads(text)
+    elif path.suffix.lower() == ".toml":
+        import tomllib  # noqa: PLC0415
+
+        data = tomllib.loads(text)
+    else:
+        raise ValueError(f"config file must end in .toml or .json: {path}")
+    if not isinstance(data, dict):
+        raise ValueError(f"config file must hold a table of settings: {path}")
+    return data

@@ -1,0 +1,1 @@
+"""Dataset intake: fetch, extract safely, validate, bucket and report. Plain Python, no Prefect."""

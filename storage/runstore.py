@@ -1,0 +1,314 @@
+"""The run store under <storage>/<project>/: checkpoints, resumable states, configs, logs, history.
+
+Every write is published atomically. fsspec has no atomic rename on object stores (its `mv` is copy +
+delete), so the rule is: a file is written under a temporary name and moved into place only after its
+size checks out; a state counts only once its manifest (sha256 of each file) exists; and `state/LATEST`
+is written last. Readers ignore temporary names and states without a manifest.
+
+Layout:
+    configs/<run-id>/...            config.json, training.toml, dataset.toml
+    checkpoints/<project>-<epoch:06d>.safetensors, <project>.safetensors
+    state/<step:09d>/...            + manifest.json (step, epoch, fingerprint, files with sha256)
+    state/LATEST                    the step of the newest published state
+    logs/<run-id>.log, samples/, plan.json, runs.jsonl
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .location import Location
+
+CHUNK = 4 * 1024 * 1024
+PART_MARK = ".part-"
+MANIFEST = "manifest.json"
+LATEST = "LATEST"
+
+
+@dataclass(frozen=True)
+class PublishedFile:
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass
+class StateInfo:
+    """A published training state: its step, its manifest, and where it lives."""
+
+    step: int
+    path: str
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.manifest.get("fingerprint")
+
+    @property
+    def epoch(self) -> int | None:
+        return self.manifest.get("epoch")
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class StateVerificationError(OSError):
+    """A published state is incomplete or does not match its manifest."""
+
+
+class RunStore:
+    """One project's folder in durable storage."""
+
+    def __init__(self, location: Location, project: str):
+        self.location = location
+        self.fs = location.fs
+        self.project = project
+        self.root = location.join(project)
+
+    # --- paths ------------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *(p.strip("/") for p in parts if p)])
+
+    def state_dir(self, step: int) -> str:
+        return self.path("state", f"{step:09d}")
+
+    def checkpoint_name(self, epoch: int | None = None) -> str:
+        return f"{self.project}.safetensors" if epoch is None else f"{self.project}-{epoch:06d}.safetensors"
+
+    # --- atomic writes ------------------------------------------------------------------------
+    def publish_file(self, local_path: str | Path, rel_dest: str) -> PublishedFile:
+        """Upload a local file so that `rel_dest` appears only when complete and size-checked."""
+        local_path = Path(local_path)
+        dest = self.path(rel_dest)
+        return self._publish_stream(local_path.open("rb"), dest, expected_size=local_path.stat().st_size)
+
+    def write_bytes(self, rel_dest: str, data: bytes) -> PublishedFile:
+        import io  # noqa: PLC0415
+
+        return self._publish_stream(io.BytesIO(data), self.path(rel_dest), expected_size=len(data))
+
+    def write_json(self, rel_dest: str, payload: Any) -> PublishedFile:
+        return self.write_bytes(rel_dest, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
+
+    def _publish_stream(self, source, dest: str, expected_size: int) -> PublishedFile:
+        parent = dest.rsplit("/", 1)[0]
+        name = dest.rsplit("/", 1)[1]
+        tmp = f"{parent}/.{name}{PART_MARK}{uuid.uuid4().hex[:8]}"
+        self.fs.makedirs(parent, exist_ok=True)
+        digest = hashlib.sha256()
+        written = 0
+        try:
+            with source, self.fs.open(tmp, "wb") as out:
+                for chunk in iter(lambda: source.read(CHUNK), b""):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    written += len(chunk)
+            remote_size = self.fs.size(tmp)
+            if written != expected_size or remote_size != expected_size:
+                raise OSError(
+                    f"upload of {name} is incomplete ({remote_size} of {expected_size} bytes); it was not published"
+                )
+            self._replace(tmp, dest)
+        except BaseException:
+            self._remove_quietly(tmp)
+            raise
+        return PublishedFile(dest, expected_size, digest.hexdigest())
+
+    def _replace(self, tmp: str, dest: str) -> None:
+        if self.location.is_local:
+            os.replace(tmp, dest)  # atomic on one local filesystem, unlike fsspec's shutil.move
+        else:
+            self.fs.mv(tmp, dest)
+        self.fs.invalidate_cache(dest.rsplit("/", 1)[0])
+
+    def _remove_quietly(self, path: str) -> None:
+        try:
+            if self.fs.exists(path):
+                self.fs.rm(path)
+        except Exception:  # noqa: BLE001 - cleanup must not hide the original error
+            pass
+
+    # --- reading ------------------------------------------------------------------------------
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self.path(rel))
+
+    def read_json(self, rel: str) -> Any:
+        with self.fs.open(self.path(rel), "rb") as fh:
+            return json.loads(fh.read().decode())
+
+    def listdir(self, rel: str = "") -> list[str]:
+        """Names (not paths) under `rel`, without temporary upload names."""
+        path = self.path(rel)
+        self.fs.invalidate_cache(path)
+        if not self.fs.exists(path):
+            return []
+        names = [entry.rstrip("/").rsplit("/", 1)[-1] for entry in self.fs.ls(path, detail=False)]
+        return sorted(n for n in names if PART_MARK not in n)
+
+    # --- states -------------------------------------------------------------------------------
+    def publish_state(
+        self, local_dir: str | Path, step: int, *, epoch: int, fingerprint: str, extra: dict[str, Any] | None = None,
+        keep_last: int | None = None,
+    ) -> StateInfo:
+        """Upload a state folder: files first, then the manifest with their sha256, then LATEST."""
+        local_dir = Path(local_dir)
+        rel_dir = f"state/{step:09d}"
+        files = {}
+        for file in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+            rel = file.relative_to(local_dir).as_posix()
+            published = self.publish_file(file, f"{rel_dir}/{rel}")
+            files[rel] = {"size": published.size, "sha256": published.sha256}
+        manifest = {
+            "step": step,
+            "epoch": epoch,
+            "fingerprint": fingerprint,
+            "files": files,
+            "published_at": time.time(),
+            **(extra or {}),
+        }
+        self.write_json(f"{rel_dir}/{MANIFEST}", manifest)
+        self.write_bytes(f"state/{LATEST}", f"{step}\n".encode())
+        if keep_last:
+            self.prune_states(keep_last)
+        return StateInfo(step, self.state_dir(step), manifest)
+
+    def list_states(self) -> list[StateInfo]:
+        """Published states (those with a manifest), oldest first."""
+        states = []
+        for name in self.listdir("state"):
+            if not name.isdigit():
+                continue
+            rel = f"state/{name}/{MANIFEST}"
+            if not self.exists(rel):
+                continue
+            try:
+                manifest = self.read_json(rel)
+            except (OSError, ValueError):
+                continue
+            states.append(StateInfo(int(name), self.path("state", name), manifest))
+        return sorted(states, key=lambda s: s.step)
+
+    def latest_pointer(self) -> int | None:
+        try:
+            with self.fs.open(self.path("state", LATEST), "rb") as fh:
+                return int(fh.read().decode().strip())
+        except (OSError, ValueError):
+            return None
+
+    def verify_state(self, state: StateInfo, *, check_hashes: bool = False) -> None:
+        """Raise StateVerificationError unless every manifest file is present with its size (and hash)."""
+        files = state.manifest.get("files") or {}
+        if not files:
+            raise StateVerificationError(f"state at step {state.step} lists no files")
+        for rel, meta in files.items():
+            path = f"{state.path}/{rel}"
+            try:
+                size = self.fs.size(path)
+            except (OSError, FileNotFoundError) as exc:
+                raise StateVerificationError(f"state at step {state.step} is missing {rel}") from exc
+            if size != meta["size"]:
+                raise StateVerificationError(
+                    f"state at step {state.step}: {rel} has {size} bytes, manifest says {meta['size']}"
+                )
+            if check_hashes and self._remote_sha256(path) != meta["sha256"]:
+                raise StateVerificationError(f"state at step {state.step}: {rel} does not match its sha256")
+
+    def _remote_sha256(self, path: str) -> str:
+        digest = hashlib.sha256()
+        with self.fs.open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(CHUNK), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def iter_valid_states(self, *, check_hashes: bool = False) -> Iterator[tuple[StateInfo, str | None]]:
+        """Newest first: (state, None) for a verified state, (state, reason) for one to skip."""
+        for state in reversed(self.list_states()):
+            try:
+                self.verify_state(state, check_hashes=check_hashes)
+            except StateVerificationError as exc:
+                yield state, str(exc)
+                continue
+            yield state, None
+
+    def download_state(self, state: StateInfo, local_dir: str | Path) -> Path:
+        """Copy a state to local disk and check every file against the manifest's sha256."""
+        local_dir = Path(local_dir)
+        local_dir.mkdir(parents=True, exist_ok=True)
+        for rel, meta in (state.manifest.get("files") or {}).items():
+            dest = local_dir / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            self.fs.get_file(f"{state.path}/{rel}", str(dest))
+            if sha256_file(dest) != meta["sha256"]:
+                raise StateVerificationError(f"state at step {state.step}: downloaded {rel} does not match its sha256")
+        return local_dir
+
+    def prune_states(self, keep_last: int) -> list[int]:
+        """Delete all but the newest `keep_last` published states (never the one LATEST names)."""
+        states = self.list_states()
+        latest = self.latest_pointer()
+        doomed = [s for s in states[:-keep_last] if s.step != latest] if keep_last > 0 else []
+        for state in doomed:
+            # The manifest goes first so a half-deleted state is never taken for a valid one.
+            self._remove_quietly(f"{state.path}/{MANIFEST}")
+            self.fs.rm(state.path, recursive=True)
+        return [s.step for s in doomed]
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def list_checkpoints(self) -> list[str]:
+        return [n for n in self.listdir("checkpoints") if n.endswith(".safetensors")]
+
+    def epoch_checkpoints(self) -> list[tuple[int, str]]:
+        prefix = f"{self.project}-"
+        found = []
+        for name in self.list_checkpoints():
+            stem = name[: -len(".safetensors")]
+            if stem.startswith(prefix) and stem[len(prefix):].isdigit():
+                found.append((int(stem[len(prefix):]), name))
+        return sorted(found)
+
+    def prune_checkpoints(self, keep_last: int) -> list[str]:
+        """Keep the newest `keep_last` epoch LoRAs (0 keeps all); the final LoRA is never pruned."""
+        if keep_last <= 0:
+            return []
+        doomed = [name for _, name in self.epoch_checkpoints()[:-keep_last]]
+        for name in doomed:
+            self.fs.rm(self.path("checkpoints", name))
+        return doomed
+
+    # --- run history --------------------------------------------------------------------------
+    def append_run(self, record: dict[str, Any]) -> None:
+        """Add one line to runs.jsonl. Object stores cannot append, so the file is rewritten atomically."""
+        existing = b""
+        if self.exists("runs.jsonl"):
+            with self.fs.open(self.path("runs.jsonl"), "rb") as fh:
+                existing = fh.read()
+        if existing and not existing.endswith(b"\n"):
+            existing += b"\n"
+        line = json.dumps(record, sort_keys=True, default=str).encode() + b"\n"
+        self.write_bytes("runs.jsonl", existing + line)
+
+    def runs(self) -> list[dict[str, Any]]:
+        if not self.exists("runs.jsonl"):
+            return []
+        with self.fs.open(self.path("runs.jsonl"), "rb") as fh:
+            lines = fh.read().decode().splitlines()
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
