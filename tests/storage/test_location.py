@@ -1,0 +1,35 @@
+"""Location strings resolve to the right filesystem, and Drive paths never fall back to local disk."""
+
+from __future__ import annotations
+
+import pytest
+
+from anima_lora_flow.storage import resolve_location
+from anima_lora_flow.storage.drive import DriveUnavailableError
+
+
+def test_local_path_is_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    loc = resolve_location("runs")
+    assert loc.is_local and loc.root == str(tmp_path / "runs")
+
+
+def test_memory_url(memory_fs):
+    loc = resolve_location("memory://bucket/runs")
+    assert not loc.is_local and loc.root.endswith("bucket/runs")
+    assert loc.join("p", "x") == loc.root + "/p/x"
+
+
+def test_drive_path_outside_colab_is_a_clear_error():
+    with pytest.raises(DriveUnavailableError, match="not Colab"):
+        resolve_location("/content/drive/MyDrive/lora_training/output")
+
+
+def test_unknown_protocol_names_the_fix():
+    with pytest.raises(ValueError, match="cannot open storage"):
+        resolve_location("nosuchproto://x")
+
+
+def test_empty_location():
+    with pytest.raises(ValueError, match="empty"):
+        resolve_location("  ")

@@ -1,0 +1,119 @@
+"""The run store: round trips, atomic publish, manifests, pruning, on a local folder and memory://."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from anima_lora_flow.storage import RunStore, resolve_location
+from anima_lora_flow.storage.runstore import PART_MARK, StateVerificationError
+
+
+@pytest.fixture(params=["local", "memory"])
+def store(request, tmp_path, memory_fs):
+    url = str(tmp_path / "runs") if request.param == "local" else "memory://runs"
+    return RunStore(resolve_location(url), "proj")
+
+
+def _state_dir(tmp_path, step, payload=b"weights"):
+    folder = tmp_path / f"local-state-{step}"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "adapter.safetensors").write_bytes(payload * 100)
+    (folder / "sub" / "progress.json").write_text(json.dumps({"step": step}))
+    return folder
+
+
+def test_publish_file_round_trip(store, tmp_path):
+    src = tmp_path / "lora.safetensors"
+    src.write_bytes(b"x" * 12345)
+    published = store.publish_file(src, "checkpoints/proj.safetensors")
+    assert published.size == 12345
+    assert store.list_checkpoints() == ["proj.safetensors"]
+    with store.fs.open(published.path, "rb") as fh:
+        assert fh.read() == src.read_bytes()
+
+
+def test_interrupted_publish_leaves_nothing_visible(store, tmp_path):
+    class Exploding:
+        """A source that fails half-way through, as a dropped connection would."""
+
+        def __init__(self):
+            self.calls = 0
+
+        def read(self, n):
+            self.calls += 1
+            if self.calls > 1:
+                raise ConnectionError("network dropped mid-copy")
+            return b"y" * 1000
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    with pytest.raises(ConnectionError):
+        store._publish_stream(Exploding(), store.path("checkpoints/proj.safetensors"), expected_size=5000)
+    assert store.list_checkpoints() == []
+    leftovers = store.fs.ls(store.path("checkpoints"), detail=False) if store.exists("checkpoints") else []
+    assert not [p for p in leftovers if PART_MARK in p]
+
+
+def test_short_upload_is_refused(store, tmp_path):
+    import io
+
+    with pytest.raises(OSError, match="incomplete"):
+        store._publish_stream(io.BytesIO(b"abc"), store.path("checkpoints/proj.safetensors"), expected_size=10)
+    assert store.list_checkpoints() == []
+
+
+def test_state_publish_verify_and_latest(store, tmp_path):
+    store.publish_state(_state_dir(tmp_path, 100), 100, epoch=1, fingerprint="fp")
+    store.publish_state(_state_dir(tmp_path, 200), 200, epoch=2, fingerprint="fp")
+    assert [s.step for s in store.list_states()] == [100, 200]
+    assert store.latest_pointer() == 200
+    newest, reason = next(store.iter_valid_states(check_hashes=True))
+    assert (newest.step, reason) == (200, None)
+    local = store.download_state(newest, tmp_path / "restored")
+    assert json.loads((local / "sub" / "progress.json").read_text()) == {"step": 200}
+
+
+def test_state_without_manifest_is_ignored_and_truncated_state_skipped(store, tmp_path):
+    store.publish_state(_state_dir(tmp_path, 100), 100, epoch=1, fingerprint="fp")
+    store.publish_state(_state_dir(tmp_path, 200), 200, epoch=2, fingerprint="fp")
+    # A crash after uploading files but before the manifest: the folder must not count.
+    store.write_bytes("state/000000300/adapter.safetensors", b"partial")
+    # A truncated file under a published manifest: verification must skip it.
+    with store.fs.open(store.path("state/000000200/adapter.safetensors"), "wb") as fh:
+        fh.write(b"trunc")
+    verdicts = [(s.step, reason is None) for s, reason in store.iter_valid_states()]
+    assert verdicts == [(200, False), (100, True)]
+    with pytest.raises(StateVerificationError):
+        store.verify_state(store.list_states()[-1])
+
+
+def test_prune_keeps_exactly_n(store, tmp_path):
+    for step in (10, 20, 30, 40):
+        store.publish_state(_state_dir(tmp_path, step), step, epoch=0, fingerprint="fp", keep_last=2)
+    assert [s.step for s in store.list_states()] == [30, 40]
+    for epoch in range(1, 7):
+        src = tmp_path / f"e{epoch}.safetensors"
+        src.write_bytes(b"e")
+        store.publish_file(src, f"checkpoints/{store.checkpoint_name(epoch)}")
+    store.publish_file(src, f"checkpoints/{store.checkpoint_name()}")
+    removed = store.prune_checkpoints(4)
+    assert removed == ["proj-000001.safetensors", "proj-000002.safetensors"]
+    assert store.list_checkpoints() == [
+        "proj-000003.safetensors",
+        "proj-000004.safetensors",
+        "proj-000005.safetensors",
+        "proj-000006.safetensors",
+        "proj.safetensors",
+    ]
+
+
+def test_runs_jsonl_appends(store):
+    store.append_run({"run": 1, "outcome": "stopped"})
+    store.append_run({"run": 2, "outcome": "completed"})
+    assert [r["run"] for r in store.runs()] == [1, 2]

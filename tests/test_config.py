@@ -1,0 +1,88 @@
+"""The config model: the seed's defaults, loud errors, and a fingerprint that tracks training settings."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from anima_lora_flow.config import TrainingConfig, diff_training_fields, load_config_file
+
+# seed-behaviour.md §1 (form fields) and §5.1 (the training TOML the notebook writes).
+SEED_DEFAULTS = {
+    "project_name": "my_lora",
+    "network_dim": 20,
+    "network_alpha": 20,
+    "learning_rate": 1e-4,
+    "max_train_epochs": 10,
+    "resolution": 768,
+    "repeats": 5,
+    "caption_dropout": 0.1,
+    "batch_size": 1,
+    "gradient_accumulation_steps": 1,
+    "optimizer": "adamw8bit",
+    "weight_decay": 0.1,
+    "betas": (0.9, 0.99),
+    "lr_scheduler": "cosine_with_restarts",
+    "lr_scheduler_num_cycles": 1,
+    "lr_warmup_steps": 100,
+    "max_grad_norm": 1.0,
+    "seed": 42,
+    "timestep_sampling": "sigmoid",
+    "discrete_flow_shift": 1.0,
+    "gradient_checkpointing": True,
+    "save_every_n_epochs": 1,
+    "save_last_n_epochs": 4,
+    "min_bucket_reso": 256,
+    "max_bucket_reso": 4096,
+    "bucket_reso_steps": 64,
+    "base_model": "anima-base-v1.0",
+}
+
+
+def test_defaults_equal_the_seed():
+    cfg = TrainingConfig(dataset="/data")
+    assert {k: getattr(cfg, k) for k in SEED_DEFAULTS} == SEED_DEFAULTS
+
+
+def test_every_field_has_a_description():
+    missing = [name for name, field in TrainingConfig.model_fields.items() if not field.description]
+    assert missing == []
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"project_name": "../escape"},
+        {"network_dim": 0},
+        {"caption_dropout": 1.5},
+        {"bucket_reso_steps": 40},
+        {"base_model": "sdxl"},
+        {"unknown_key": 1},
+        {"dataset": "   "},
+    ],
+)
+def test_bad_values_are_refused(bad):
+    with pytest.raises(ValidationError):
+        TrainingConfig(**{"dataset": "/data", **bad})
+
+
+def test_fingerprint_tracks_training_settings_only():
+    base = TrainingConfig(dataset="/data")
+    assert base.fingerprint("d1") == TrainingConfig(dataset="/elsewhere", storage="gs://b/r").fingerprint("d1")
+    assert base.fingerprint("d1") != base.fingerprint("d2")
+    changed = TrainingConfig(dataset="/data", learning_rate=2e-4)
+    assert base.fingerprint("d1") != changed.fingerprint("d1")
+    assert diff_training_fields(base.training_fields(), changed.training_fields()) == [
+        "learning_rate: 0.0001 -> 0.0002"
+    ]
+
+
+def test_config_files(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('dataset = "/d"\nnetwork_dim = 8\n')
+    assert TrainingConfig(**load_config_file(toml)).network_dim == 8
+    js = tmp_path / "c.json"
+    js.write_text('{"dataset": "/d", "repeats": 2}')
+    assert TrainingConfig(**load_config_file(js)).repeats == 2
+    with pytest.raises(ValueError, match=".toml or .json"):
+        load_config_file(tmp_path / "c.yaml") if (tmp_path / "c.yaml").write_text("x") else None
