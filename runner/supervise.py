@@ -1,0 +1,138 @@
+"""Watch a trainer process through its events file: progress, checkpoint sync, the session deadline.
+
+Every backend writes the same JSON-lines events (trainer/events.py). This loop reads them as they
+land, hands checkpoints to the syncer, feeds progress to the display, and asks the trainer to save
+and stop (SIGTERM to its group) when the session guard says time is running out.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..trainer.events import Event
+from .process import signal_group, stop_process_group
+from .sync import CheckpointSyncer
+
+# Exit code the native trainer uses for "saved a state and stopped on request".
+EXIT_STOPPED = 3
+
+
+@dataclass
+class Outcome:
+    returncode: int | None = None
+    final_lora: str | None = None
+    stopped: bool = False
+    stop_reason: str | None = None
+    error: str | None = None
+    step: int = 0
+    total_steps: int | None = None
+    last_loss: float | None = None
+    sec_per_step: float | None = None
+    losses: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def completed(self) -> bool:
+        return self.returncode == 0 and self.final_lora is not None
+
+
+class EventTail:
+    """Reads complete lines appended to a file by another process."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._offset = 0
+        self._partial = ""
+
+    def read(self) -> list[Event]:
+        if not self.path.exists():
+            return []
+        with open(self.path, encoding="utf-8") as fh:
+            fh.seek(self._offset)
+            chunk = fh.read()
+            self._offset = fh.tell()
+        text = self._partial + chunk
+        lines = text.split("\n")
+        self._partial = lines.pop()  # a line still being written
+        events = []
+        for line in lines:
+            event = Event.from_line(line) if line.strip() else None
+            if event is not None:
+                events.append(event)
+        return events
+
+
+def supervise(
+    proc: subprocess.Popen,
+    events_path: Path,
+    *,
+    syncer: CheckpointSyncer | None = None,
+    should_stop: Callable[[float | None], bool] | None = None,
+    on_event: Callable[[Event, Outcome], None] | None = None,
+    poll_s: float = 0.5,
+    stop_grace_s: float = 120.0,
+) -> Outcome:
+    """Follow `proc` until it exits; on any interruption stop its whole group first."""
+    outcome = Outcome()
+    tail = EventTail(events_path)
+    stop_sent_at: float | None = None
+    try:
+        while True:
+            for event in tail.read():
+                _apply(event, outcome, syncer)
+                if on_event is not None:
+                    on_event(event, outcome)
+            if proc.poll() is not None:
+                for event in tail.read():
+                    _apply(event, outcome, syncer)
+                    if on_event is not None:
+                        on_event(event, outcome)
+                break
+            if stop_sent_at is None and should_stop is not None and should_stop(outcome.sec_per_step):
+                outcome.stop_reason = outcome.stop_reason or "deadline"
+                signal_group(proc, signal.SIGTERM)
+                stop_sent_at = time.monotonic()
+            elif stop_sent_at is not None and time.monotonic() - stop_sent_at > stop_grace_s:
+                stop_process_group(proc, grace_s=1)
+            time.sleep(poll_s)
+    except BaseException:
+        # Cell interrupted, flow cancelled, task crashed: never leave the trainer holding the GPU.
+        stop_process_group(proc, grace_s=min(stop_grace_s, 60))
+        raise
+    outcome.returncode = proc.returncode
+    if outcome.returncode == EXIT_STOPPED:
+        outcome.stopped = True
+    return outcome
+
+
+def _apply(event: Event, outcome: Outcome, syncer: CheckpointSyncer | None) -> None:
+    kind = event.event
+    if kind == "plan":
+        outcome.total_steps = event.get("total_steps", outcome.total_steps)
+    elif kind == "step":
+        outcome.step = int(event.get("step", outcome.step))
+        outcome.total_steps = event.get("total", outcome.total_steps)
+        if event.get("sec_per_step") is not None:
+            outcome.sec_per_step = float(event["sec_per_step"])
+        if event.get("loss") is not None:
+            outcome.last_loss = float(event["loss"])
+            outcome.losses.append((outcome.step, outcome.last_loss))
+    elif kind == "checkpoint" and syncer is not None:
+        if event.get("kind") == "state":
+            syncer.submit_state(event["path"], step=int(event.get("step", 0)), epoch=event.get("epoch"))
+        elif event.get("kind") == "lora" and event.get("epoch") is not None:
+            syncer.submit_lora(event["path"], epoch=event.get("epoch"), step=int(event.get("step", 0)))
+    elif kind == "stopped":
+        outcome.stopped = True
+        outcome.stop_reason = event.get("reason", outcome.stop_reason)
+    elif kind == "done":
+        outcome.final_lora = event.get("lora")
+        outcome.step = int(event.get("step", outcome.step))
+        if syncer is not None and outcome.final_lora:
+            syncer.submit_lora(outcome.final_lora, epoch=None, step=outcome.step)
+    elif kind == "error":
+        outcome.error = event.get("message")
