@@ -1,0 +1,67 @@
+"""The resumable Anima LoRA flow: it reads like the pipeline, each stage a task."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from anima_lora_flow.config import TrainingConfig
+from anima_lora_flow.runner.train import new_run_id
+from anima_lora_flow.tasks.dataset import prepare_dataset_task
+from anima_lora_flow.tasks.history import mark_stale_runs_crashed_task
+from anima_lora_flow.tasks.models import download_models_task
+from anima_lora_flow.tasks.plan import plan_task
+from anima_lora_flow.tasks.storage import mount_storage_task, record_run_task
+from anima_lora_flow.tasks.train import _artifact_key, train_task
+from anima_lora_flow.ui.summary import summary_markdown
+
+
+@flow(name="train-anima-lora", log_prints=True)
+def train_lora(config: TrainingConfig, dry_run: bool = False) -> dict:
+    """Validate, plan, download, train (resuming from storage) and publish one Anima LoRA."""
+    logger = get_run_logger()
+    run_id = new_run_id()
+    started = time.time()
+    mark_stale_runs_crashed_task(config.project_name)
+
+    # Where the run lives, then what it trains on: both fail fast, before any large download.
+    store_root = mount_storage_task(config, run_id)
+    report = prepare_dataset_task(config)
+    plan = plan_task(config, report)
+    if dry_run:
+        logger.info("dry run: stopping before the model download and training")
+        return {"run_id": run_id, "outcome": "dry-run", "storage": store_root,
+                "trainable_images": report.trainable_count, "plan": plan.model_dump(mode="json")}
+
+    models = download_models_task(config)
+    guard = plan.session_guard() if hasattr(plan, "session_guard") else None
+    result = {"run_id": run_id, "outcome": "failed", "steps_done": 0}
+    try:
+        result = train_task(config, report, models, run_id, guard)
+    finally:
+        record_run_task(config, {
+            "run_id": run_id, "flow_run_id": str(flow_run.get_id() or ""), "started": started, "ended": time.time(),
+            "outcome": result.get("outcome"), "steps_done": result.get("steps_done"),
+            "total_steps": result.get("total_steps"), "trainer": config.trainer,
+        })
+    create_markdown_artifact(
+        markdown=summary_markdown(config, result, store_root), key=_artifact_key("summary", config.project_name),
+        description="Anima LoRA run summary",
+    )
+    if result["outcome"] == "stopped":
+        logger.warning(
+            "saved a resumable state at step %s and stopped (%s); run the same command or cell again in a new "
+            "session to continue", result.get("steps_done"), result.get("stop_reason") or "deadline",
+        )
+    return result
+
+
+if __name__ == "__main__":
+    import sys
+
+    from anima_lora_flow.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))

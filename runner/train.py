@@ -1,0 +1,174 @@
+"""One training session with any backend: resume point, subprocess, live sync, final publish.
+
+The flow's train task is a thin wrapper around `run_training_session`; everything here is plain
+Python so the tests and the CLI can run it without a Prefect server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..config import TrainingConfig
+from ..dataset.items import TrainItem
+from ..errors import NotBuiltError
+from ..storage.runstore import RunStore
+from ..trainer.events import Event
+from .process import start_process_group
+from .resume import ResumePoint, find_resume_point, state_extra
+from .supervise import EXIT_STOPPED, Outcome, supervise
+from .sync import CheckpointSyncer
+
+
+class TrainingFailedError(RuntimeError):
+    """The trainer exited with an error; the message carries its last words and the log's place."""
+
+
+@dataclass
+class SessionResult:
+    run_id: str
+    outcome: str  # "completed" | "stopped" | "failed"
+    steps_done: int
+    total_steps: int | None
+    start_step: int
+    final_lora: str | None = None
+    local_lora: str | None = None
+    last_loss: float | None = None
+    sec_per_step: float | None = None
+    stop_reason: str | None = None
+    unsynced_steps: int = 0
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    resume_note: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def native_command(job_path: Path, events_path: Path) -> list[str]:
+    return [sys.executable, "-m", "anima_lora_flow.trainer", "--job", str(job_path), "--events", str(events_path)]
+
+
+def write_native_job(
+    path: Path, *, config: TrainingConfig, items: list[TrainItem], models_dir: Path, work_dir: Path,
+    output_dir: Path, resume_state: Path | None, dataset_fingerprint: str,
+) -> Path:
+    job = {
+        "config": config.model_dump(mode="json"),
+        "items": [item.to_json() for item in items],
+        "models_dir": str(models_dir),
+        "work_dir": str(work_dir),
+        "output_dir": str(output_dir),
+        "resume_state": str(resume_state) if resume_state else None,
+        "dataset_fingerprint": dataset_fingerprint,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(job, indent=2))
+    return path
+
+
+def run_training_session(
+    config: TrainingConfig,
+    *,
+    items: list[TrainItem],
+    dataset_fingerprint: str,
+    models_dir: Path | None,
+    store: RunStore,
+    work_dir: Path,
+    run_id: str,
+    should_stop: Callable[[float | None], bool] | None = None,
+    on_event: Callable[[Event, Outcome], None] | None = None,
+    command: list[str] | None = None,
+    log: Callable[[str], None] = print,
+    flush_timeout_s: float = 600.0,
+) -> SessionResult:
+    """Resume from storage, train in a subprocess, sync as checkpoints land, publish the final LoRA."""
+    fingerprint = config.fingerprint(dataset_fingerprint)
+    fields = config.training_fields()
+    resume = find_resume_point(
+        store, fingerprint=fingerprint, training_fields=fields, dataset_fingerprint=dataset_fingerprint,
+        download_to=work_dir / "resume", restart=config.restart,
+    )
+    log(resume.describe())
+    run_dir = work_dir / "runs" / run_id
+    output_dir = run_dir / "output"
+    events_path = run_dir / "events.jsonl"
+    if command is None:
+        command = _backend_command(config, items, dataset_fingerprint, models_dir, work_dir, output_dir, resume, run_dir)
+    syncer = CheckpointSyncer(
+        store, fingerprint=fingerprint, state_extra=state_extra(fields, dataset_fingerprint),
+        keep_last_states=config.keep_last_states, keep_last_epochs=config.save_last_n_epochs, log=log,
+    )
+    log_path = run_dir / "trainer.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = start_process_group(command, log_path=log_path, env=env)
+    try:
+        outcome = supervise(proc, events_path, syncer=syncer, should_stop=should_stop, on_event=on_event)
+    finally:
+        flushed = syncer.close(timeout=flush_timeout_s)
+        _upload_log(store, log_path, run_id, log)
+    result = _session_result(run_id, outcome, resume, syncer, store, flushed)
+    if result.outcome == "failed":
+        raise TrainingFailedError(_failure_message(outcome, log_path))
+    return result
+
+
+def _backend_command(config, items, dataset_fingerprint, models_dir, work_dir, output_dir, resume: ResumePoint, run_dir):
+    if config.trainer != "native":
+        raise NotBuiltError(
+            "the sd-scripts backend is not wired into training yet; use --trainer native "
+            "(`anima-lora train --trainer sd-scripts --dry-run` shows its configs and command)"
+        )
+    if models_dir is None:
+        raise NotBuiltError("the native trainer needs a Diffusers-format model folder (models stage returned none)")
+    job = write_native_job(
+        run_dir / "job.json", config=config, items=items, models_dir=models_dir, work_dir=work_dir,
+        output_dir=output_dir, resume_state=resume.local_dir, dataset_fingerprint=dataset_fingerprint,
+    )
+    return native_command(job, run_dir / "events.jsonl")
+
+
+def _session_result(run_id, outcome: Outcome, resume: ResumePoint, syncer, store: RunStore, flushed: bool) -> SessionResult:
+    if outcome.completed:
+        status = "completed"
+    elif outcome.stopped or outcome.returncode == EXIT_STOPPED:
+        status = "stopped"
+    else:
+        status = "failed"
+    final = store.path("checkpoints", store.checkpoint_name()) if status == "completed" and flushed else None
+    return SessionResult(
+        run_id=run_id, outcome=status, steps_done=outcome.step, total_steps=outcome.total_steps,
+        start_step=resume.step, final_lora=final, local_lora=outcome.final_lora, last_loss=outcome.last_loss,
+        sec_per_step=outcome.sec_per_step, stop_reason=outcome.stop_reason,
+        unsynced_steps=syncer.steps_at_risk(outcome.step) if status != "completed" else (0 if flushed else outcome.step),
+        losses=outcome.losses, resume_note=resume.describe(),
+    )
+
+
+def _upload_log(store: RunStore, log_path: Path, run_id: str, log) -> None:
+    if not log_path.exists():
+        return
+    try:
+        store.publish_file(log_path, f"logs/{run_id}.log")
+    except Exception as exc:  # noqa: BLE001 - the log is a convenience; never hide the run's real result
+        log(f"could not store the trainer log ({exc}); it stays at {log_path}")
+
+
+def _failure_message(outcome: Outcome, log_path: Path) -> str:
+    tail = ""
+    if log_path.exists():
+        lines = log_path.read_text(errors="replace").strip().splitlines()
+        tail = lines[-1] if lines else ""
+    reason = outcome.error or tail or f"exit code {outcome.returncode}"
+    return (
+        f"training failed at step {outcome.step}: {reason} (full log: {log_path}); "
+        "run the same command again to resume from the last saved state"
+    )
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid() % 10000:04d}"

@@ -1,0 +1,41 @@
+"""Training progress in Prefect: a progress artifact and throttled log lines (Cloud's free tier counts them)."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from ..trainer.events import Event
+
+
+class PrefectProgress:
+    """Turns trainer events into a progress artifact and at most one log line per `every_s` seconds."""
+
+    def __init__(self, key: str, *, every_s: float = 60.0):
+        self.logger = get_run_logger()
+        self.every_s = every_s
+        self._last_log = 0.0
+        self._last_pct = -1
+        self._artifact = create_progress_artifact(progress=0.0, key=key, description="training progress")
+
+    def __call__(self, event: Event, _outcome=None) -> None:
+        if event.event == "step" and event.get("total"):
+            pct = int(100 * int(event["step"]) / int(event["total"]))
+            if pct != self._last_pct:
+                update_progress_artifact(self._artifact, progress=float(pct))
+                self._last_pct = pct
+            now = time.monotonic()
+            if now - self._last_log >= self.every_s or event["step"] == event["total"]:
+                self._last_log = now
+                loss = event.get("loss")
+                self.logger.info(
+                    "step %s/%s%s%s", event["step"], event["total"],
+                    f", loss {loss:.4f}" if loss is not None else "",
+                    f", {event.get('sec_per_step'):.2f} s/step" if event.get("sec_per_step") else "",
+                )
+        elif event.event == "checkpoint":
+            self.logger.info("checkpoint (%s) at step %s", event.get("kind"), event.get("step"))
+        elif event.event in ("stopped", "error"):
+            self.logger.warning("trainer %s: %s", event.event, event.get("reason") or event.get("message"))

@@ -1,0 +1,30 @@
+"""Prefect tasks for the run store: mount it, record the run's config, keep the run history."""
+
+from __future__ import annotations
+
+import json
+
+from prefect import task
+
+from ..config import TrainingConfig
+from ..storage import RunStore, resolve_location
+from .retry import retry_unless_user_error
+
+
+def open_run_store(config: TrainingConfig) -> RunStore:
+    return RunStore(resolve_location(config.storage), config.project_name)
+
+
+@task(name="mount-storage", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_unless_user_error)
+def mount_storage_task(config: TrainingConfig, run_id: str) -> str:
+    """Resolve the storage root (mounting Drive on Colab), create the project folder, save the config."""
+    store = open_run_store(config)
+    store.fs.makedirs(store.root, exist_ok=True)
+    store.write_bytes(f"configs/{run_id}/config.json", json.dumps(config.model_dump(mode="json"), indent=2).encode())
+    return store.root
+
+
+@task(name="record-run", retries=2, retry_delay_seconds=[5, 30])
+def record_run_task(config: TrainingConfig, record: dict) -> None:
+    """Append this flow run to runs.jsonl, which outlives the Prefect database."""
+    open_run_store(config).append_run(record)

@@ -1,0 +1,92 @@
+"""One live progress bar for training, drawn from trainer events (no wall of repeated tqdm lines)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+
+from tqdm import tqdm
+
+from ..trainer.events import Event
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "?"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+class TrainingProgress:
+    """Renders step events as a single bar: step, loss, s/step, ETA, next save, session time left."""
+
+    def __init__(
+        self,
+        *,
+        session_left: Callable[[], float | None] | None = None,
+        file=None,
+        echo: Callable[[str], None] | None = None,
+    ):
+        self._bar: tqdm | None = None
+        self._file = file or sys.stdout
+        self._session_left = session_left
+        self._echo = echo or (lambda line: tqdm.write(line, file=self._file))
+        self._last_step = 0
+        self.started = time.monotonic()
+
+    def __call__(self, event: Event, _outcome=None) -> None:
+        kind = event.event
+        if kind == "plan":
+            self._open(int(event.get("total_steps") or 0), int(event.get("start_step") or 0))
+        elif kind == "step":
+            self._on_step(event)
+        elif kind == "checkpoint":
+            what = "LoRA" if event.get("kind") == "lora" else "resumable state"
+            self._echo(f"saved {what} at step {event.get('step')}: {event.get('path')}")
+        elif kind == "stopped":
+            self._echo(f"trainer stopped after saving its state ({event.get('reason', 'requested')})")
+        elif kind == "log":
+            self._echo(str(event.get("message", "")))
+        elif kind in ("done", "error"):
+            self.close()
+
+    def _open(self, total: int, start: int) -> None:
+        self.close()
+        self._bar = tqdm(
+            total=total, initial=start, desc="training", unit="step", file=self._file,
+            dynamic_ncols=True, mininterval=1.0, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} {postfix}",
+        )
+        self._last_step = start
+
+    def _on_step(self, event: Event) -> None:
+        step = int(event.get("step", self._last_step))
+        if self._bar is None:
+            self._open(int(event.get("total") or step), step)
+        self._bar.update(max(0, step - self._last_step))
+        self._last_step = step
+        self._bar.set_postfix_str(self.postfix(event), refresh=False)
+
+    def postfix(self, event: Event) -> str:
+        total = event.get("total") or (self._bar.total if self._bar else None)
+        sec = event.get("sec_per_step")
+        parts = []
+        if event.get("loss") is not None:
+            parts.append(f"loss {float(event['loss']):.4f}")
+        if sec:
+            parts.append(f"{float(sec):.2f} s/step")
+            if total:
+                parts.append(f"ETA {format_duration((int(total) - int(event.get('step', 0))) * float(sec))}")
+        if event.get("next_save_step"):
+            parts.append(f"next save @{event.get('next_save_step')}")
+        left = self._session_left() if self._session_left else None
+        if left is not None:
+            parts.append(f"session left {format_duration(left)}")
+        return ", ".join(parts)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

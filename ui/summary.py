@@ -1,0 +1,43 @@
+"""The end-of-run summary: what was trained, where the LoRA is, and what to do next."""
+
+from __future__ import annotations
+
+from ..config import TrainingConfig
+from .progress import format_duration
+
+
+def summary_markdown(config: TrainingConfig, result: dict, store_root: str) -> str:
+    outcome = result.get("outcome", "?")
+    lines = [
+        f"# {config.project_name}: {outcome}",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| steps | {result.get('steps_done')} of {result.get('total_steps')} (started at {result.get('start_step', 0)}) |",
+        f"| last loss | {result.get('last_loss') if result.get('last_loss') is not None else '-'} |",
+        f"| speed | {result.get('sec_per_step') or '-'} s/step |",
+        f"| storage | `{store_root}` |",
+        f"| final LoRA | `{result.get('final_lora') or '-'}` |",
+    ]
+    if outcome == "stopped":
+        lines += ["", f"Stopped to save the session ({result.get('stop_reason')}). "
+                      "Run the same cell or command again in a new session to continue from the saved state."]
+    if result.get("unsynced_steps"):
+        lines += ["", f"**{result['unsynced_steps']} steps are not yet in storage**; keep this session alive until sync finishes."]
+    return "\n".join(lines)
+
+
+def summary_text(config: TrainingConfig, result: dict, lora_size: int | None = None) -> str:
+    outcome = result.get("outcome")
+    head = f"{config.project_name}: {outcome}, {result.get('steps_done')}/{result.get('total_steps')} steps"
+    if result.get("sec_per_step"):
+        head += f" at {result['sec_per_step']:.2f} s/step"
+    lines = [head]
+    if result.get("final_lora"):
+        size = f" ({lora_size / 1e6:.1f} MB)" if lora_size else ""
+        lines.append(f"LoRA: {result['final_lora']}{size}")
+    if outcome == "stopped":
+        lines.append("Stopped before the session ends; run the same command again to continue.")
+    if result.get("elapsed_s"):
+        lines.append(f"time: {format_duration(result['elapsed_s'])}")
+    return "\n".join(lines)
