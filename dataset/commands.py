@@ -1,0 +1,40 @@
+"""The `anima-lora validate SOURCE` command: run the dataset intake and print its report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from anima_lora_flow.config import cache_root
+from anima_lora_flow.dataset.intake import prepare_dataset
+from anima_lora_flow.dataset.report import DatasetError
+
+
+def add_validate_parser(subparsers) -> None:
+    """Register `validate SOURCE [--json] [--work-dir DIR] [--resolution N] [--repeats N]`."""
+    parser = subparsers.add_parser(
+        "validate",
+        help="check a dataset (folder, .zip, Drive link, URL) and report what will be trained",
+        description="Fetch and check a dataset without training. Exit code 0: trainable; 2: not trainable.",
+    )
+    parser.add_argument("source", metavar="SOURCE", help="a folder, a .zip, a Google Drive link or id, an http(s) or fsspec URL")
+    parser.add_argument("--json", action="store_true", help="print the full report as JSON")
+    parser.add_argument("--work-dir", type=Path, default=None, help="scratch folder for downloads and extraction")
+    parser.add_argument("--resolution", type=int, default=768, help="training resolution for the bucket histogram")
+    parser.add_argument("--repeats", type=int, default=5, help="repeats per image (kohya N_name folders override it)")
+    parser.set_defaults(func=run_validate)
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    """Print the report (text or JSON); 0 when something is trainable, 2 with a one-line reason otherwise."""
+    work_dir = args.work_dir or cache_root() / "validate"
+    try:
+        report = prepare_dataset(args.source, work_dir, resolution=args.resolution, repeats=args.repeats)
+    except DatasetError as exc:
+        if exc.report is not None:  # show why every file was skipped before the verdict
+            print(exc.report.model_dump_json(indent=2) if args.json else exc.report.to_text())
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report.model_dump_json(indent=2) if args.json else report.to_text())
+    return 0

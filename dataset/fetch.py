@@ -1,0 +1,224 @@
+"""Fetch a dataset source (local path, Google Drive, http(s), fsspec URL) onto the local disk."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import parse_qs, urlparse
+
+import requests
+
+from anima_lora_flow.dataset.report import DatasetError
+
+SourceKind = Literal["folder", "file", "drive-file", "drive-folder", "http", "fsspec"]
+
+_DRIVE_HOSTS = {"drive.google.com", "docs.google.com", "drive.usercontent.google.com"}
+_DRIVE_ID = re.compile(r"^[A-Za-z0-9_-]{25,}$")  # Drive ids are long; short words stay local paths
+_CHUNK = 1 << 20
+_DRIVE_HINT = (
+    "open its sharing settings and choose 'Anyone with the link', or copy it into your own Drive "
+    "(and mount Drive and pass the /content/drive/... path)"
+)
+
+
+class FetchError(ConnectionError):
+    """A download failed for a reason that may go away (network, server busy): worth a retry."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a dataset string names: its kind and the path, id or URL to fetch."""
+
+    kind: SourceKind
+    value: str
+
+
+def classify_source(source: str) -> Source:
+    """Decide what `source` is: an existing local path wins, then Drive links/ids, then URLs.
+
+    Raises:
+        DatasetError: the string is empty or names a local path that does not exist.
+    """
+    text = source.strip()
+    if not text:
+        raise DatasetError("the dataset is empty; pass a folder, a .zip, a Drive link or a URL")
+    if text.startswith("file://"):
+        text = urlparse(text).path
+    local = Path(text).expanduser()
+    if local.is_dir():
+        return Source("folder", str(local.absolute()))
+    if local.is_file():
+        return Source("file", str(local.absolute()))
+    drive = parse_drive_link(text)
+    if drive:
+        return Source("drive-folder" if drive[1] else "drive-file", drive[0])
+    scheme = urlparse(text).scheme.lower()
+    if scheme in ("http", "https"):
+        return Source("http", text)
+    if "://" in text:
+        return Source("fsspec", text)
+    raise DatasetError(f"dataset {text!r} not found: no such folder or file; check the path (or pass a URL)")
+
+
+def parse_drive_link(text: str) -> tuple[str, bool] | None:
+    """(id, is_folder) for a Google Drive share link or a bare file id; None for anything else."""
+    text = text.strip()
+    if _DRIVE_ID.match(text):
+        return text, False
+    url = urlparse(text)
+    if url.netloc.lower() not in _DRIVE_HOSTS:
+        return None
+    folder = re.search(r"/folders/([A-Za-z0-9_-]+)", url.path)
+    if folder:
+        return folder.group(1), True
+    file = re.search(r"/(?:file|document|spreadsheets|presentation)/d/([A-Za-z0-9_-]+)", url.path)
+    if file:
+        return file.group(1), False
+    ids = parse_qs(url.query).get("id")
+    return (ids[0], False) if ids else None
+
+
+def cache_key(text: str) -> str:
+    """A short, filesystem-safe name for a download folder."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors a retry may fix (network, server busy); False for user input and bugs."""
+    if isinstance(exc, DatasetError):
+        return False
+    return isinstance(exc, (ConnectionError, TimeoutError, requests.RequestException))
+
+
+# --- http(s) ----------------------------------------------------------------------------------
+
+
+def download_http(url: str, dest: Path, *, attempts: int = 5, backoff: float = 2.0, timeout: float = 60) -> Path:
+    """Download `url` to `dest`, resuming a `.part` file with a Range request where the server allows.
+
+    Raises:
+        DatasetError: the server refuses the URL (404, 401, 403...): retrying will not help.
+        FetchError: the network kept failing after `attempts` tries with exponential backoff.
+    """
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    last: Exception | None = None
+    for attempt in range(attempts):
+        try:
+            _download_once(url, part, timeout)
+            part.replace(dest)
+            return dest
+        except (requests.RequestException, FetchError) as exc:
+            last = exc
+            if attempt + 1 < attempts:
+                time.sleep(backoff * 2**attempt)
+    raise FetchError(f"could not download {url} after {attempts} tries ({last}); check the connection and retry")
+
+
+def _download_once(url: str, part: Path, timeout: float) -> None:
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    with requests.get(url, headers=headers, stream=True, timeout=timeout) as resp:
+        if resp.status_code == 416 and have:  # our partial file is already whole (or stale): start over
+            part.unlink()
+            raise FetchError("the server refused to resume; starting again")
+        _check_status(resp, url)
+        resume = resp.status_code == 206
+        expected = int(resp.headers.get("Content-Length", -1))
+        got = 0
+        with open(part, "ab" if resume else "wb") as out:
+            for chunk in resp.iter_content(_CHUNK):
+                out.write(chunk)
+                got += len(chunk)
+        if 0 <= expected != got:
+            raise FetchError(f"connection closed after {got} of {expected} bytes")
+
+
+def _check_status(resp: requests.Response, url: str) -> None:
+    code = resp.status_code
+    if code in (200, 206):
+        return
+    if code == 429 or code >= 500:
+        raise FetchError(f"the server answered {code}")
+    if code in (401, 403):
+        raise DatasetError(f"{url} needs a login ({code}); make the file public or download it and pass the local path")
+    raise DatasetError(f"{url} answered {code}; check that the link points to the .zip itself")
+
+
+# --- Google Drive -------------------------------------------------------------------------------
+
+
+def download_drive(file_id: str, dest_dir: Path, *, folder: bool = False) -> Path:
+    """Download a Drive file (returns its path) or folder (returns `dest_dir`) with gdown, resuming.
+
+    Raises:
+        DatasetError: the file is private, over its download quota, or missing (one sentence, with the fix).
+        FetchError: the network failed.
+    """
+    import gdown  # noqa: PLC0415  (imports bs4 and friends; only Drive sources need it)
+
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        if folder:
+            gdown.download_folder(id=file_id, output=str(dest_dir), quiet=True, resume=True, retries=3)
+            return dest_dir
+        out = gdown.download(id=file_id, output=str(dest_dir) + "/", quiet=True, resume=True, retries=3)
+    except gdown.exceptions.DownloadError as exc:  # FileURLRetrievalError is a DownloadError
+        raise translate_gdown_error(exc, file_id) from exc
+    except requests.RequestException as exc:
+        raise FetchError(f"Google Drive download of {file_id} failed ({exc}); check the connection and retry") from exc
+    if not out:
+        raise translate_gdown_error(RuntimeError("no file"), file_id)
+    return Path(out)
+
+
+def translate_gdown_error(exc: BaseException, file_id: str) -> DatasetError:
+    """One sentence a user can act on, for gdown's quota, permission and parsing errors."""
+    text = str(exc)
+    if "Too many users" in text or "many accesses" in text or "quota" in text.lower():
+        why = "Google Drive refused the download: too many people downloaded it recently (quota)"
+    elif "permission" in text.lower() or "Cannot retrieve the public link" in text or "401" in text or "403" in text:
+        why = "Google Drive refused the download: the file is not shared publicly"
+    else:
+        why = f"Google Drive download of {file_id} failed ({text.splitlines()[0] if text else type(exc).__name__})"
+    return DatasetError(f"{why}; {_DRIVE_HINT}")
+
+
+# --- fsspec -------------------------------------------------------------------------------------
+
+
+def download_fsspec(url: str, dest_dir: Path) -> Path:
+    """Copy a file or folder at an fsspec URL into `dest_dir`; return the local file or folder.
+
+    Raises:
+        DatasetError: the protocol is unknown, its package is missing, or nothing is at the URL.
+    """
+    import fsspec  # noqa: PLC0415
+
+    try:
+        fs, path = fsspec.url_to_fs(url)
+    except (ImportError, ValueError) as exc:
+        raise DatasetError(f"cannot open {url}: {exc}; install the filesystem's package (e.g. gcsfs, s3fs)") from exc
+    if not fs.exists(path):
+        raise DatasetError(f"{url} does not exist; check the URL")
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    if fs.isdir(path):
+        target = dest_dir / "folder"
+        if not target.is_dir():  # copy then rename, so an interrupted copy is never taken for a dataset
+            partial = dest_dir / "folder.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            fs.get(path.rstrip("/") + "/", str(partial) + "/", recursive=True)
+            partial.rename(target)
+        return target
+    target = dest_dir / (Path(path).name or "dataset")
+    if not target.is_file():
+        fs.get(path, str(target) + ".part")
+        Path(str(target) + ".part").replace(target)
+    return target

@@ -1,0 +1,254 @@
+"""Validate a dataset folder against what the trainer really loads; read-only, returns a DatasetReport."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+import re
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from PIL import Image
+
+from anima_lora_flow.dataset.buckets import Bucket, assign_bucket, make_buckets
+from anima_lora_flow.dataset.formats import is_caption, is_image, is_junk
+from anima_lora_flow.dataset.report import DatasetReport, ImageRecord, Issue, bucket_histogram, fingerprint
+
+MIN_IMAGE_SIDE = 64  # below this an image carries no detail even in the smallest bucket
+MAX_IMAGE_PIXELS = 8192 * 8192  # larger ones are decompression bombs or need downscaling first
+MAX_CAPTION_TOKENS = 512  # the Qwen3 text encoder's limit (qwen3_max_token_length)
+UPSCALE_WARNING = 2.0  # images enlarged more than this to fill their bucket train blurry
+# Image files the trainers do not load: skipped, with a conversion hint.
+UNSUPPORTED_IMAGES = frozenset({".gif", ".tif", ".tiff", ".avif", ".jxl", ".heic", ".heif", ".svg", ".ico", ".psd", ".jfif"})
+_KOHYA_FOLDER = re.compile(r"^(\d+)_(.+)$")
+_TOKEN_PIECES = re.compile(r"\d|[^\W\d]+|[^\w\s]")  # digits count singly, as in BPE vocabularies
+_MODE_NOTES = {
+    "CMYK": "CMYK image: converted to RGB (colours may shift); export it as RGB",
+    "P": "palette image: converted to RGB",
+    "RGBA": "has an alpha channel: converted to RGB with transparency flattened on white",
+    "LA": "has an alpha channel: converted to RGB with transparency flattened on white",
+    "PA": "has an alpha channel: converted to RGB with transparency flattened on white",
+    "1": "1-bit black-and-white image: converted to RGB",
+}
+
+
+@dataclass(frozen=True)
+class ImageCheck:
+    """What opening one image found: its content hash, size and mode, or why it cannot be used."""
+
+    sha256: str
+    width: int = 0
+    height: int = 0
+    mode: str = ""
+    frames: int = 1
+    error: str | None = None
+
+
+def validate_folder(
+    root: Path,
+    *,
+    resolution: int = 768,
+    min_bucket_reso: int = 256,
+    max_bucket_reso: int = 4096,
+    bucket_reso_steps: int = 64,
+    repeats: int = 5,
+    source: str = "",
+) -> DatasetReport:
+    """Check every file under `root` (never writing there) and return the report."""
+    root = Path(root)
+    images, captions, problems, warnings = _scan(root)
+    checks = _check_all([root / p for p in images])
+    buckets = make_buckets(resolution, min_bucket_reso, max_bucket_reso, bucket_reso_steps)
+    records: list[ImageRecord] = []
+    seen: dict[str, str] = {}
+    folders: dict[str, list[int]] = defaultdict(list)
+    for relpath, check in zip(images, checks):
+        name = relpath.as_posix()
+        reason = _image_problem(check, seen.get(check.sha256))
+        times, folder_note = folder_repeats(relpath, repeats)
+        if reason is None and times == 0:
+            reason = f"its folder {relpath.parent.as_posix()!r} asks for 0 repeats; rename it to N_name with N >= 1"
+        if reason:
+            problems.append(Issue(file=name, reason=reason, verdict="skipped"))
+            continue
+        seen[check.sha256] = name
+        caption = _caption_for(root, relpath, captions, warnings)
+        bucket = assign_bucket(check.width, check.height, buckets)
+        warnings += _image_warnings(name, check, bucket)
+        records.append(ImageRecord(path=name, caption=caption, width=check.width, height=check.height,
+                                   bucket=bucket, repeats=times, sha256=check.sha256))
+        if folder_note:
+            folders[folder_note].append(times)
+    warnings += [Issue(file=str(c), reason="caption without an image of the same name: ignored", verdict="ignored")
+                 for c in sorted(captions.values(), key=str)]
+    warnings += _folder_notes(folders, repeats)
+    return DatasetReport(
+        root=str(root), source=source or str(root), resolution=resolution, images=records,
+        problems=problems, warnings=warnings, tag_frequency=tag_frequency(r.caption for r in records),
+        bucket_histogram=bucket_histogram(records), fingerprint=fingerprint(records),
+    )
+
+
+def _scan(root: Path) -> tuple[list[PurePosixPath], dict[tuple[str, str], PurePosixPath], list[Issue], list[Issue]]:
+    """Sort every file into images, captions (keyed by folder and stem), problems and ignored files."""
+    images, captions, problems, warnings = [], {}, [], []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not is_junk(d) and not d.startswith("."))  # .ipynb_checkpoints, .git
+        rel_folder = PurePosixPath(Path(folder).relative_to(root).as_posix())
+        for name in sorted(files):
+            rel = rel_folder / name
+            suffix = rel.suffix.lower()
+            if is_junk(rel) or name.startswith("."):
+                continue
+            if is_image(rel):
+                images.append(rel)
+            elif is_caption(rel):
+                captions[(rel.parent.as_posix(), rel.stem)] = rel
+            elif suffix in UNSUPPORTED_IMAGES:
+                why = f"{suffix} images are not loaded by the trainer; convert it to PNG or JPEG"
+                problems.append(Issue(file=rel.as_posix(), reason=why, verdict="skipped"))
+            else:
+                why = "not an image or caption the trainer loads: ignored"
+                warnings.append(Issue(file=rel.as_posix(), reason=why, verdict="ignored"))
+    return images, captions, problems, warnings
+
+
+def _check_all(paths: list[Path]) -> list[ImageCheck]:
+    # Pillow releases the GIL while decoding, so threads use every core without pickling costs.
+    workers = min(8, 2 * (os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(check_image, paths, chunksize=16))
+
+
+def check_image(path: Path) -> ImageCheck:
+    """Hash, open, verify and fully decode one image (a truncated file only fails on a real load)."""
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height, mode = img.width, img.height, img.mode
+            frames = getattr(img, "n_frames", 1)
+            if width * height > MAX_IMAGE_PIXELS:
+                return ImageCheck(digest, width, height, mode, error=_too_many_pixels(width, height))
+            img.verify()
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format == "JPEG":  # decode at 1/8 scale: every byte is still parsed, 10x faster
+                img.draft(img.mode, (max(1, width // 8), max(1, height // 8)))
+            img.load()
+    except Image.DecompressionBombError as exc:
+        return ImageCheck(digest, error=f"decompression bomb guard: {exc}")
+    except Exception as exc:  # noqa: BLE001  (Pillow's plugins raise many types for a corrupt file)
+        if "truncated" in str(exc).lower():
+            return ImageCheck(digest, error="file is truncated (an incomplete copy or download); copy or export it again")
+        return ImageCheck(digest, error=f"cannot be read as an image ({type(exc).__name__}: {exc}); re-export it")
+    return ImageCheck(digest, width, height, mode, frames)
+
+
+def _too_many_pixels(width: int, height: int) -> str:
+    return f"{width}x{height} is over {MAX_IMAGE_PIXELS // 1_000_000} megapixels (decompression bomb guard); downscale it"
+
+
+def _image_problem(check: ImageCheck, duplicate_of: str | None) -> str | None:
+    if check.error:
+        return check.error
+    if min(check.width, check.height) < MIN_IMAGE_SIDE:
+        return f"{check.width}x{check.height} is too small (a side under {MIN_IMAGE_SIDE} px); use a larger image"
+    if duplicate_of:
+        return f"same content as {duplicate_of}: trained once, not twice"
+    return None
+
+
+def _image_warnings(name: str, check: ImageCheck, bucket: Bucket) -> list[Issue]:
+    found = []
+    if check.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        why = f"high-bit-depth image (mode {check.mode}): converted to 8-bit RGB, which may clip it; export it as 8-bit"
+        found.append(Issue(file=name, reason=why, verdict="converted"))
+    elif check.mode not in ("RGB", "L"):
+        why = _MODE_NOTES.get(check.mode, f"mode {check.mode}: converted to RGB")
+        found.append(Issue(file=name, reason=why, verdict="converted"))
+    if check.frames > 1:
+        found.append(Issue(file=name, reason=f"animated ({check.frames} frames): only the first is trained", verdict="trained"))
+    scale = max(bucket[0] / check.width, bucket[1] / check.height)
+    if scale > UPSCALE_WARNING:
+        why = f"{check.width}x{check.height} is upscaled {scale:.1f}x to its {bucket[0]}x{bucket[1]} bucket and may train blurry"
+        found.append(Issue(file=name, reason=why, verdict="trained"))
+    return found
+
+
+def folder_repeats(relpath: PurePosixPath, default: int) -> tuple[int, str | None]:
+    """Repeats for an image: the nearest kohya `N_name` folder's N, else `default`; and its folder."""
+    folder = relpath.parent
+    for part in reversed(folder.parts):
+        match = _KOHYA_FOLDER.match(part)
+        if match:
+            return int(match.group(1)), folder.as_posix()
+    return default, (folder.as_posix() if folder.parts else None)
+
+
+def _folder_notes(folders: dict[str, list[int]], default: int) -> list[Issue]:
+    notes = []
+    for folder, times in sorted(folders.items()):
+        if times[0] == default and not any(_KOHYA_FOLDER.match(p) for p in PurePosixPath(folder).parts):
+            why = f"{len(times)} images in this subfolder are trained with repeats={default}"
+        else:
+            why = (f"{len(times)} images get {times[0]} repeats from the kohya folder name 'N_name' "
+                   f"(the folder's N replaces repeats={default})")
+        notes.append(Issue(file=folder + "/", reason=why, verdict="note"))
+    return notes
+
+
+def _caption_for(root: Path, image: PurePosixPath, captions: dict, warnings: list[Issue]) -> str:
+    """The caption text for an image (popped from `captions`), warning on anything the trainer mishandles."""
+    name = image.as_posix()
+    path = captions.pop((image.parent.as_posix(), image.stem), None)
+    if path is None:
+        warnings.append(Issue(file=name, reason=f"no caption file {image.stem}.txt: trains with an empty caption", verdict="trained"))
+        return ""
+    text, encoding = read_caption(root / path)
+    if encoding != "utf-8":
+        why = f"caption is not UTF-8: read as {encoding}; re-save it as UTF-8 (sd-scripts cannot read it)"
+        warnings.append(Issue(file=path.as_posix(), reason=why, verdict="trained"))
+    if not text:
+        warnings.append(Issue(file=path.as_posix(), reason="caption is empty: trains with an empty caption", verdict="trained"))
+    elif "\n" in text:
+        why = "caption has several lines: all are used here, but the sd-scripts backend reads only the first"
+        warnings.append(Issue(file=path.as_posix(), reason=why, verdict="trained"))
+    tokens = estimate_tokens(text)
+    if tokens > MAX_CAPTION_TOKENS:
+        why = f"caption is about {tokens} tokens (an estimate; no tokenizer offline): the text encoder reads {MAX_CAPTION_TOKENS}, the rest is cut"
+        warnings.append(Issue(file=path.as_posix(), reason=why, verdict="trained"))
+    return text
+
+
+def read_caption(path: Path) -> tuple[str, str]:
+    """(stripped text, encoding used): UTF-8, then UTF-16 by its BOM, then cp1252, then latin-1."""
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        candidates = ("utf-16",)
+    elif b"\x00" in data:  # UTF-16 saved without a byte-order mark (Windows editors)
+        candidates = ("utf-16-le", "utf-16-be")
+    else:
+        candidates = ("utf-8", "cp1252")
+    for encoding in candidates:
+        try:
+            return data.decode(encoding).lstrip("\ufeff").strip(), encoding
+        except UnicodeDecodeError:
+            continue
+    return data.decode("latin-1").strip(), "latin-1"  # latin-1 decodes any bytes
+
+
+def estimate_tokens(text: str) -> int:
+    """Rough token count: words, digits and punctuation marks, or UTF-8 bytes / 4 when larger (CJK text)."""
+    return max(len(_TOKEN_PIECES.findall(text)), math.ceil(len(text.encode()) / 4))
+
+
+def tag_frequency(captions) -> dict[str, int]:
+    """Images per comma-separated tag, most frequent first."""
+    counts: Counter[str] = Counter()
+    for caption in captions:
+        counts.update({tag.strip() for tag in caption.replace("\n", ",").split(",") if tag.strip()})
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))

@@ -1,0 +1,41 @@
+"""Prefect task for the dataset stage; all logic lives in anima_lora_flow.dataset."""
+
+from __future__ import annotations
+
+import re
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.tasks import exponential_backoff
+
+from anima_lora_flow.config import TrainingConfig
+from anima_lora_flow.dataset.fetch import is_transient
+from anima_lora_flow.dataset.intake import prepare_dataset
+from anima_lora_flow.dataset.report import DatasetError, DatasetReport
+
+
+def _retry_on_network_error(task, task_run, state) -> bool:
+    """Retry downloads that failed on the network; never bad input (UserInputError) or bugs."""
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001  (re-raised by state.result(), classified here)
+        return is_transient(exc)
+    return False
+
+
+def artifact_key(project_name: str) -> str:
+    return "dataset-report-" + re.sub(r"[^a-z0-9]+", "-", project_name.lower()).strip("-")
+
+
+@task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=10), retry_condition_fn=_retry_on_network_error)
+def prepare_dataset_task(config: TrainingConfig) -> DatasetReport:
+    """Fetch, extract and validate the dataset; publish the report as a markdown artifact."""
+    kwargs = config.model_dump(include={"resolution", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "repeats"})
+    try:
+        report = prepare_dataset(config.dataset, config.resolved_work_dir(), **kwargs)
+    except DatasetError as exc:
+        if exc.report is not None:  # the artifact explains which files were skipped and why
+            create_markdown_artifact(markdown=exc.report.to_markdown(), key=artifact_key(config.project_name))
+        raise
+    create_markdown_artifact(markdown=report.to_markdown(), key=artifact_key(config.project_name), description=report.summary())
+    return report
