@@ -62,7 +62,8 @@ class JsonLinesSink:
             self._fh.close()
 
 
-def emit(sink: EventSink | None, kind: str, **data: Any) -> Event:
+def emit(sink: EventSink | None, kind: str, /, **data: Any) -> Event:
+    # positional-only: "checkpoint" events carry a `kind` field ("lora" | "state") in their data
     event = Event(kind, data)
     if sink is not None:
         sink(event)

@@ -1,0 +1,60 @@
+"""`python -m anima_lora_flow.trainer --job job.json --events events.jsonl`: the native trainer as a subprocess.
+
+Exit codes: 0 done, 1 error, 2 bad input, 3 stopped on request (SIGTERM/SIGINT) with a state saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import traceback
+
+EXIT_DONE, EXIT_ERROR, EXIT_USER, EXIT_STOPPED = 0, 1, 2, 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m anima_lora_flow.trainer", description=__doc__.splitlines()[0])
+    parser.add_argument("--job", required=True, help="TrainJob JSON file")
+    parser.add_argument("--events", required=True, help="file to append JSON-lines events to")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar on stderr")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    from anima_lora_flow.errors import UserInputError
+
+    from .events import JsonLinesSink, emit
+    from .run import TrainJob, run_training
+
+    # A signal only sets a flag: the loop saves a state at the end of the current step and stops.
+    signals: list[str] = []
+
+    def request_stop(signum, _frame):
+        signals.append(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    sink = JsonLinesSink(args.events)
+    try:
+        result = run_training(TrainJob.load(args.job), sink, stop_requested=lambda: signals[0] if signals else False, show_progress=not args.no_progress)
+    except UserInputError as e:
+        emit(sink, "error", message=str(e), kind="user")
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER
+    except Exception as e:  # noqa: BLE001 - reported as an event, then a non-zero exit
+        emit(sink, "error", message=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        traceback.print_exc()
+        return EXIT_ERROR
+    finally:
+        sink.close()
+    if result.stopped:
+        print(f"stopped at step {result.steps}/{result.total_steps}; state saved in {result.state}", file=sys.stderr)
+        return EXIT_STOPPED
+    print(f"done: {result.final_lora}", file=sys.stderr)
+    return EXIT_DONE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Loading the Anima components from a Diffusers-format folder, one build_* function per component.
+
+The text stack and the VAE are only loaded when a cache entry is missing, and freed after caching;
+training itself needs only the transformer.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SUBFOLDERS = ("transformer", "text_conditioner", "text_encoder", "tokenizer", "t5_tokenizer", "vae", "scheduler")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def check_models_dir(models_dir: Path) -> Path:
+    """Raise FileNotFoundError naming the missing subfolders of a Diffusers-format Anima folder."""
+    models_dir = Path(models_dir)
+    missing = [name for name in SUBFOLDERS if not (models_dir / name).is_dir()]
+    if missing:
+        raise FileNotFoundError(
+            f"{models_dir} is not a Diffusers-format Anima folder: missing {', '.join(missing)} "
+            "(set models_dir to a folder made by the models stage or by trainer.tiny.build_tiny_model)"
+        )
+    return models_dir
+
+
+def component_identity(models_dir: Path, *names: str) -> str:
+    """A short hash naming the weights of some components: their configs plus weight file names and sizes.
+
+    Part of every cache key, so swapping the base model invalidates the caches. Sizes instead of
+    content hashes: hashing gigabytes of weights at every start would cost more than re-caching.
+    """
+    h = hashlib.sha256()
+    for name in names:
+        folder = Path(models_dir) / name
+        for path in sorted(folder.rglob("*")):
+            if path.suffix == ".json" or path.name.endswith(".model"):
+                h.update(f"{path.relative_to(models_dir)}\n".encode())
+                h.update(path.read_bytes())
+            elif path.suffix in _WEIGHT_SUFFIXES:
+                h.update(f"{path.relative_to(models_dir)}:{path.stat().st_size}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def build_transformer(models_dir: Path, dtype: torch.dtype, gradient_checkpointing: bool) -> torch.nn.Module:
+    """The frozen Cosmos DiT (CosmosTransformer3DModel) in `dtype`, gradient checkpointing on if asked."""
+    from diffusers import CosmosTransformer3DModel
+
+    model = CosmosTransformer3DModel.from_pretrained(Path(models_dir) / "transformer", torch_dtype=dtype)
+    model.requires_grad_(False)
+    if gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    return model
+
+
+@dataclass
+class TextStack:
+    """Everything that turns a caption into the DiT's cross-attention context (all frozen)."""
+
+    tokenizer: Any
+    t5_tokenizer: Any
+    text_encoder: torch.nn.Module
+    text_conditioner: torch.nn.Module
+
+    @property
+    def max_length(self) -> int:
+        # The conditioner pads its output to min_sequence_length (512 for Anima); truncating the
+        # prompts there too keeps every context exactly that long, as inference sees it.
+        return int(self.text_conditioner.config.min_sequence_length)
+
+    def free(self) -> None:
+        del self.text_encoder, self.text_conditioner
+        release_memory()
+
+
+def build_text_stack(models_dir: Path, device: torch.device, dtype: torch.dtype) -> TextStack:
+    """Qwen3 encoder + both tokenizers + the LLM adapter (AnimaTextConditioner), on `device`, in eval mode."""
+    from diffusers.models.condition_embedders.condition_embedder_anima import AnimaTextConditioner
+    from transformers import AutoTokenizer, Qwen3Model
+
+    models_dir = Path(models_dir)
+    encoder = Qwen3Model.from_pretrained(models_dir / "text_encoder", dtype=dtype).to(device).eval()
+    conditioner = AnimaTextConditioner.from_pretrained(models_dir / "text_conditioner", torch_dtype=dtype).to(device).eval()
+    return TextStack(
+        tokenizer=AutoTokenizer.from_pretrained(models_dir / "tokenizer"),
+        t5_tokenizer=AutoTokenizer.from_pretrained(models_dir / "t5_tokenizer"),
+        text_encoder=encoder.requires_grad_(False),
+        text_conditioner=conditioner.requires_grad_(False),
+    )
+
+
+def build_vae(models_dir: Path, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The Qwen-Image VAE (AutoencoderKLQwenImage), frozen, on `device`."""
+    from diffusers import AutoencoderKLQwenImage
+
+    vae = AutoencoderKLQwenImage.from_pretrained(Path(models_dir) / "vae", torch_dtype=dtype)
+    return vae.to(device).eval().requires_grad_(False)
+
+
+def latent_stats(models_dir: Path) -> tuple[list[float], list[float]]:
+    """The VAE's per-channel latents_mean / latents_std, read from its config (no weights loaded)."""
+    config = json.loads((Path(models_dir) / "vae" / "config.json").read_text())
+    return list(config["latents_mean"]), list(config["latents_std"])
+
+
+def release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
