@@ -19,7 +19,7 @@ SourceKind = Literal["folder", "file", "drive-file", "drive-folder", "http", "fs
 
 _DRIVE_HOSTS = {"drive.google.com", "docs.google.com", "drive.usercontent.google.com"}
 _DRIVE_ID = re.compile(r"^[A-Za-z0-9_-]{25,}$")  # Drive ids are long; short words stay local paths
-_CHUNK = 1 << 20
+_CHUNK = 1 << 16  # small enough that a cut connection leaves most bytes for the resume
 _DRIVE_HINT = (
     "open its sharing settings and choose 'Anyone with the link', or copy it into your own Drive "
     "(and mount Drive and pass the /content/drive/... path)"
