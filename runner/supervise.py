@@ -7,6 +7,7 @@ and stop (SIGTERM to its group) when the session guard says time is running out.
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import time
@@ -109,6 +110,11 @@ def supervise(
     return outcome
 
 
+def _is_epoch_lora(path: str) -> bool:
+    """Epoch LoRAs are `<name>-NNNNNN.safetensors`; the final one is published on "done" instead."""
+    return re.search(r"-\d{6}\.safetensors$", path) is not None
+
+
 def _apply(event: Event, outcome: Outcome, syncer: CheckpointSyncer | None) -> None:
     kind = event.event
     if kind == "plan":
@@ -124,7 +130,7 @@ def _apply(event: Event, outcome: Outcome, syncer: CheckpointSyncer | None) -> N
     elif kind == "checkpoint" and syncer is not None:
         if event.get("kind") == "state":
             syncer.submit_state(event["path"], step=int(event.get("step", 0)), epoch=event.get("epoch"))
-        elif event.get("kind") == "lora" and event.get("epoch") is not None:
+        elif event.get("kind") == "lora" and _is_epoch_lora(event.get("path", "")):
             syncer.submit_lora(event["path"], epoch=event.get("epoch"), step=int(event.get("step", 0)))
     elif kind == "stopped":
         outcome.stopped = True

@@ -6,7 +6,6 @@ Python so the tests and the CLI can run it without a Prefect server.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -50,25 +49,10 @@ class SessionResult:
 
 
 def native_command(job_path: Path, events_path: Path) -> list[str]:
-    return [sys.executable, "-m", "anima_lora_flow.trainer", "--job", str(job_path), "--events", str(events_path)]
-
-
-def write_native_job(
-    path: Path, *, config: TrainingConfig, items: list[TrainItem], models_dir: Path, work_dir: Path,
-    output_dir: Path, resume_state: Path | None, dataset_fingerprint: str,
-) -> Path:
-    job = {
-        "config": config.model_dump(mode="json"),
-        "items": [item.to_json() for item in items],
-        "models_dir": str(models_dir),
-        "work_dir": str(work_dir),
-        "output_dir": str(output_dir),
-        "resume_state": str(resume_state) if resume_state else None,
-        "dataset_fingerprint": dataset_fingerprint,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(job, indent=2))
-    return path
+    return [
+        sys.executable, "-m", "anima_lora_flow.trainer", "--job", str(job_path), "--events", str(events_path),
+        "--no-progress",  # the supervisor draws the one progress bar, from events
+    ]
 
 
 def run_training_session(
@@ -125,10 +109,14 @@ def _backend_command(config, items, dataset_fingerprint, models_dir, work_dir, o
         )
     if models_dir is None:
         raise NotBuiltError("the native trainer needs a Diffusers-format model folder (models stage returned none)")
-    job = write_native_job(
-        run_dir / "job.json", config=config, items=items, models_dir=models_dir, work_dir=work_dir,
-        output_dir=output_dir, resume_state=resume.local_dir, dataset_fingerprint=dataset_fingerprint,
-    )
+    from ..trainer.run import TrainJob  # noqa: PLC0415 - keeps torch out of the flow process until needed
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    job = TrainJob(
+        config=config.model_dump(mode="json"), items=[item.to_json() for item in items], models_dir=str(models_dir),
+        work_dir=str(work_dir), output_dir=str(output_dir),
+        resume_state=str(resume.local_dir) if resume.local_dir else None, dataset_fingerprint=dataset_fingerprint,
+    ).save(run_dir / "job.json")
     return native_command(job, run_dir / "events.jsonl")
 
 
