@@ -1,0 +1,41 @@
+"""`anima-lora plan`: print the plan; exit 2 with a one-line error when the run would stop."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from typing import TextIO
+
+from anima_lora_flow.config import TrainingConfig
+from anima_lora_flow.errors import UserInputError
+from anima_lora_flow.planner.plan import make_plan
+from anima_lora_flow.platforms.detect import PlatformInfo, detect_platform
+
+
+def run_plan(
+    config: TrainingConfig,
+    samples_per_bucket: Mapping,
+    *,
+    gpu: str | None,
+    as_json: bool,
+    platform: PlatformInfo | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """Print the plan (table or JSON); 0 when it fits, resumes or proceeds, 2 when it stops."""
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        # A named GPU needs no torch query: plan for it from the table.
+        platform = platform or detect_platform(gpu=(lambda: None) if gpu else None, session_budget_hours=config.session_budget_hours)
+        plan = make_plan(config, samples_per_bucket, platform, gpu=gpu)
+    except UserInputError as exc:
+        print(f"error: {exc}", file=err)
+        return 2
+    print(json.dumps(plan.model_dump(mode="json"), indent=2) if as_json else plan.to_text(), file=out)
+    if plan.decision == "stop":
+        print(f"error: {plan.reason}", file=err)
+        for suggestion in plan.suggestions:
+            print(f"  try: {suggestion.text}", file=err)
+        return 2
+    return 0

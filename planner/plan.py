@@ -1,0 +1,314 @@
+"""The training plan: steps, time, sessions and memory for this GPU, and what to do when it does not fit."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from anima_lora_flow.config import TrainingConfig
+from anima_lora_flow.errors import UserInputError
+from anima_lora_flow.planner import render
+from anima_lora_flow.planner.gpus import named_gpu
+from anima_lora_flow.planner.guard import DEFAULT_MARGIN_S, DEFAULT_SAVE_COST_S
+from anima_lora_flow.planner.memory import MemoryEstimate, check_memory
+from anima_lora_flow.planner.rates import Rate, lookup_rate
+from anima_lora_flow.planner.steps import StepCount, count_steps, with_repeats
+from anima_lora_flow.planner.suggest import largest_epochs, largest_repeats, max_steps_within
+from anima_lora_flow.platforms.detect import HOUR, PlatformInfo
+from anima_lora_flow.platforms.durable import is_durable_storage
+from anima_lora_flow.platforms.gpu import GpuInfo
+
+Decision = Literal["ok", "stop", "resume", "proceed"]
+# Per-session setup before the first step: install, ~5.6 GB of models, latent and text caching (estimated).
+SETUP_S = 600.0
+# Kept back at the end of every session: the guard's save and margin.
+RESERVE_S = DEFAULT_SAVE_COST_S + DEFAULT_MARGIN_S
+
+
+class PlanOverrunError(UserInputError):
+    """The run cannot finish in this session and the user chose to stop (or cannot resume)."""
+
+    def __init__(self, message: str, plan: "Plan | None" = None):
+        super().__init__(message)
+        self.plan = plan
+
+
+class Suggestion(BaseModel):
+    """A setting change that makes the run fit this session, with what it would cost."""
+
+    setting: str
+    value: int | float | str
+    total_steps: int | None = None
+    hours: float | None = None
+    text: str
+
+
+class Plan(BaseModel):
+    """What the run will do and whether it fits; stored as plan.json and shown as a markdown artifact."""
+
+    project: str
+    platform: str
+    platform_kind: str
+    gpu: str | None
+    gpu_source: Literal["detected", "named", "none"]
+    precision: str
+    steps: StepCount
+    steps_done: int = 0
+    sec_per_step: float | None
+    rate_status: str
+    rate_source: str
+    setup_hours: float
+    train_hours: float | None
+    total_hours: float | None
+    session_limit_hours: float | None
+    session_hours_left: float | None
+    deadline_ts: float | None
+    sessions_needed: int | None
+    fits: bool | None
+    decision: Decision
+    overrun_action: Literal["stop", "resume", "proceed"]
+    reason: str = ""
+    storage_durable: bool
+    suggestions: list[Suggestion] = Field(default_factory=list)
+    memory: MemoryEstimate
+    warnings: list[str] = Field(default_factory=list)
+    created_at: float = Field(default_factory=time.time)
+
+    def to_text(self) -> str:
+        return render.to_text(self)
+
+    def to_markdown(self) -> str:
+        return render.to_markdown(self)
+
+
+def make_plan(
+    config: TrainingConfig,
+    samples_per_bucket: Mapping,
+    platform: PlatformInfo,
+    *,
+    gpu: str | None = None,
+    now: float | None = None,
+    steps_done: int = 0,
+    cwd: str | None = None,
+) -> Plan:
+    """Plan the run for the detected GPU (or `gpu`, a table name such as "T4").
+
+    Raises:
+        UserInputError: `gpu` names no known GPU, or the dataset has no samples.
+    """
+    now = time.time() if now is None else now
+    if config.session_budget_hours is not None and platform.session_limit_s != config.session_budget_hours * HOUR:
+        platform = platform.with_session_budget(config.session_budget_hours)
+    gpu_info = named_gpu(gpu) if gpu else platform.gpu
+    precision = resolve_precision(config.mixed_precision, gpu_info)
+    try:
+        steps = count_steps(samples_per_bucket, config.batch_size, config.gradient_accumulation_steps, config.max_train_epochs)
+    except ValueError as exc:
+        raise UserInputError(str(exc)) from exc
+    rate = _rate(config, gpu_info, precision, config.resolution)
+    left = platform.remaining_s(now)
+    timing = _timing(steps.total_steps - steps_done, rate.sec_per_step, left, platform.session_limit_s, SETUP_S)
+    durable = is_durable_storage(config.storage, platform, cwd)
+    action = _overrun_action(config.on_overrun, durable)
+    plan = Plan(
+        project=config.project_name,
+        platform=platform.describe() if not gpu else f"{platform.kind}, planned for {gpu_info.name}",
+        platform_kind=platform.kind,
+        gpu=gpu_info.name if gpu_info else None,
+        gpu_source="named" if gpu else ("detected" if gpu_info else "none"),
+        precision=precision,
+        steps=steps,
+        steps_done=steps_done,
+        sec_per_step=rate.sec_per_step,
+        rate_status=rate.status,
+        rate_source=rate.source,
+        setup_hours=round(SETUP_S / HOUR, 2),
+        session_limit_hours=None if platform.session_limit_s is None else round(platform.session_limit_s / HOUR, 2),
+        deadline_ts=platform.deadline_ts,
+        overrun_action=action,
+        decision="ok",
+        storage_durable=durable,
+        memory=_memory(config, gpu_info, precision),
+        warnings=list(platform.notes),
+        **timing,
+    )
+    plan.decision, plan.reason = _decide(plan, config, gpu_info)
+    if plan.fits is False:
+        plan.suggestions = _suggestions(config, samples_per_bucket, plan, gpu_info, left)
+    plan.warnings += _warnings(config, plan, gpu_info, platform)
+    if plan.fits is False and with_repeats(samples_per_bucket, config.repeats, 1) is None:
+        plan.warnings.append("per-folder (kohya) repeats: --repeats does not change them; lower the N_ folder prefixes instead")
+    return plan
+
+
+def enforce_plan(plan: Plan) -> None:
+    """Stop before any download when the plan says so.
+
+    Raises:
+        PlanOverrunError: decision is "stop"; the message has the reason and the suggestions.
+    """
+    if plan.decision != "stop":
+        return
+    lines = [plan.reason] + [f"  try: {s.text}" for s in plan.suggestions]
+    raise PlanOverrunError("\n".join(lines), plan)
+
+
+def resolve_precision(requested: str, gpu: GpuInfo | None) -> str:
+    """auto = bf16 where the GPU has native bf16, fp16 on older GPUs, fp32 ("no") on CPU."""
+    if gpu is None:
+        return "no"
+    if requested == "auto":
+        return "bf16" if gpu.bf16_native else "fp16"
+    return requested
+
+
+def refresh_timing(plan: Plan, sec_per_step: float | None, steps_done: int, now: float | None = None) -> dict:
+    """Timing fields for `plan` from `steps_done` on; this session's setup is already behind it."""
+    now = time.time() if now is None else now
+    left = None if plan.deadline_ts is None else plan.deadline_ts - now
+    limit = None if plan.session_limit_hours is None else plan.session_limit_hours * HOUR
+    return _timing(plan.steps.total_steps - steps_done, sec_per_step, left, limit, 0.0)
+
+
+def _timing(steps_left: int, sec_per_step: float | None, left_s: float | None, limit_s: float | None, setup_now_s: float) -> dict:
+    """Hours, sessions and fit; later sessions each pay the setup again (a fresh VM) and keep the reserve."""
+    train_s = None if sec_per_step is None else max(0, steps_left) * sec_per_step
+    out = {
+        "train_hours": None if train_s is None else round(train_s / HOUR, 2),
+        "total_hours": None if train_s is None else round((train_s + setup_now_s) / HOUR, 2),
+        "session_hours_left": None if left_s is None else round(max(0.0, left_s) / HOUR, 2),
+        "sessions_needed": 1,
+        "fits": True,
+    }
+    if train_s is None:
+        out.update(sessions_needed=None, fits=None if left_s is not None else True)
+        return out
+    if left_s is None:
+        return out
+    first = max(0.0, left_s - setup_now_s - RESERVE_S)
+    if train_s <= first:
+        return out
+    later = (limit_s or 0.0) - SETUP_S - RESERVE_S
+    sessions = None if later <= 0 else 1 + math.ceil((train_s - first) / later)
+    out.update(sessions_needed=sessions, fits=False, total_hours=round((train_s + SETUP_S * (sessions or 1)) / HOUR, 2))
+    return out
+
+
+def _rate(config: TrainingConfig, gpu: GpuInfo | None, precision: str, resolution: int) -> Rate:
+    fast = gpu is not None and (precision == "fp16" or (precision == "bf16" and gpu.bf16_native))
+    return lookup_rate(
+        gpu.name if gpu else None, fast, resolution, config.batch_size, config.gradient_accumulation_steps,
+        config.gradient_checkpointing, gpu.bf16_native if gpu else False,
+    )
+
+
+def _memory(config: TrainingConfig, gpu: GpuInfo | None, precision: str) -> MemoryEstimate:
+    available = gpu.memory_gib if gpu else None
+    return check_memory(
+        config.resolution, config.batch_size, config.network_dim, config.gradient_checkpointing, precision == "no", available
+    )
+
+
+def _overrun_action(on_overrun: str, durable: bool) -> Literal["stop", "resume", "proceed"]:
+    if on_overrun == "auto":
+        return "resume" if durable else "stop"
+    return on_overrun  # type: ignore[return-value]
+
+
+def _decide(plan: Plan, config: TrainingConfig, gpu: GpuInfo | None) -> tuple[Decision, str]:
+    """ok when it fits (or cannot be timed); otherwise the overrun action, refusing resume without durable storage."""
+    if gpu is not None and plan.gpu_source == "detected" and not gpu.usable:
+        return "stop", (
+            f"{gpu.name} ({gpu.sm}) cannot run this PyTorch build (kernels for {', '.join(gpu.arch_list)}); "
+            "pick another GPU (on Kaggle: T4 x2 or L4) or install a PyTorch build that supports it"
+        )
+    if plan.fits is not False:
+        return "ok", ""
+    if plan.sessions_needed is None:
+        return "stop", (
+            f"a session of {plan.session_limit_hours} h is too short for setup and a checkpoint; "
+            "raise session_budget_hours or train on a machine without a session limit"
+        )
+    reason = (
+        f"{plan.steps.total_steps - plan.steps_done} steps at ~{plan.sec_per_step:g} s/step need {plan.train_hours:.1f} h, "
+        f"but this session has {plan.session_hours_left:.1f} h left (setup {plan.setup_hours:g} h); "
+        f"the run needs {plan.sessions_needed} sessions"
+    )
+    if plan.overrun_action == "resume" and not plan.storage_durable:
+        return "stop", (
+            f"{reason}, and storage {config.storage!r} is this VM's local disk, lost with the session; "
+            "set --storage to /content/drive/MyDrive/..., /kaggle/working/..., gs://, s3:// or hf:// to train across sessions"
+        )
+    if plan.overrun_action == "stop":
+        return "stop", f"{reason}; set on_overrun=resume (with durable storage) or use a suggestion below"
+    return plan.overrun_action, reason
+
+
+def _suggestions(config: TrainingConfig, samples: Mapping, plan: Plan, gpu: GpuInfo | None, left_s: float | None) -> list[Suggestion]:
+    """Changes that finish in this session: fewer epochs, fewer repeats, fp16 on a T4, 512 px, or resume."""
+    if plan.sec_per_step is None or left_s is None:
+        return []
+    seconds = max(0.0, left_s - SETUP_S - RESERVE_S)
+    budget = max_steps_within(seconds, plan.sec_per_step) + plan.steps_done
+    batch, accum, epochs = config.batch_size, config.gradient_accumulation_steps, config.max_train_epochs
+    out: list[Suggestion] = []
+    best_epochs = largest_epochs(samples, batch, accum, epochs, budget)
+    if best_epochs:
+        steps = count_steps(samples, batch, accum, best_epochs).total_steps
+        out.append(_suggestion(plan, "max_train_epochs", best_epochs, steps, f"--epochs {best_epochs}"))
+    best_repeats = largest_repeats(samples, config.repeats, batch, accum, epochs, budget)
+    if best_repeats:
+        steps = count_steps(with_repeats(samples, config.repeats, best_repeats), batch, accum, epochs).total_steps
+        out.append(_suggestion(plan, "repeats", best_repeats, steps, f"--repeats {best_repeats}"))
+    out += _speed_suggestions(config, plan, gpu, seconds)
+    if plan.overrun_action != "resume" and plan.sessions_needed:
+        out.append(Suggestion(
+            setting="on_overrun", value="resume", total_steps=plan.steps.total_steps, hours=plan.total_hours,
+            text=f"--on-overrun resume with a durable --storage: train across {plan.sessions_needed} sessions",
+        ))
+    return out
+
+
+def _speed_suggestions(config: TrainingConfig, plan: Plan, gpu: GpuInfo | None, seconds: float) -> list[Suggestion]:
+    """fp16 where bf16 is emulated, and 512 px, each only when the whole run would then fit."""
+    out = []
+    remaining = plan.steps.total_steps - plan.steps_done
+    if gpu is not None and plan.precision in ("bf16", "no") and not gpu.bf16_native:
+        rate = _rate(config, gpu, "fp16", config.resolution)
+        if rate.sec_per_step and remaining * rate.sec_per_step <= seconds:
+            out.append(_suggestion(plan, "mixed_precision", "fp16", plan.steps.total_steps,
+                                   f"--mixed-precision fp16 (bf16 is emulated on {gpu.name})", rate.sec_per_step))
+    if config.resolution > 512:
+        rate = _rate(config, gpu, plan.precision, 512)
+        if rate.sec_per_step and remaining * rate.sec_per_step <= seconds:
+            out.append(_suggestion(plan, "resolution", 512, plan.steps.total_steps, "--resolution 512", rate.sec_per_step))
+    return out
+
+
+def _suggestion(plan: Plan, setting: str, value, steps: int, flag: str, sec_per_step: float | None = None) -> Suggestion:
+    sec = sec_per_step or plan.sec_per_step
+    hours = round((steps - plan.steps_done) * sec / HOUR, 2)
+    return Suggestion(setting=setting, value=value, total_steps=steps, hours=hours, text=f"{flag}: {steps} steps, ~{hours:.1f} h")
+
+
+def _warnings(config: TrainingConfig, plan: Plan, gpu: GpuInfo | None, platform: PlatformInfo) -> list[str]:
+    out = []
+    if gpu is None:
+        out.append("no GPU: only the demo's tiny model trains on CPU; the time is measured once training starts")
+    elif plan.sec_per_step is None:
+        out.append(f"{gpu.name} is not in the speed table: time is measured once training starts (or plan with --gpu NAME)")
+    if gpu is not None and plan.precision == "bf16" and not gpu.bf16_native:
+        out.append(f"bf16 on {gpu.name} ({gpu.sm}) is emulated at fp32 speed; mixed_precision auto or fp16 is ~3x faster")
+    if plan.memory.fits is False:
+        fix = "; ".join(", ".join(f"{k}={v}" for k, v in o.changes.items()) + f" ({o.predicted_gib:.1f} GiB)" for o in plan.memory.options)
+        out.append(
+            f"predicted peak {plan.memory.predicted_gib:.1f} GiB exceeds {gpu.name}'s {plan.memory.available_gib:.1f} GiB"
+            + (f"; would fit with: {fix}" if fix else "; no setting change fits: use a GPU with more memory")
+        )
+    if plan.decision == "resume" and platform.kind == "kaggle" and platform.batch:
+        out.append("Kaggle Save & Run: attach this version's output as input of the next version to resume from it")
+    return out

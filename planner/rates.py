@@ -1,0 +1,114 @@
+"""Seconds per optimizer step: a table per GPU (each row measured or estimated, with its source), scaled by FLOPs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from anima_lora_flow.planner.gpus import find_spec
+
+Speed = Literal["fast", "slow"]  # fast: native bf16 or fp16 tensor cores; slow: fp32 or emulated bf16
+Status = Literal["measured", "estimated"]
+
+# "Estimated" rows without an Anima figure use: 30.2 TFLOP per 768² GC step (anima-internals §C) at 35% of
+# the GPU's dense bf16/fp16 tensor peak, plus 0.3 s of launch overhead (the H100's bs1 figure is launch-bound).
+_FORMULA = "30.2 TFLOP/step (anima-internals §C) at 35% of {peak} TFLOP/s + 0.3 s launch overhead"
+
+
+@dataclass(frozen=True)
+class RateRow:
+    """Seconds per optimizer step on `gpu`, at the row's resolution, batch 1, gradient checkpointing on."""
+
+    gpu: str
+    speed: Speed
+    sec_per_step: float
+    resolution: int
+    status: Status
+    source: str
+    gradient_checkpointing: bool = True
+
+
+RATE_TABLE: tuple[RateRow, ...] = (
+    RateRow("T4", "slow", 14.4, 768, "measured",
+            "citron Colab README: 1000 steps 'over 4 hours' on a free T4, 768 px, dim 20, bf16 (emulated), cached; a lower bound"),
+    RateRow("T4", "fast", 4.8, 768, "estimated",
+            "SDXL LoRA on a Kaggle T4 in fp16 at 1024² ≈4.8 s/it (FurkanGozukara tutorial) x Anima ≈2x SDXL per step "
+            "(hollowstrawberry/kohya-colab#333), scaled 1024²->768² by FLOPs"),
+    RateRow("P100", "fast", 4.9, 768, "estimated", _FORMULA.format(peak="18.7 (fp16, no tensor cores)")),
+    RateRow("V100", "fast", 1.0, 768, "estimated",
+            _FORMULA.format(peak="125") + "; AnimaLoraStudio#315 saw 5.3 s/it at 1024² fp16 before a fix"),
+    RateRow("L4", "fast", 1.0, 768, "estimated", _FORMULA.format(peak="121")),
+    RateRow("A10G", "fast", 1.5, 768, "estimated", _FORMULA.format(peak="70")),
+    RateRow("A100", "fast", 0.6, 768, "estimated", _FORMULA.format(peak="312")),
+    RateRow("H100", "fast", 0.41, 768, "measured",
+            "anima-internals §C: 413 ms/step at 768² bs1 GC, bf16, synthetic Anima-shaped stand-in (random weights, eager)"),
+    RateRow("H200", "fast", 0.41, 768, "estimated", "as the H100 row: same tensor throughput, bs1 is launch-bound"),
+    RateRow("RTX 3060", "fast", 3.33, 768, "measured",
+            "citron-anima-lora-trainer-ui troubleshooting doc: ≈3.33 s/it (UI defaults: 768 px, bs1, GC, bf16, cached)"),
+    RateRow("RTX 3090", "fast", 2.7, 768, "estimated",
+            _FORMULA.format(peak="35.6") + "; a LoKr run measured 2.5-3.37 s/it (wochenlong/lora-scripts-next#127)"),
+    RateRow("RTX 4090", "fast", 2.8, 1024, "measured",
+            "wochenlong/lora-scripts-next docs/anima-fast.md: 2.8 s/step at 1024², dim 16, bs1, GC, flash attn, no cache "
+            "(sd-scripts standard mode: 7.1 s/step)"),
+    RateRow("RTX 5070 Ti", "fast", 1.29, 1024, "measured",
+            "AnimaLoraStudio#182: 5.15 s/it at 1024², rank 8, bs1 x grad-accum 4, bf16, GC (1.29 s per micro-batch)"),
+    RateRow("RTX 5060 Ti", "fast", 2.5, 1024, "estimated",
+            "RTX 5070 Ti row x 1.9 (70 vs 36 SMs); sorryhyun/anima_lora measured 1.1 s/step with per-block torch.compile"),
+)
+# No slow row measured: fp32 (or emulated bf16) costs this factor over the fast path. The T4's measured pair
+# gives 3x; GPUs with TF32 tensor cores (sm_80+) lose less.
+SLOW_FACTOR = {True: 2.0, False: 3.0}
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A seconds-per-step figure for the planned settings, and where it came from."""
+
+    sec_per_step: float | None
+    status: Literal["measured", "estimated", "run-time"]
+    source: str
+
+
+def step_tflop(resolution: int, batch_size: int = 1, gradient_checkpointing: bool = True) -> float:
+    """TFLOP of one LoRA micro-batch step on the DiT (anima-internals §C formulas; 768² GC ≈ 30.1)."""
+    tokens = (resolution / 16) ** 2  # 8x VAE downsampling, 2x2 patches
+    linear = 2 * tokens * 1.644e9 + 0.120e12  # token-wise weights + cross-attn K/V on 512 context tokens
+    attention = 4 * tokens * tokens * 2048 * 28 + 4 * tokens * 512 * 2048 * 28
+    lora = 0.096e12 * tokens / 2304
+    # Frozen base: backward ≈ 1x forward for linears, 2.5x for attention; checkpointing adds one forward.
+    flops = 2 * linear + 3.5 * attention + 3 * lora
+    if gradient_checkpointing:
+        flops += linear + attention
+    return batch_size * flops / 1e12
+
+
+def lookup_rate(
+    gpu_name: str | None,
+    fast: bool,
+    resolution: int,
+    batch_size: int,
+    grad_accum: int,
+    gradient_checkpointing: bool,
+    bf16_native: bool = False,
+) -> Rate:
+    """Seconds per optimizer step for these settings, scaled from the GPU's row by FLOPs."""
+    if gpu_name is None:
+        return Rate(None, "run-time", "CPU: no table figure; measured once training starts")
+    spec = find_spec(gpu_name)
+    rows = [r for r in RATE_TABLE if spec and r.gpu == spec.name]
+    if not rows:
+        return Rate(None, "run-time", f"{gpu_name} is not in the speed table; measured once training starts")
+    wanted = "fast" if fast else "slow"
+    row = next((r for r in rows if r.speed == wanted), None)
+    factor, note = 1.0, ""
+    if row is None:
+        row = next(r for r in rows if r.speed == "fast")
+        factor = SLOW_FACTOR[bf16_native]
+        note = f"; x{factor:g} for fp32/emulated bf16 (estimated)"
+    scale = step_tflop(resolution, batch_size, gradient_checkpointing) / step_tflop(row.resolution, 1, row.gradient_checkpointing)
+    seconds = row.sec_per_step * factor * scale * grad_accum
+    status: Literal["measured", "estimated"] = "measured" if row.status == "measured" and scale == 1 and factor == 1 and grad_accum == 1 else "estimated"
+    where = f"{row.gpu} {row.speed} row at {row.resolution}px ({row.status}: {row.source})"
+    if scale != 1 or grad_accum != 1:
+        where += f", scaled x{scale * grad_accum:.2f} by FLOPs for {resolution}px, batch {batch_size}, accumulation {grad_accum}"
+    return Rate(round(seconds, 3), status, where + note)

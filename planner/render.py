@@ -1,0 +1,72 @@
+"""The plan as a short terminal table and as a Prefect markdown artifact."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from anima_lora_flow.planner.plan import Plan
+
+
+def rows(plan: "Plan") -> list[tuple[str, str]]:
+    """(label, value) pairs shared by the text and markdown views."""
+    s = plan.steps
+    steps = f"{s.total_steps:,} ({s.steps_per_epoch:,}/epoch x {s.epochs} epochs; {s.batches_per_epoch:,} batches from {s.samples_per_epoch:,} samples)"
+    if plan.steps_done:
+        steps += f", {plan.steps_done:,} done"
+    speed = "measured at run time" if plan.sec_per_step is None else f"{plan.sec_per_step:g} s/step ({plan.rate_status})"
+    time = "unknown until training starts" if plan.train_hours is None else f"{plan.train_hours:.1f} h training + {plan.setup_hours:g} h setup per session"
+    return [
+        ("Platform", plan.platform),
+        ("Steps", steps),
+        ("Speed", f"{speed}, {plan.precision}"),
+        ("Time", time),
+        ("Session", _session(plan)),
+        ("Memory", _memory(plan)),
+        ("Storage", "durable (survives the session)" if plan.storage_durable else "lost with this session"),
+        ("Decision", plan.decision + (f": {plan.reason}" if plan.reason else "")),
+    ]
+
+
+def to_text(plan: "Plan") -> str:
+    lines = [f"Plan for {plan.project}"]
+    lines += [f"  {label:<9} {value}" for label, value in rows(plan)]
+    if plan.suggestions:
+        lines.append("Suggestions (each fits this session):")
+        lines += [f"  - {s.text}" for s in plan.suggestions]
+    if plan.warnings:
+        lines.append("Warnings:")
+        lines += [f"  - {w}" for w in plan.warnings]
+    lines.append(f"Speed source: {plan.rate_source}")
+    return "\n".join(lines)
+
+
+def to_markdown(plan: "Plan") -> str:
+    md = [f"# Plan: {plan.project}\n", "| item | value |", "|---|---|"]
+    md += [f"| {label} | {value.replace('|', '/')} |" for label, value in rows(plan)]
+    md.append(f"\nSpeed source: {plan.rate_source}. Memory: {plan.memory.status}, {plan.memory.source}.")
+    if plan.suggestions:
+        md += ["\n## Suggestions\n", "| setting | value | steps | hours |", "|---|---|---|---|"]
+        md += [f"| {s.setting} | {s.value} | {s.total_steps} | {s.hours} |" for s in plan.suggestions]
+    if plan.warnings:
+        md += ["\n## Warnings\n"] + [f"- {w}" for w in plan.warnings]
+    return "\n".join(md) + "\n"
+
+
+def _session(plan: "Plan") -> str:
+    if plan.session_hours_left is None:
+        return "no session limit"
+    head = f"{plan.session_hours_left:.1f} h left of {plan.session_limit_hours:g} h"
+    if plan.fits is None:
+        return head
+    if plan.fits:
+        return f"{head}; fits in this session"
+    return f"{head}; needs {plan.sessions_needed or '?'} sessions"
+
+
+def _memory(plan: "Plan") -> str:
+    m = plan.memory
+    if m.available_gib is None:
+        return f"{m.predicted_gib:.1f} GiB predicted ({m.status}), no GPU to compare"
+    verdict = "fits" if m.fits else "does NOT fit"
+    return f"{m.predicted_gib:.1f} GiB predicted ({m.status}) of {m.available_gib:.1f} GiB: {verdict}"

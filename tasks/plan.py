@@ -1,0 +1,27 @@
+"""Plan the run before any download; stop here when it cannot finish and the user chose to stop."""
+
+from __future__ import annotations
+
+import re
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+from anima_lora_flow.config import TrainingConfig
+from anima_lora_flow.planner.plan import Plan, enforce_plan, make_plan
+from anima_lora_flow.platforms.detect import detect_platform
+
+
+@task(name="plan")  # no retries: nothing here is transient
+def plan_task(config: TrainingConfig, report) -> Plan:
+    """Detect the platform, plan, publish the plan as an artifact, then enforce its decision."""
+    platform = detect_platform(session_budget_hours=config.session_budget_hours)
+    plan = make_plan(config, report.samples_per_bucket(), platform)
+    create_markdown_artifact(key=artifact_key(config.project_name), markdown=plan.to_markdown(), description="Training plan")
+    enforce_plan(plan)
+    return plan
+
+
+def artifact_key(project: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return "plan-" + (re.sub(r"[^a-z0-9]+", "-", project.lower()).strip("-") or "run")
