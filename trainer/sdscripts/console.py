@@ -1,0 +1,230 @@
+"""Turns sd-scripts console output into the project's progress events (anima-internals §A5).
+
+tqdm redraws its `steps:` bar with carriage returns and no newline, so the stream is split on
+both `\r` and `\n`; a bar is one progress update, never one line per redraw.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+
+from anima_lora_flow.trainer.events import Event
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_BAR = re.compile(r"^steps:\s*\d+%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)\s*\[(?P<info>[^\]]*)\]\s*$")
+_RATE = re.compile(r"(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>s/it|it/s)")
+_LOSS = re.compile(r"avr_loss=(?P<loss>[-+]?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|nan|inf))")
+_TOTAL = re.compile(r"total optimization steps / .*?:\s*(\d+)")
+_BATCHES = re.compile(r"num batches per epoch / .*?:\s*(\d+)")
+_EPOCHS = re.compile(r"num epochs / .*?:\s*(\d+)")
+_IMAGES = re.compile(r"num train images \* repeats / .*?:\s*(\d+)")
+_ACCUM = re.compile(r"gradient accumulation steps / .*?=\s*(\d+)")
+_EPOCH = re.compile(r"^epoch (\d+)/(\d+)$")
+_SAVING = re.compile(r"^saving checkpoint: (?P<path>.+)$")
+_STATE = re.compile(r"^save train state to (?P<file>.+) at epoch (?P<epoch>\d+) step (?P<step>\d+)$")
+_LOADED = re.compile(r"^load train state from .*'current_step': (?P<step>\d+)")
+_SKIPPING = re.compile(r"^skipping (?P<step>\d+) steps")
+_EPOCH_FILE = re.compile(r"-(\d{6})\.[A-Za-z]+$")
+_STEP_FILE = re.compile(r"-step(\d{8})\.[A-Za-z]+$")
+_NOTABLE = ("running training", "resume training from", "model saved.", "saving last state.", "removing old checkpoint")
+
+
+@dataclass
+class Piece:
+    """One line or one progress redraw of the console, with the events it produced."""
+
+    text: str
+    progress: bool
+    events: list[Event] = field(default_factory=list)
+
+
+def is_progress(text: str) -> bool:
+    """True for a tqdm `steps:` bar redraw."""
+    return bool(_BAR.match(_ANSI.sub("", text).strip()))
+
+
+class ConsoleParser:
+    """Streaming parser: `feed` any chunk (partial lines, `\\r` redraws) and get events back.
+
+    Steps are reported absolute. After a resume sd-scripts restarts its bar (and its own step
+    counter) at the resume point, so `initial_step` (or the "load train state" line) is added back.
+    """
+
+    def __init__(self, *, initial_step: int = 0, skip_until_initial_step: bool = True):
+        self.resumed_step = initial_step  # optimizer steps done before this process started
+        self.skip = skip_until_initial_step
+        self.total: int | None = None
+        self.epoch: int | None = None
+        self.num_epochs: int | None = None
+        self.batches_per_epoch: int | None = None
+        self.grad_accum = 1
+        self.images: int | None = None
+        self.step = initial_step  # absolute step of the latest bar
+        self.loss: float | None = None
+        self.sec_per_step: float | None = None
+        self.final_lora: str | None = None
+        self.checkpoints: list[Event] = []
+        self._offset: int | None = None
+        self._plan_sent = False
+        self._buffer = ""
+        self._shown_partial = ""
+
+    # --- splitting -------------------------------------------------------------------------
+    def feed(self, chunk: str) -> list[Event]:
+        """Events from a chunk of console output (any size, any split)."""
+        return [e for piece in self.feed_pieces(chunk) for e in piece.events]
+
+    def feed_pieces(self, chunk: str) -> list[Piece]:
+        """Like `feed`, but keeps each line / redraw so a caller can echo it."""
+        self._buffer += chunk
+        pieces = []
+        while True:
+            cut = _first_break(self._buffer)
+            if cut is None:
+                break
+            text, self._buffer = self._buffer[: cut[0]], self._buffer[cut[1] :]
+            if text == self._shown_partial and text:
+                self._shown_partial = ""  # this redraw was already reported before its terminator
+                continue
+            self._shown_partial = ""
+            if text or cut[2] == "\n":
+                pieces.append(self._parse(text))
+        # tqdm writes "\r<bar>" so the newest bar waits for the next redraw: report it now.
+        if self._buffer and is_progress(self._buffer) and self._buffer != self._shown_partial:
+            self._shown_partial = self._buffer
+            pieces.append(self._parse(self._buffer))
+        return pieces
+
+    def flush(self) -> list[Piece]:
+        """Whatever is left after the stream ended."""
+        rest, self._buffer = self._buffer, ""
+        if not rest or rest == self._shown_partial:
+            return []
+        return [self._parse(rest)]
+
+    # --- parsing -----------------------------------------------------------------------------
+    def _parse(self, raw: str) -> Piece:
+        text = _ANSI.sub("", raw).strip()
+        bar = _BAR.match(text)
+        if bar:
+            return Piece(raw, True, self._on_bar(bar))
+        return Piece(raw, False, self._on_line(text))
+
+    def _on_line(self, text: str) -> list[Event]:
+        for pattern, attr in ((_BATCHES, "batches_per_epoch"), (_EPOCHS, "num_epochs"), (_IMAGES, "images")):
+            match = pattern.search(text)
+            if match:
+                setattr(self, attr, int(match.group(1)))
+                return []
+        if match := _ACCUM.search(text):
+            self.grad_accum = int(match.group(1))
+            return []
+        if match := _TOTAL.search(text):
+            self.total = int(match.group(1))
+            return [self._plan()]
+        if match := _LOADED.match(text):
+            self.resumed_step = int(match["step"])
+            return [Event("log", {"message": text})]
+        if match := _SKIPPING.match(text):
+            self.resumed_step, self.skip = int(match["step"]), True
+            return [Event("log", {"message": text})]
+        if match := _EPOCH.match(text):
+            self.epoch, self.num_epochs = int(match.group(1)), int(match.group(2))
+            return [Event("log", {"message": text, "epoch": self.epoch})]
+        if match := _SAVING.match(text):
+            return [self._checkpoint_lora(match["path"].strip())]
+        if match := _STATE.match(text):
+            return [self._checkpoint_state(match)]
+        if text.startswith(_NOTABLE):
+            return [Event("log", {"message": text})]
+        return []
+
+    def _plan(self) -> Event:
+        self._plan_sent = True
+        data = {
+            "total_steps": self.total,
+            "num_epochs": self.num_epochs,
+            "batches_per_epoch": self.batches_per_epoch,
+            "gradient_accumulation_steps": self.grad_accum,
+            "images_x_repeats": self.images,
+            "initial_step": self.resumed_step,
+        }
+        return Event("plan", data)
+
+    def _step_offset(self) -> int:
+        """Absolute step of the bar's 0 (see sd-scripts train_network.py, resume branch)."""
+        if self.resumed_step <= 0:
+            return 0
+        if self.skip or not self.batches_per_epoch:
+            return self.resumed_step
+        # Without skipping, sd-scripts restarts the interrupted epoch from its first batch.
+        per_epoch = math.ceil(self.batches_per_epoch / self.grad_accum)
+        return (self.resumed_step // per_epoch) * per_epoch
+
+    def _on_bar(self, bar: re.Match) -> list[Event]:
+        if self._offset is None:
+            self._offset = self._step_offset()
+        n, bar_total = int(bar["n"]), int(bar["total"])
+        events = []
+        if self.total is None:
+            self.total = self._offset + bar_total
+        if not self._plan_sent:
+            events.append(self._plan())
+        if rate := _RATE.search(bar["info"]):
+            value = float(rate["value"])
+            self.sec_per_step = value if rate["unit"] == "s/it" else (1.0 / value if value else None)
+        if loss := _LOSS.search(bar["info"]):
+            self.loss = float(loss["loss"])
+        step = self._offset + n
+        if n > 0 and step != self.step:
+            self.step = step
+            data = {
+                "step": step,
+                "total": self.total,
+                "loss": self.loss,
+                "sec_per_step": self.sec_per_step,
+                "epoch": self.epoch,
+            }
+            events.append(Event("step", data))
+        return events
+
+    def _checkpoint_lora(self, path: str) -> Event:
+        data = {"kind": "lora", "path": path, "step": self.step, "epoch": self.epoch, "final": False}
+        if match := _EPOCH_FILE.search(path):
+            data["epoch"] = int(match.group(1))
+        elif match := _STEP_FILE.search(path):
+            data["reported_step"] = int(match.group(1))  # sd-scripts' own count; restarts after a resume
+        else:
+            data["final"] = True
+            self.final_lora = path
+        event = Event("checkpoint", data)
+        self.checkpoints.append(event)
+        return event
+
+    def _checkpoint_state(self, match: re.Match) -> Event:
+        data = {
+            "kind": "state",
+            "path": os.path.dirname(match["file"].strip()),
+            "step": self.step,
+            "epoch": int(match["epoch"]),
+            "reported_step": int(match["step"]),  # what train_state.json holds; may be wrong after a resume
+        }
+        event = Event("checkpoint", data)
+        self.checkpoints.append(event)
+        return event
+
+
+_BREAK = re.compile(r"\r\n|\n|\r")
+
+
+def _first_break(buffer: str) -> tuple[int, int, str] | None:
+    """(end of text, start of rest, terminator) for the first \\n, \\r\\n or \\r; None if none yet."""
+    match = _BREAK.search(buffer)
+    if match is None:
+        return None
+    if match.group() == "\r" and match.end() == len(buffer):
+        return None  # could be the first half of CR LF: wait for the next chunk
+    return match.start(), match.end(), "\r" if match.group() == "\r" else "\n"
