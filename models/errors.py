@@ -1,0 +1,17 @@
+"""Download errors: one sentence each that says what to do; user-fixable ones are never retried."""
+
+from __future__ import annotations
+
+from anima_lora_flow.errors import UserInputError
+
+
+class ModelDownloadError(Exception):
+    """Base of every models-stage failure (catch this to handle both kinds)."""
+
+
+class ModelInputError(ModelDownloadError, UserInputError):
+    """The user can fix it: wrong name, missing token, no disk space, no internet, a file that stays corrupt."""
+
+
+class ModelNetworkError(ModelDownloadError, OSError):
+    """A flaky network or Hub outage that outlived the in-process retries; Prefect retries the task."""
