@@ -292,10 +292,14 @@ def _assemble(hub: Hub, base_model: str, backend: str, chosen, local: dict[tuple
 
 
 def _save_durable(durable: DurableCache, chosen, local: dict[tuple[str, str], Path]) -> None:
-    for manifest, files in chosen:
-        for file in files:
-            durable.store(file, local[(manifest.repo_id, file.filename)])
-        durable.store_manifest(manifest)
+    """Mirror the verified files; a full or dropped durable store only costs the next session a download."""
+    try:
+        for manifest, files in chosen:
+            for file in files:
+                durable.store(file, local[(manifest.repo_id, file.filename)])
+            durable.store_manifest(manifest)
+    except OSError as exc:
+        log.warning("could not save the models to %s (%s); the next session will download them", durable.location.url, exc)
 
 
 def _ready_path(hub: Hub, base_model: str, backend: str) -> Path:
