@@ -17,19 +17,20 @@ class GpuSpec:
     memory_gib: float
     capability: tuple[int, int]
     keys: tuple[str, ...]
+    notebook: bool = False  # lent by Colab or Kaggle, so a plan for it assumes their 12 h session
 
 
 # More specific entries first (A100 80GB before A100). Memory is total_memory in GiB, not the box label.
 GPU_SPECS: tuple[GpuSpec, ...] = (
-    GpuSpec("T4", 14.7, (7, 5), ("t4",)),
-    GpuSpec("P100", 15.9, (6, 0), ("p100",)),
+    GpuSpec("T4", 14.7, (7, 5), ("t4",), notebook=True),
+    GpuSpec("P100", 15.9, (6, 0), ("p100",), notebook=True),
     GpuSpec("V100 32GB", 31.7, (7, 0), ("v100 32gb",)),
     GpuSpec("V100", 15.8, (7, 0), ("v100",)),
-    GpuSpec("L4", 22.5, (8, 9), ("l4",)),
+    GpuSpec("L4", 22.5, (8, 9), ("l4",), notebook=True),
     GpuSpec("A10G", 22.0, (8, 6), ("a10g", "a10")),
-    GpuSpec("A100 80GB", 79.2, (8, 0), ("a100 80gb",)),
-    GpuSpec("A100", 39.4, (8, 0), ("a100",)),
-    GpuSpec("H100", 79.1, (9, 0), ("h100",)),
+    GpuSpec("A100 80GB", 79.2, (8, 0), ("a100 80gb",), notebook=True),
+    GpuSpec("A100", 39.4, (8, 0), ("a100",), notebook=True),
+    GpuSpec("H100", 79.1, (9, 0), ("h100",), notebook=True),
     GpuSpec("H200", 139.8, (9, 0), ("h200",)),
     GpuSpec("RTX 3060", 11.8, (8, 6), ("3060",)),
     GpuSpec("RTX 3090", 23.7, (8, 6), ("3090",)),
@@ -65,3 +66,8 @@ def named_gpu(name: str) -> GpuInfo:
         known = ", ".join(s.name for s in GPU_SPECS)
         raise UserInputError(f"unknown GPU {name!r} for --gpu; use one of: {known}")
     return GpuInfo(name=spec.name, memory_gib=spec.memory_gib, capability=spec.capability)
+
+
+def is_notebook_gpu(name: str) -> bool:
+    spec = find_spec(name)
+    return bool(spec and spec.notebook)

@@ -12,13 +12,13 @@ from pydantic import BaseModel, Field
 from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.errors import UserInputError
 from anima_lora_flow.planner import render
-from anima_lora_flow.planner.gpus import named_gpu
+from anima_lora_flow.planner.gpus import is_notebook_gpu, named_gpu
 from anima_lora_flow.planner.guard import DEFAULT_MARGIN_S, DEFAULT_SAVE_COST_S
 from anima_lora_flow.planner.memory import MemoryEstimate, check_memory
 from anima_lora_flow.planner.rates import Rate, lookup_rate
 from anima_lora_flow.planner.steps import StepCount, count_steps, with_repeats
 from anima_lora_flow.planner.suggest import largest_epochs, largest_repeats, max_steps_within
-from anima_lora_flow.platforms.detect import HOUR, PlatformInfo
+from anima_lora_flow.platforms.detect import COLAB_FREE_LIMIT_S, HOUR, PlatformInfo
 from anima_lora_flow.platforms.durable import is_durable_storage
 from anima_lora_flow.platforms.gpu import GpuInfo
 
@@ -101,9 +101,11 @@ def make_plan(
         UserInputError: `gpu` names no known GPU, or the dataset has no samples.
     """
     now = time.time() if now is None else now
-    if config.session_budget_hours is not None and platform.session_limit_s != config.session_budget_hours * HOUR:
+    if gpu:
+        platform = _session_for_named_gpu(platform, named_gpu(gpu), config.session_budget_hours, now)
+    elif config.session_budget_hours is not None and platform.session_limit_s != config.session_budget_hours * HOUR:
         platform = platform.with_session_budget(config.session_budget_hours)
-    gpu_info = named_gpu(gpu) if gpu else platform.gpu
+    gpu_info = platform.gpu
     precision = resolve_precision(config.mixed_precision, gpu_info)
     try:
         steps = count_steps(samples_per_bucket, config.batch_size, config.gradient_accumulation_steps, config.max_train_epochs)
@@ -155,6 +157,20 @@ def enforce_plan(plan: Plan) -> None:
         return
     lines = [plan.reason] + [f"  try: {s.text}" for s in plan.suggestions]
     raise PlanOverrunError("\n".join(lines), plan)
+
+
+def _session_for_named_gpu(platform: PlatformInfo, gpu: GpuInfo, budget_h: float | None, now: float) -> PlatformInfo:
+    """A plan for another GPU is a plan for a fresh session: this one's age does not apply to it."""
+    limit = platform.session_limit_s
+    if budget_h is not None:
+        limit = budget_h * HOUR
+    elif limit is None and is_notebook_gpu(gpu.name):
+        limit = COLAB_FREE_LIMIT_S
+    note = f"planned for a fresh session on {gpu.name}" + (f" of {limit / HOUR:g} h" if limit else " without a time limit")
+    if limit and platform.kind not in ("colab", "kaggle"):
+        note += " (Colab/Kaggle); storage is judged for this machine"
+    update = {"gpu": gpu, "session_limit_s": limit, "session_age_s": 0.0, "detected_at": now, "notes": [*platform.notes, note]}
+    return platform.model_copy(update=update)
 
 
 def resolve_precision(requested: str, gpu: GpuInfo | None) -> str:
@@ -234,7 +250,7 @@ def _decide(plan: Plan, config: TrainingConfig, gpu: GpuInfo | None) -> tuple[De
             "raise session_budget_hours or train on a machine without a session limit"
         )
     reason = (
-        f"{plan.steps.total_steps - plan.steps_done} steps at ~{plan.sec_per_step:g} s/step need {plan.train_hours:.1f} h, "
+        f"{plan.steps.total_steps - plan.steps_done} steps at ~{plan.sec_per_step:.3g} s/step need {plan.train_hours:.1f} h, "
         f"but this session has {plan.session_hours_left:.1f} h left (setup {plan.setup_hours:g} h); "
         f"the run needs {plan.sessions_needed} sessions"
     )

@@ -14,7 +14,7 @@ def rows(plan: "Plan") -> list[tuple[str, str]]:
     steps = f"{s.total_steps:,} ({s.steps_per_epoch:,}/epoch x {s.epochs} epochs; {s.batches_per_epoch:,} batches from {s.samples_per_epoch:,} samples)"
     if plan.steps_done:
         steps += f", {plan.steps_done:,} done"
-    speed = "measured at run time" if plan.sec_per_step is None else f"{plan.sec_per_step:g} s/step ({plan.rate_status})"
+    speed = "measured at run time" if plan.sec_per_step is None else f"{plan.sec_per_step:.3g} s/step ({plan.rate_status})"
     time = "unknown until training starts" if plan.train_hours is None else f"{plan.train_hours:.1f} h training + {plan.setup_hours:g} h setup per session"
     return [
         ("Platform", plan.platform),

@@ -171,3 +171,19 @@ class TestViews:
         assert plan.to_markdown().startswith("# Plan: my_lora")
         dumped = json.loads(json.dumps(plan.model_dump(mode="json")))
         assert dumped["steps"]["total_steps"] == 1500 and dumped["decision"] == "stop"
+
+
+class TestNamedGpuSession:
+    def test_notebook_gpu_from_a_workstation_gets_a_fresh_12h_session(self):
+        plan = plan_for(config(max_train_epochs=60), local(None), gpu="T4")  # 9000 x 4.8 s = 12 h
+        assert plan.session_limit_hours == 12.0 and plan.session_hours_left == 12.0
+        assert plan.fits is False and plan.sessions_needed == 2
+        assert any("fresh session on T4" in w for w in plan.warnings)
+
+    def test_named_gpu_ignores_this_vms_age(self):
+        plan = plan_for(config(), colab(age_h=11.0), gpu="L4")
+        assert plan.session_hours_left == 12.0 and plan.fits
+
+    def test_consumer_gpu_has_no_limit_unless_budgeted(self):
+        assert plan_for(config(max_train_epochs=500), local(None), gpu="RTX 4090").session_limit_hours is None
+        assert plan_for(config(session_budget_hours=2.0), local(None), gpu="RTX 4090").session_limit_hours == 2.0
