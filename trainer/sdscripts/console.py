@@ -93,14 +93,15 @@ class ConsoleParser:
             if text or cut[2] == "\n":
                 pieces.append(self._parse(text))
         # tqdm writes "\r<bar>" so the newest bar waits for the next redraw: report it now.
-        if self._buffer and is_progress(self._buffer) and self._buffer != self._shown_partial:
-            self._shown_partial = self._buffer
-            pieces.append(self._parse(self._buffer))
+        pending = self._buffer.removesuffix("\r")
+        if pending and is_progress(pending) and pending != self._shown_partial:
+            self._shown_partial = pending
+            pieces.append(self._parse(pending))
         return pieces
 
     def flush(self) -> list[Piece]:
         """Whatever is left after the stream ended."""
-        rest, self._buffer = self._buffer, ""
+        rest, self._buffer = self._buffer.removesuffix("\r"), ""
         if not rest or rest == self._shown_partial:
             return []
         return [self._parse(rest)]

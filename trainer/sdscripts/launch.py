@@ -57,11 +57,10 @@ def kill_process_group(proc: subprocess.Popen, grace_s: float = 10) -> None:
     if not _signal_group(pgid, signal.SIGTERM):
         proc.wait()
         return
-    if _wait_group_gone(proc, pgid, grace_s):
-        return
-    _signal_group(pgid, signal.SIGKILL)
-    proc.wait()
-    _wait_group_gone(proc, pgid, 5)
+    if not _wait_group_gone(proc, pgid, grace_s):
+        _signal_group(pgid, signal.SIGKILL)
+        _wait_group_gone(proc, pgid, 5)
+    proc.wait()  # the leader is dead by now; reap it
 
 
 def _signal_group(pgid: int, sig: int) -> bool:
