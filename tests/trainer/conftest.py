@@ -40,7 +40,13 @@ def items(tmp_path) -> list[TrainItem]:
     return [TrainItem(p, CAPTIONS[i % len(CAPTIONS)], (256, 256), repeats=1) for i, p in enumerate(paths)]
 
 
-def tiny_config(**overrides) -> dict:
+@pytest.fixture
+def tiny_config():
+    """A function: TrainingConfig fields for a seconds-long CPU run, with overrides."""
+    return _tiny_config
+
+
+def _tiny_config(**overrides) -> dict:
     base = dict(
         project_name="tiny", dataset="unused", resolution=256, network_dim=4, network_alpha=2, learning_rate=1e-3,
         max_train_epochs=2, batch_size=1, optimizer="adamw", lr_warmup_steps=2, gradient_checkpointing=False,

@@ -1,0 +1,91 @@
+"""End to end on the tiny model: a run, its events and files, the planner's count, exact resume."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from anima_lora_flow.dataset.buckets import batches_per_epoch, optimizer_steps_per_epoch
+from anima_lora_flow.dataset.items import samples_per_bucket
+from anima_lora_flow.errors import UserInputError
+from anima_lora_flow.trainer.lora import load_lora_file
+from anima_lora_flow.trainer.run import TrainJob, run_training
+
+
+
+@pytest.fixture
+def job(items, tiny_model, tmp_path, tiny_config):
+    """A function: the TrainJob for a tiny run writing to tmp_path/<name> (caches shared in tmp_path/work)."""
+
+    def make(name="out", resume=None, items=items, **overrides) -> TrainJob:
+        return _job(items, tiny_model, tmp_path, tiny_config(**overrides), name, resume)
+
+    return make
+
+
+def _job(items, tiny_model, tmp_path, config, name, resume) -> TrainJob:
+    return TrainJob(
+        config=config,
+        items=[item.to_json() for item in items],
+        models_dir=str(tiny_model),
+        work_dir=str(tmp_path / "work"),
+        output_dir=str(tmp_path / name),
+        resume_state=resume,
+        dataset_fingerprint="ds1",
+    )
+
+
+def test_run_trains_and_reports(job, items, tmp_path):
+    events = []
+    result = run_training(job(max_train_epochs=3), events.append)
+    kinds = [e.event for e in events]
+    assert kinds[0] == "plan" and kinds[-1] == "done"
+    planned = optimizer_steps_per_epoch(batches_per_epoch(samples_per_bucket(items), 1), 1) * 3
+    assert events[0]["total_steps"] == planned == result.steps == 9
+    assert math.isfinite(result.last_loss)
+    steps = [e for e in events if e.event == "step"]
+    assert [e["step"] for e in steps] == [9] and steps[-1]["total"] == 9  # read-outs every 10 steps and at the end
+    loras = [e["path"] for e in events if e.event == "checkpoint" and e["kind"] == "lora"]
+    assert [p.rsplit("/", 1)[-1] for p in loras] == ["tiny-000001.safetensors", "tiny-000002.safetensors", "tiny.safetensors"]
+    states = [e for e in events if e.event == "checkpoint" and e["kind"] == "state"]
+    assert [e["step"] for e in states] == [3, 6, 9]
+    assert len(list((tmp_path / "out" / "state").iterdir())) == 2  # keep_last_states
+    final = load_lora_file(result.final_lora)
+    assert any(v.abs().sum() > 0 for k, v in final.items() if "lora_B" in k)  # B moved away from zero
+
+
+@pytest.mark.parametrize("stop_after", [2, 4])
+def test_resume_gives_identical_lora(job, items, stop_after, monkeypatch):
+    monkeypatch.setattr("anima_lora_flow.trainer.loop.LOG_EVERY", 1)  # a loss read-out at every step
+    # 3 items x 2 repeats, accumulation 2: 3 steps per epoch, 6 in all; stop mid-epoch 1 or mid-epoch 2.
+    items = [type(i)(i.image_path, i.caption, i.bucket, repeats=2) for i in items]
+    opts = dict(gradient_accumulation_steps=2, max_train_epochs=2, lr_scheduler="cosine_with_restarts")
+    straight_events = []
+    straight = run_training(job("straight", items=items, **opts), straight_events.append)
+
+    calls = iter(range(1, 100))
+    first = run_training(job("split", items=items, **opts), stop_requested=lambda: next(calls) >= stop_after)
+    assert first.stopped and first.steps == stop_after and first.final_lora is None
+    events = []
+    second = run_training(job("split", resume=first.state, items=items, **opts), events.append)
+    assert second.steps == straight.steps == 6
+    a, b = load_lora_file(straight.final_lora), load_lora_file(second.final_lora)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    losses = lambda evs: [(e["step"], e["loss"], e["lr"]) for e in evs if e.event == "step"]  # noqa: E731
+    assert losses(events) == losses(straight_events)[stop_after:]
+
+
+def test_stop_emits_stopped_with_state(job):
+    events = []
+    result = run_training(job(), events.append, stop_requested=lambda: "deadline")
+    stopped = events[-1]
+    assert stopped.event == "stopped" and stopped["reason"] == "deadline" and stopped["state"] == result.state
+    assert stopped["step"] == 1
+
+
+def test_resume_refuses_other_settings(job):
+    first = run_training(job(), stop_requested=lambda: True)
+    with pytest.raises(UserInputError, match="network_dim"):
+        run_training(job(resume=first.state, network_dim=8))
