@@ -114,7 +114,7 @@ def make_plan(
     rate = _rate(config, gpu_info, precision, config.resolution)
     left = platform.remaining_s(now)
     timing = _timing(steps.total_steps - steps_done, rate.sec_per_step, left, platform.session_limit_s, SETUP_S)
-    durable = is_durable_storage(config.storage, platform, cwd)
+    durable = is_durable_storage(config.storage, _storage_platform(platform, gpu), cwd)
     action = _overrun_action(config.on_overrun, durable)
     plan = Plan(
         project=config.project_name,
@@ -168,9 +168,16 @@ def _session_for_named_gpu(platform: PlatformInfo, gpu: GpuInfo, budget_h: float
         limit = COLAB_FREE_LIMIT_S
     note = f"planned for a fresh session on {gpu.name}" + (f" of {limit / HOUR:g} h" if limit else " without a time limit")
     if limit and platform.kind not in ("colab", "kaggle"):
-        note += " (Colab/Kaggle); storage is judged for this machine"
+        note += " (Colab/Kaggle)"
     update = {"gpu": gpu, "session_limit_s": limit, "session_age_s": 0.0, "detected_at": now, "notes": [*platform.notes, note]}
     return platform.model_copy(update=update)
+
+
+def _storage_platform(platform: PlatformInfo, gpu: str | None) -> PlatformInfo:
+    """Judge storage where the run will be: a plan for a Colab/Kaggle GPU made elsewhere uses their disk rules."""
+    if not gpu or platform.ephemeral_disk or not is_notebook_gpu(gpu):
+        return platform
+    return platform.model_copy(update={"kind": "colab"})
 
 
 def resolve_precision(requested: str, gpu: GpuInfo | None) -> str:
@@ -260,7 +267,7 @@ def _decide(plan: Plan, config: TrainingConfig, gpu: GpuInfo | None) -> tuple[De
             "set --storage to /content/drive/MyDrive/..., /kaggle/working/..., gs://, s3:// or hf:// to train across sessions"
         )
     if plan.overrun_action == "stop":
-        return "stop", f"{reason}; set on_overrun=resume (with durable storage) or use a suggestion below"
+        return "stop", f"{reason}; pass --on-overrun resume with a durable --storage, or a suggestion below"
     return plan.overrun_action, reason
 
 
@@ -275,11 +282,11 @@ def _suggestions(config: TrainingConfig, samples: Mapping, plan: Plan, gpu: GpuI
     best_epochs = largest_epochs(samples, batch, accum, epochs, budget)
     if best_epochs:
         steps = count_steps(samples, batch, accum, best_epochs).total_steps
-        out.append(_suggestion(plan, "max_train_epochs", best_epochs, steps, f"--epochs {best_epochs}"))
+        out.append(_suggestion(plan, "max_train_epochs", best_epochs, steps, flag("max_train_epochs", best_epochs)))
     best_repeats = largest_repeats(samples, config.repeats, batch, accum, epochs, budget)
     if best_repeats:
         steps = count_steps(with_repeats(samples, config.repeats, best_repeats), batch, accum, epochs).total_steps
-        out.append(_suggestion(plan, "repeats", best_repeats, steps, f"--repeats {best_repeats}"))
+        out.append(_suggestion(plan, "repeats", best_repeats, steps, flag("repeats", best_repeats)))
     out += _speed_suggestions(config, plan, gpu, seconds)
     if plan.overrun_action != "resume" and plan.sessions_needed:
         out.append(Suggestion(
@@ -297,11 +304,11 @@ def _speed_suggestions(config: TrainingConfig, plan: Plan, gpu: GpuInfo | None, 
         rate = _rate(config, gpu, "fp16", config.resolution)
         if rate.sec_per_step and remaining * rate.sec_per_step <= seconds:
             out.append(_suggestion(plan, "mixed_precision", "fp16", plan.steps.total_steps,
-                                   f"--mixed-precision fp16 (bf16 is emulated on {gpu.name})", rate.sec_per_step))
+                                   flag("mixed_precision", "fp16") + f" (bf16 is emulated on {gpu.name})", rate.sec_per_step))
     if config.resolution > 512:
         rate = _rate(config, gpu, plan.precision, 512)
         if rate.sec_per_step and remaining * rate.sec_per_step <= seconds:
-            out.append(_suggestion(plan, "resolution", 512, plan.steps.total_steps, "--resolution 512", rate.sec_per_step))
+            out.append(_suggestion(plan, "resolution", 512, plan.steps.total_steps, flag("resolution", 512), rate.sec_per_step))
     return out
 
 
@@ -309,6 +316,12 @@ def _suggestion(plan: Plan, setting: str, value, steps: int, flag: str, sec_per_
     sec = sec_per_step or plan.sec_per_step
     hours = round((steps - plan.steps_done) * sec / HOUR, 2)
     return Suggestion(setting=setting, value=value, total_steps=steps, hours=hours, text=f"{flag}: {steps} steps, ~{hours:.1f} h")
+
+
+def flag(setting: str, value) -> str:
+    """The CLI flag for a TrainingConfig field (the CLI makes one kebab-case flag per field)."""
+    name = "--" + setting.replace("_", "-")
+    return name if value is True else f"{name} {value}"
 
 
 def _warnings(config: TrainingConfig, plan: Plan, gpu: GpuInfo | None, platform: PlatformInfo) -> list[str]:
@@ -320,7 +333,7 @@ def _warnings(config: TrainingConfig, plan: Plan, gpu: GpuInfo | None, platform:
     if gpu is not None and plan.precision == "bf16" and not gpu.bf16_native:
         out.append(f"bf16 on {gpu.name} ({gpu.sm}) is emulated at fp32 speed; mixed_precision auto or fp16 is ~3x faster")
     if plan.memory.fits is False:
-        fix = "; ".join(", ".join(f"{k}={v}" for k, v in o.changes.items()) + f" ({o.predicted_gib:.1f} GiB)" for o in plan.memory.options)
+        fix = "; ".join(" ".join(flag(k, v) for k, v in o.changes.items()) + f" ({o.predicted_gib:.1f} GiB)" for o in plan.memory.options)
         out.append(
             f"predicted peak {plan.memory.predicted_gib:.1f} GiB exceeds {gpu.name}'s {plan.memory.available_gib:.1f} GiB"
             + (f"; would fit with: {fix}" if fix else "; no setting change fits: use a GPU with more memory")

@@ -8,7 +8,7 @@ from pathlib import PurePosixPath
 from anima_lora_flow.platforms.detect import PlatformInfo
 
 # Local folders that survive a Colab/Kaggle session: Drive, and Kaggle's saved output folder.
-_DURABLE_PREFIXES = {"colab": ("/content/drive",), "kaggle": ("/kaggle/working",)}
+_DURABLE_PREFIXES = ("/content/drive", "/kaggle/working")
 
 
 def is_durable_storage(storage: str, platform: PlatformInfo, cwd: str | None = None) -> bool:
@@ -24,4 +24,4 @@ def is_durable_storage(storage: str, platform: PlatformInfo, cwd: str | None = N
     if not platform.ephemeral_disk:
         return True
     path = PurePosixPath(os.path.normpath(os.path.join(cwd or os.getcwd(), os.path.expanduser(text))))
-    return any(path == PurePosixPath(p) or PurePosixPath(p) in path.parents for p in _DURABLE_PREFIXES[platform.kind])
+    return any(path == PurePosixPath(p) or PurePosixPath(p) in path.parents for p in _DURABLE_PREFIXES)

@@ -35,7 +35,7 @@ def test_stop_exits_2_with_a_one_line_error_and_suggestions():
     assert code == 2
     lines = err.splitlines()
     assert lines[0].startswith("error: ") and "sessions" in lines[0]
-    assert any(line.strip().startswith("try: --epochs") for line in lines[1:])
+    assert any(line.strip().startswith("try: --max-train-epochs") for line in lines[1:])
 
 
 def test_resume_exits_0():

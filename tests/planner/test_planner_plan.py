@@ -80,7 +80,7 @@ class TestOverrun:
         with pytest.raises(PlanOverrunError) as info:
             enforce_plan(plan)
         assert isinstance(info.value, UserInputError)
-        assert "1500 steps" in str(info.value) and "--epochs 6" in str(info.value)
+        assert "1500 steps" in str(info.value) and "--max-train-epochs 6" in str(info.value)
 
     def test_auto_with_drive_resumes(self):
         plan = plan_for(self.cfg(storage="/content/drive/MyDrive/runs"), colab())
@@ -187,3 +187,8 @@ class TestNamedGpuSession:
     def test_consumer_gpu_has_no_limit_unless_budgeted(self):
         assert plan_for(config(max_train_epochs=500), local(None), gpu="RTX 4090").session_limit_hours is None
         assert plan_for(config(session_budget_hours=2.0), local(None), gpu="RTX 4090").session_limit_hours == 2.0
+
+    def test_storage_is_judged_for_the_notebook(self):
+        assert not plan_for(config(storage="/content/runs"), local(None), gpu="T4").storage_durable
+        assert plan_for(config(storage="/content/drive/MyDrive/r"), local(None), gpu="T4").storage_durable
+        assert plan_for(config(storage="/content/runs"), local(None), gpu="RTX 4090").storage_durable
