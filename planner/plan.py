@@ -331,7 +331,7 @@ def _warnings(config: TrainingConfig, plan: Plan, gpu: GpuInfo | None, platform:
     elif plan.sec_per_step is None:
         out.append(f"{gpu.name} is not in the speed table: time is measured once training starts (or plan with --gpu NAME)")
     if gpu is not None and plan.precision == "bf16" and not gpu.bf16_native:
-        out.append(f"bf16 on {gpu.name} ({gpu.sm}) is emulated at fp32 speed; mixed_precision auto or fp16 is ~3x faster")
+        out.append(f"bf16 on {gpu.name} ({gpu.sm}) is emulated at fp32 speed; --mixed-precision auto (fp16 here) is ~3x faster")
     if plan.memory.fits is False:
         fix = "; ".join(" ".join(flag(k, v) for k, v in o.changes.items()) + f" ({o.predicted_gib:.1f} GiB)" for o in plan.memory.options)
         out.append(

@@ -43,6 +43,5 @@ def refine(plan: Plan, observed_sec_per_step: float, steps_done: int, now: float
         "rate_status": "measured",
         "rate_source": f"measured this run over the steps before step {steps_done}",
         "steps_done": steps_done,
-        "setup_hours": 0.0 if plan.setup_hours and timing["sessions_needed"] == 1 else plan.setup_hours,
         "decision": decision,
     })
