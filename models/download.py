@@ -187,7 +187,7 @@ def validate_models_dir(models_dir: str | Path) -> ModelPaths:
     missing = [s for s in registry.DIFFUSERS_SUBFOLDERS if not (root / s).is_dir()]
     if missing:
         raise ModelInputError(
-            f"models_dir {root} lacks {', '.join(missing)}/; point it at a Diffusers-format Anima folder "
+            f"models_dir {root} lacks {', '.join(m + '/' for m in missing)}; point it at a Diffusers-format Anima folder "
             f"(like {registry.DIFFUSERS_REPO}) or unset it to download one"
         )
     return ModelPaths(diffusers_dir=root)

@@ -45,6 +45,18 @@ class HashRecord:
         self._save()
         return digest
 
+    def known(self, file: Path) -> str | None:
+        """The recorded SHA-256 if the file is unchanged since it was hashed, without reading it."""
+        real = os.path.realpath(file)
+        entry = self._data.get(real)
+        try:
+            stat = os.stat(real)
+        except OSError:
+            return None
+        if entry and entry["size"] == stat.st_size and entry["mtime_ns"] == stat.st_mtime_ns:
+            return entry["sha256"]
+        return None
+
     def forget(self, file: Path) -> None:
         self._data.pop(os.path.realpath(file), None)
         self._save()
