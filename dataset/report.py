@@ -17,7 +17,8 @@ from anima_lora_flow.errors import UserInputError
 # What happens to the file: problems are "skipped"; warnings say what the trainer will do instead.
 Verdict = Literal["skipped", "ignored", "converted", "trained", "note"]
 
-_LIST_LIMIT = 20  # lines per section in the terminal/markdown report; --json has everything
+_LIST_LIMIT = 50  # rows per table in the markdown artifact; --json has everything
+_GROUP_NAMES = 6  # file names shown per group of like findings in the terminal
 
 
 class DatasetError(UserInputError):
@@ -34,6 +35,7 @@ class Issue(BaseModel):
     file: str
     reason: str
     verdict: Verdict
+    code: str = ""  # the kind of finding ("no-caption", "duplicate"...), for grouping and for tools
 
 
 class ImageRecord(BaseModel):
@@ -90,9 +92,7 @@ class DatasetReport(BaseModel):
         for title, issues in (("Problems (these files are not trained)", self.problems), ("Warnings", self.warnings)):
             if issues:
                 lines.append(f"{title}: {len(issues)}")
-                lines += [f"  [{i.verdict}] {i.file}: {i.reason}" for i in issues[:_LIST_LIMIT]]
-                if len(issues) > _LIST_LIMIT:
-                    lines.append(f"  ... and {len(issues) - _LIST_LIMIT} more (use --json for the full list)")
+                lines += [line for group in _grouped(issues) for line in _group_lines(group)]
         if self.tag_frequency:
             top = list(self.tag_frequency.items())[:15]
             lines.append("Top tags: " + ", ".join(f"{tag} ({n})" for tag, n in top))
@@ -124,6 +124,24 @@ class DatasetReport(BaseModel):
             f"{self.trainable_count} images will be trained ({how} = {self.samples_per_epoch} samples per epoch); "
             f"{len(self.problems)} skipped, {len(self.warnings)} warnings"
         )
+
+
+def _grouped(issues: list[Issue]) -> list[list[Issue]]:
+    """Issues of one kind together, kinds in order of first appearance."""
+    groups: dict[str, list[Issue]] = {}
+    for issue in issues:
+        groups.setdefault(issue.code or issue.reason, []).append(issue)
+    return list(groups.values())
+
+
+def _group_lines(group: list[Issue]) -> list[str]:
+    """One line for a single finding; a count, an example and a few file names for many."""
+    first = group[0]
+    if len(group) == 1:
+        return [f"  [{first.verdict}] {first.file}: {first.reason}"]
+    names = ", ".join(i.file for i in group[:_GROUP_NAMES])
+    more = f" and {len(group) - _GROUP_NAMES} more" if len(group) > _GROUP_NAMES else ""
+    return [f"  [{first.verdict}] {len(group)} files, e.g. {first.file}: {first.reason}", f"      {names}{more}"]
 
 
 def fingerprint(images: list[ImageRecord]) -> str:

@@ -45,7 +45,7 @@ class ImageCheck:
     height: int = 0
     mode: str = ""
     frames: int = 1
-    error: str | None = None
+    error: tuple[str, str] | None = None  # (code, reason)
 
 
 def validate_folder(
@@ -68,12 +68,12 @@ def validate_folder(
     folders: dict[str, list[int]] = defaultdict(list)
     for relpath, check in zip(images, checks):
         name = relpath.as_posix()
-        reason = _image_problem(check, seen.get(check.sha256))
+        problem = _image_problem(check, seen.get(check.sha256))
         times, folder_note = folder_repeats(relpath, repeats)
-        if reason is None and times == 0:
-            reason = f"its folder {relpath.parent.as_posix()!r} asks for 0 repeats; rename it to N_name with N >= 1"
-        if reason:
-            problems.append(Issue(file=name, reason=reason, verdict="skipped"))
+        if problem is None and times == 0:
+            problem = ("zero-repeats", f"its folder {relpath.parent.as_posix()!r} asks for 0 repeats; rename it to N_name with N >= 1")
+        if problem:
+            problems.append(Issue(file=name, code=problem[0], reason=problem[1], verdict="skipped"))
             continue
         seen[check.sha256] = name
         caption = _caption_for(root, relpath, captions, warnings)
@@ -83,8 +83,10 @@ def validate_folder(
                                    bucket=bucket, repeats=times, sha256=check.sha256))
         if folder_note:
             folders[folder_note].append(times)
-    warnings += [Issue(file=str(c), reason="caption without an image of the same name: ignored", verdict="ignored")
-                 for c in sorted(captions.values(), key=str)]
+    skipped = {(PurePosixPath(p.file).parent.as_posix(), PurePosixPath(p.file).stem) for p in problems}
+    orphans = sorted((c for key, c in captions.items() if key not in skipped), key=str)  # a skipped image's caption says nothing new
+    warnings += [Issue(file=str(c), code="orphan-caption", reason="caption without an image of the same name: ignored", verdict="ignored")
+                 for c in orphans]
     warnings += _folder_notes(folders, repeats)
     return DatasetReport(
         root=str(root), source=source or str(root), resolution=resolution, images=records,
@@ -110,10 +112,10 @@ def _scan(root: Path) -> tuple[list[PurePosixPath], dict[tuple[str, str], PurePo
                 captions[(rel.parent.as_posix(), rel.stem)] = rel
             elif suffix in UNSUPPORTED_IMAGES:
                 why = f"{suffix} images are not loaded by the trainer; convert it to PNG or JPEG"
-                problems.append(Issue(file=rel.as_posix(), reason=why, verdict="skipped"))
+                problems.append(Issue(file=rel.as_posix(), code="unsupported-format", reason=why, verdict="skipped"))
             else:
                 why = "not an image or caption the trainer loads: ignored"
-                warnings.append(Issue(file=rel.as_posix(), reason=why, verdict="ignored"))
+                warnings.append(Issue(file=rel.as_posix(), code="ignored-file", reason=why, verdict="ignored"))
     return images, captions, problems, warnings
 
 
@@ -133,18 +135,21 @@ def check_image(path: Path) -> ImageCheck:
             width, height, mode = img.width, img.height, img.mode
             frames = getattr(img, "n_frames", 1)
             if width * height > MAX_IMAGE_PIXELS:
-                return ImageCheck(digest, width, height, mode, error=_too_many_pixels(width, height))
+                return ImageCheck(digest, width, height, mode, error=("too-large", _too_many_pixels(width, height)))
             img.verify()
         with Image.open(io.BytesIO(data)) as img:
             if img.format == "JPEG":  # decode at 1/8 scale: every byte is still parsed, 10x faster
                 img.draft(img.mode, (max(1, width // 8), max(1, height // 8)))
             img.load()
-    except Image.DecompressionBombError as exc:
-        return ImageCheck(digest, error=f"decompression bomb guard: {exc}")
+    except Image.DecompressionBombError:
+        why = "declares far too many pixels (decompression bomb guard); downscale it if it is a real image"
+        return ImageCheck(digest, error=("too-large", why))
+    except Image.UnidentifiedImageError:
+        return ImageCheck(digest, error=("unreadable", "not a readable image (unknown or damaged format); re-export it as PNG or JPEG"))
     except Exception as exc:  # noqa: BLE001  (Pillow's plugins raise many types for a corrupt file)
         if "truncated" in str(exc).lower():
-            return ImageCheck(digest, error="file is truncated (an incomplete copy or download); copy or export it again")
-        return ImageCheck(digest, error=f"cannot be read as an image ({type(exc).__name__}: {exc}); re-export it")
+            return ImageCheck(digest, error=("truncated", "file is truncated (an incomplete copy or download); copy or export it again"))
+        return ImageCheck(digest, error=("unreadable", f"cannot be decoded ({type(exc).__name__}: {exc}); re-export it"))
     return ImageCheck(digest, width, height, mode, frames)
 
 
@@ -152,13 +157,14 @@ def _too_many_pixels(width: int, height: int) -> str:
     return f"{width}x{height} is over {MAX_IMAGE_PIXELS // 1_000_000} megapixels (decompression bomb guard); downscale it"
 
 
-def _image_problem(check: ImageCheck, duplicate_of: str | None) -> str | None:
+def _image_problem(check: ImageCheck, duplicate_of: str | None) -> tuple[str, str] | None:
+    """(code, reason) when the image cannot be trained, else None."""
     if check.error:
         return check.error
     if min(check.width, check.height) < MIN_IMAGE_SIDE:
-        return f"{check.width}x{check.height} is too small (a side under {MIN_IMAGE_SIDE} px); use a larger image"
+        return "too-small", f"{check.width}x{check.height} is too small (a side under {MIN_IMAGE_SIDE} px); use a larger image"
     if duplicate_of:
-        return f"same content as {duplicate_of}: trained once, not twice"
+        return "duplicate", f"same content as {duplicate_of}: trained once, not twice"
     return None
 
 
@@ -166,16 +172,16 @@ def _image_warnings(name: str, check: ImageCheck, bucket: Bucket) -> list[Issue]
     found = []
     if check.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         why = f"high-bit-depth image (mode {check.mode}): converted to 8-bit RGB, which may clip it; export it as 8-bit"
-        found.append(Issue(file=name, reason=why, verdict="converted"))
+        found.append(Issue(file=name, code="high-bit-depth", reason=why, verdict="converted"))
     elif check.mode not in ("RGB", "L"):
         why = _MODE_NOTES.get(check.mode, f"mode {check.mode}: converted to RGB")
-        found.append(Issue(file=name, reason=why, verdict="converted"))
+        found.append(Issue(file=name, code=f"mode-{check.mode}", reason=why, verdict="converted"))
     if check.frames > 1:
-        found.append(Issue(file=name, reason=f"animated ({check.frames} frames): only the first is trained", verdict="trained"))
+        found.append(Issue(file=name, code="animated", reason=f"animated ({check.frames} frames): only the first is trained", verdict="trained"))
     scale = max(bucket[0] / check.width, bucket[1] / check.height)
     if scale > UPSCALE_WARNING:
         why = f"{check.width}x{check.height} is upscaled {scale:.1f}x to its {bucket[0]}x{bucket[1]} bucket and may train blurry"
-        found.append(Issue(file=name, reason=why, verdict="trained"))
+        found.append(Issue(file=name, code="upscaled", reason=why, verdict="trained"))
     return found
 
 
@@ -193,11 +199,12 @@ def _folder_notes(folders: dict[str, list[int]], default: int) -> list[Issue]:
     notes = []
     for folder, times in sorted(folders.items()):
         if times[0] == default and not any(_KOHYA_FOLDER.match(p) for p in PurePosixPath(folder).parts):
-            why = f"{len(times)} images in this subfolder are trained with repeats={default}"
+            code, why = "subfolder", f"{len(times)} images in this subfolder are trained with repeats={default}"
         else:
+            code = "kohya-repeats"
             why = (f"{len(times)} images get {times[0]} repeats from the kohya folder name 'N_name' "
                    f"(the folder's N replaces repeats={default})")
-        notes.append(Issue(file=folder + "/", reason=why, verdict="note"))
+        notes.append(Issue(file=folder + "/", code=code, reason=why, verdict="note"))
     return notes
 
 
@@ -206,21 +213,22 @@ def _caption_for(root: Path, image: PurePosixPath, captions: dict, warnings: lis
     name = image.as_posix()
     path = captions.pop((image.parent.as_posix(), image.stem), None)
     if path is None:
-        warnings.append(Issue(file=name, reason=f"no caption file {image.stem}.txt: trains with an empty caption", verdict="trained"))
+        why = "no caption file (.txt of the same name): trains with an empty caption"
+        warnings.append(Issue(file=name, code="no-caption", reason=why, verdict="trained"))
         return ""
     text, encoding = read_caption(root / path)
     if encoding != "utf-8":
         why = f"caption is not UTF-8: read as {encoding}; re-save it as UTF-8 (sd-scripts cannot read it)"
-        warnings.append(Issue(file=path.as_posix(), reason=why, verdict="trained"))
+        warnings.append(Issue(file=path.as_posix(), code="caption-encoding", reason=why, verdict="trained"))
     if not text:
-        warnings.append(Issue(file=path.as_posix(), reason="caption is empty: trains with an empty caption", verdict="trained"))
+        warnings.append(Issue(file=path.as_posix(), code="empty-caption", reason="caption is empty: trains with an empty caption", verdict="trained"))
     elif "\n" in text:
         why = "caption has several lines: all are used here, but the sd-scripts backend reads only the first"
-        warnings.append(Issue(file=path.as_posix(), reason=why, verdict="trained"))
+        warnings.append(Issue(file=path.as_posix(), code="multiline-caption", reason=why, verdict="trained"))
     tokens = estimate_tokens(text)
     if tokens > MAX_CAPTION_TOKENS:
         why = f"caption is about {tokens} tokens (an estimate; no tokenizer offline): the text encoder reads {MAX_CAPTION_TOKENS}, the rest is cut"
-        warnings.append(Issue(file=path.as_posix(), reason=why, verdict="trained"))
+        warnings.append(Issue(file=path.as_posix(), code="long-caption", reason=why, verdict="trained"))
     return text
 
 

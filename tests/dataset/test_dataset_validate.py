@@ -65,19 +65,31 @@ def test_every_case_gets_its_exact_verdict(messy: Path):
         "alpha.png", "pal.png", "long.png", "10_char/a.png", "extra/b.png",
     ])
     problems = _verdicts(report.problems)
-    assert sorted(problems) == ["anim.GIF", "bomb.png", "noise.png", "tiny.png", "trunc.png", "z_dup.png"]
-    assert all(v == "skipped" for issues in problems.values() for v, _ in issues)
+    assert {i.file: (i.verdict, i.code) for i in report.problems} == {
+        "anim.GIF": ("skipped", "unsupported-format"),
+        "bomb.png": ("skipped", "too-large"),
+        "noise.png": ("skipped", "unreadable"),
+        "tiny.png": ("skipped", "too-small"),
+        "trunc.png": ("skipped", "truncated"),
+        "z_dup.png": ("skipped", "duplicate"),
+    }
     assert "not loaded by the trainer" in problems["anim.GIF"][0][1]
     assert "decompression bomb" in problems["bomb.png"][0][1]
     assert problems["z_dup.png"][0][1].startswith("same content as good.png")
     assert "truncated" in problems["trunc.png"][0][1]
-    assert "cannot be read" in problems["noise.png"][0][1]
     assert "too small" in problems["tiny.png"][0][1]
+    codes = {(i.file, i.code) for i in report.warnings if i.code != "upscaled"}
+    assert codes == {
+        ("nocap.png", "no-caption"), ("orphan.txt", "orphan-caption"), ("utf16.txt", "caption-encoding"),
+        ("empty.txt", "empty-caption"), ("cmyk.jpg", "mode-CMYK"), ("deep.png", "high-bit-depth"),
+        ("alpha.png", "mode-RGBA"), ("pal.png", "mode-P"), ("long.txt", "long-caption"), ("meta.json", "ignored-file"),
+        ("10_char/", "kohya-repeats"), ("extra/", "subfolder"),
+    }
 
     warnings = _verdicts(report.warnings)
-    assert warnings["nocap.png"] == [("trained", "no caption file nocap.txt: trains with an empty caption")]
+    assert warnings["nocap.png"] == [("trained", "no caption file (.txt of the same name): trains with an empty caption")]
     assert warnings["orphan.txt"][0][0] == "ignored"
-    assert warnings["anim.txt"][0][0] == "ignored"  # its image is skipped, so the caption has no image
+    assert "anim.txt" not in warnings and "trunc.txt" not in warnings  # their image's problem says it all
     assert warnings["utf16.txt"][0] == ("trained", "caption is not UTF-8: read as utf-16; re-save it as UTF-8 (sd-scripts cannot read it)")
     assert trained["utf16.png"].caption == "café, 1girl"
     assert warnings["empty.txt"] == [("trained", "caption is empty: trains with an empty caption")]
@@ -181,3 +193,14 @@ def test_folder_repeats_rule():
     assert folder_repeats(P("3_char/x.png"), 5) == (3, "3_char")
     assert folder_repeats(P("3_char/sub/x.png"), 5) == (3, "3_char/sub")
     assert folder_repeats(P("misc/x.png"), 5) == (5, "misc")
+
+
+def test_text_report_groups_like_findings_and_markdown_lists_them(messy: Path):
+    report = validate_folder(messy, resolution=768)
+    text = report.to_text()
+    assert text.splitlines()[1].strip() == "12 images will be trained (with per-folder repeats = 65 samples per epoch); 6 skipped, 25 warnings"
+    assert "[trained] 12 files, e.g. alpha.png: 320x256 is upscaled" in text
+    assert "[skipped] tiny.png: 1x1 is too small (a side under 64 px); use a larger image" in text
+    markdown = report.to_markdown()
+    assert "| `z_dup.png` | skipped | same content as good.png: trained once, not twice |" in markdown
+    assert "## Buckets at 768px" in markdown
