@@ -26,6 +26,7 @@ _EPOCH = re.compile(r"^epoch (\d+)/(\d+)$")
 _SAVING = re.compile(r"^saving checkpoint: (?P<path>.+)$")
 _STATE = re.compile(r"^save train state to (?P<file>.+) at epoch (?P<epoch>\d+) step (?P<step>\d+)$")
 _LOADED = re.compile(r"^load train state from .*'current_step': (?P<step>\d+)")
+_STATE_DONE = re.compile(r"^Random states saved in (?P<file>.+)$")  # accelerate's last save_state line
 _SKIPPING = re.compile(r"^skipping (?P<step>\d+) steps")
 _EPOCH_FILE = re.compile(r"-(\d{6})\.[A-Za-z]+$")
 _STEP_FILE = re.compile(r"-step(\d{8})\.[A-Za-z]+$")
@@ -67,6 +68,7 @@ class ConsoleParser:
         self.sec_per_step: float | None = None
         self.final_lora: str | None = None
         self.checkpoints: list[Event] = []
+        self._pending_state: dict | None = None
         self._offset: int | None = None
         self._plan_sent = False
         self._buffer = ""
@@ -110,9 +112,23 @@ class ConsoleParser:
     def _parse(self, raw: str) -> Piece:
         text = _ANSI.sub("", raw).strip()
         bar = _BAR.match(text)
+        # A state is announced before accelerate writes it; report it once sd-scripts moves on.
+        done = self._state_done(text, bool(bar))
         if bar:
-            return Piece(raw, True, self._on_bar(bar))
-        return Piece(raw, False, self._on_line(text))
+            return Piece(raw, True, done + self._on_bar(bar))
+        return Piece(raw, False, done + self._on_line(text))
+
+    def _state_done(self, text: str, is_bar: bool) -> list[Event]:
+        if self._pending_state is None:
+            return []
+        finished = _STATE_DONE.match(text)
+        moved_on = is_bar or _EPOCH.match(text) or _SAVING.match(text) or text.startswith("model saved.")
+        if not (moved_on or (finished and os.path.dirname(finished["file"].strip()) == self._pending_state["path"])):
+            return []
+        event = Event("checkpoint", self._pending_state)
+        self._pending_state = None
+        self.checkpoints.append(event)
+        return [event]
 
     def _on_line(self, text: str) -> list[Event]:
         for pattern, attr in ((_BATCHES, "batches_per_epoch"), (_EPOCHS, "num_epochs"), (_IMAGES, "images")):
@@ -138,7 +154,7 @@ class ConsoleParser:
         if match := _SAVING.match(text):
             return [self._checkpoint_lora(match["path"].strip())]
         if match := _STATE.match(text):
-            return [self._checkpoint_state(match)]
+            return self._checkpoint_state(match)
         if text.startswith(_NOTABLE):
             return [Event("log", {"message": text})]
         return []
@@ -205,17 +221,15 @@ class ConsoleParser:
         self.checkpoints.append(event)
         return event
 
-    def _checkpoint_state(self, match: re.Match) -> Event:
-        data = {
+    def _checkpoint_state(self, match: re.Match) -> list[Event]:
+        self._pending_state = {
             "kind": "state",
             "path": os.path.dirname(match["file"].strip()),
             "step": self.step,
             "epoch": int(match["epoch"]),
             "reported_step": int(match["step"]),  # what train_state.json holds; may be wrong after a resume
         }
-        event = Event("checkpoint", data)
-        self.checkpoints.append(event)
-        return event
+        return []
 
 
 _BREAK = re.compile(r"\r\n|\n|\r")

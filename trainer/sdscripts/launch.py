@@ -122,6 +122,11 @@ def _reader(stream: Any, out: queue.Queue) -> None:
     out.put(None)
 
 
+def flushing_print(text: str, end: str = "\n") -> None:
+    """The default echo: print and flush, so an in-place redraw shows at once."""
+    print(text, end=end, flush=True)
+
+
 class _Echo:
     """Shows lines as lines and tqdm redraws in place (one updating line, not one line each)."""
 
@@ -153,7 +158,7 @@ def run_sd_scripts(
     env: dict[str, str] | None = None,
     sink: EventSink | None = None,
     stop_requested: Callable[[], bool] | None = None,
-    echo: Callable[..., Any] = print,
+    echo: Callable[..., Any] = flushing_print,
     log_tail: int = 200,
     parser: ConsoleParser | None = None,
     config: TrainingConfig | None = None,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import tomli_w
@@ -261,6 +263,46 @@ def validate_sdscripts_args(training: dict[str, Any], dataset: dict[str, Any]) -
     if errors:
         raise UserInputError("sd-scripts settings rejected: " + "; ".join(errors))
 
+
+
+@dataclass(frozen=True)
+class RenderedConfigs:
+    """Both files of one run: dicts, per-run names and TOML texts (the caller stores them in the run store)."""
+
+    training: dict[str, Any]
+    dataset: dict[str, Any]
+    training_name: str
+    dataset_name: str
+
+    @property
+    def training_text(self) -> str:
+        return to_toml(self.training)
+
+    @property
+    def dataset_text(self) -> str:
+        return to_toml(self.dataset)
+
+    def write(self, folder: str | Path) -> tuple[Path, Path]:
+        """Write both files into a local folder; returns (training path, dataset path)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        training_path, dataset_path = folder / self.training_name, folder / self.dataset_name
+        training_path.write_text(self.training_text, encoding="utf-8")
+        dataset_path.write_text(self.dataset_text, encoding="utf-8")
+        return training_path, dataset_path
+
+
+def render_configs(config: TrainingConfig, *, run_id: str, image_dir: str, **training_kwargs: Any) -> RenderedConfigs:
+    """Render, validate and name both files; `training_kwargs` go to `render_training_toml`.
+
+    Raises:
+        UserInputError: a value sd-scripts would reject (see `validate_sdscripts_args`).
+    """
+    training = render_training_toml(config, **training_kwargs)
+    dataset = render_dataset_toml(config, image_dir=image_dir)
+    validate_sdscripts_args(training, dataset)
+    training_name, dataset_name = config_file_names(config.project_name, run_id)
+    return RenderedConfigs(training, dataset, training_name, dataset_name)
 
 
 def run_id_for(now: dt.datetime | None = None) -> str:

@@ -125,3 +125,13 @@ def test_train_state_fix_and_resume_parser(tmp_path):
     assert (parser.resumed_step, parser.skip) == (8, True)
     with pytest.raises(FileNotFoundError, match="not an sd-scripts state"):
         read_train_state(tmp_path)
+
+
+def test_state_is_reported_only_once_written():
+    """sd-scripts names the state before accelerate writes it; a copy taken then would be partial."""
+    parser = ConsoleParser()
+    parser.feed("  total optimization steps / 学習ステップ数: 8\n\rsteps:  50%|█████     | 4/8 [00:04<00:04,  1.00s/it]\n")
+    assert parser.feed("save train state to /o/s-state/train_state.json at epoch 1 step 4\n") == []
+    assert parser.feed("Optimizer state saved in /o/s-state/optimizer.bin\n") == []
+    [event] = parser.feed("Random states saved in /o/s-state/random_states_0.pkl\n")
+    assert (event["kind"], event["path"], event["step"]) == ("state", "/o/s-state", 4)

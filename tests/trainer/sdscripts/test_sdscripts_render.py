@@ -248,3 +248,19 @@ def test_config_file_names_are_unique_per_run():
     assert set(first).isdisjoint(second)
     with pytest.raises(UserInputError):
         config_file_names("my_lora", "../x")
+
+
+def test_render_configs_writes_valid_named_files(tmp_path):
+    from anima_lora_flow.trainer.sdscripts.render import render_configs
+
+    rendered = render_configs(
+        _config(), run_id="2026-02-21_101500", image_dir="/d",
+        dit=DIT, qwen3=QWEN3, vae=VAE, output_dir=OUT, mixed_precision="bf16", run_date="2026-02-21", total_steps=50,
+    )  # fmt: skip
+    training_path, dataset_path = rendered.write(tmp_path / "configs")
+    assert training_path.name == "my_lora_training_config_2026-02-21_101500.toml"
+    assert tomllib.loads(training_path.read_text())["lr_warmup_steps"] == 5
+    assert tomllib.loads(dataset_path.read_text()) == rendered.dataset
+    with pytest.raises(UserInputError, match="mixed_precision='auto'"):
+        render_configs(_config(), run_id="r", image_dir="/d", dit=DIT, qwen3=QWEN3, vae=VAE, output_dir=OUT,
+                       mixed_precision="auto", run_date="2026-02-21")  # fmt: skip
