@@ -198,7 +198,7 @@ def test_folder_repeats_rule():
 def test_text_report_groups_like_findings_and_markdown_lists_them(messy: Path):
     report = validate_folder(messy, resolution=768)
     text = report.to_text()
-    assert text.splitlines()[1].strip() == "12 images will be trained (with per-folder repeats = 65 samples per epoch); 6 skipped, 25 warnings"
+    assert text.splitlines()[1].strip() == "12 images will be trained (with per-folder repeats = 65 samples per epoch); 6 skipped, 24 warnings"
     assert "[trained] 12 files, e.g. alpha.png: 320x256 is upscaled" in text
     assert "[skipped] tiny.png: 1x1 is too small (a side under 64 px); use a larger image" in text
     markdown = report.to_markdown()
