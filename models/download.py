@@ -58,14 +58,16 @@ class Wanted:
     required: list[str] = field(default_factory=list)  # exact files or folders ("vae/") that must exist
 
 
-def make_hub(cache_dir: Path | None = None, endpoint: str | None = None) -> Hub:
-    """Default: the user's HF cache plus our state under cache_root(); with cache_dir, both live under it."""
+def make_hub(cache_dir: Path | None = None, endpoint: str | None = None, *, online: bool = True) -> Hub:
+    """Default: the user's HF cache plus our state under cache_root(); with cache_dir, both live under it.
+
+    `online=False` skips the token look-up (Colab may ask the user to grant secret access) for local-only checks.
+    """
+    token = hf_token() if online else None
     if cache_dir is not None:
         cache_dir = Path(cache_dir).expanduser()
-        return Hub(cache_dir=cache_dir / "hub", state_dir=cache_dir / "anima", endpoint=endpoint, token=hf_token())
-    return Hub(
-        cache_dir=Path(constants.HF_HUB_CACHE), state_dir=cache_root() / "models", endpoint=endpoint, token=hf_token()
-    )
+        return Hub(cache_dir=cache_dir / "hub", state_dir=cache_dir / "anima", endpoint=endpoint, token=token)
+    return Hub(cache_dir=Path(constants.HF_HUB_CACHE), state_dir=cache_root() / "models", endpoint=endpoint, token=token)
 
 
 def plan(base_model: str, backend: Backend) -> list[Wanted]:
@@ -195,7 +197,7 @@ def validate_models_dir(models_dir: str | Path) -> ModelPaths:
 
 def ready_models(base_model: str, backend: Backend, cache_dir: Path | None = None) -> ModelPaths | None:
     """The paths of the last successful ensure_models call for these choices, if they still exist (no network)."""
-    path = _ready_path(make_hub(cache_dir), base_model, backend)
+    path = _ready_path(make_hub(cache_dir, online=False), base_model, backend)
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):

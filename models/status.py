@@ -34,7 +34,7 @@ def inspect_models(
     durable_cache: str | None = None,
 ) -> list[FileStatus]:
     """Status of every file `ensure_models` would fetch; hashes only when `check_hashes` (slow for 5 GB)."""
-    hub = make_hub(cache_dir)
+    hub = make_hub(cache_dir, online=False)
     record = HashRecord(hub.state_dir / "hashes.json")
     durable = DurableCache(durable_cache) if durable_cache else None
     rows: list[FileStatus] = []
