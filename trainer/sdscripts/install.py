@@ -200,10 +200,12 @@ def _pip_install(venv: Path, repo: Path, pins: list[str], echo) -> None:
     if any(not p.startswith("--") for p in pins):
         steps.append(pins)
     req = repo / "requirements.txt"
-    if req.is_file() and any(line.strip() and not line.lstrip().startswith("#") for line in req.read_text().splitlines()):
+    wanted = [line for line in (req.read_text().splitlines() if req.is_file() else []) if line.strip()]
+    if any(not line.lstrip().startswith("#") for line in wanted):
         steps.append(["-r", "requirements.txt"])
     for args in steps:
         echo(f"pip install {' '.join(args)}")
         out = _run([python, "-m", "pip", "install", "--quiet", *args], cwd=repo)
         if out.returncode != 0:
-            raise SdScriptsInstallError(f"pip install {' '.join(args)} failed for sd-scripts: {_last_lines(out.stderr)}")
+            what = " ".join(args)
+            raise SdScriptsInstallError(f"pip install {what} failed for sd-scripts: {_last_lines(out.stderr)}")

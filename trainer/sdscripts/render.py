@@ -213,7 +213,8 @@ def _check_training(training: dict[str, Any], errors: list[str]) -> None:
     _check_choice(errors, training, "attn_mode", ATTN_MODES)
     scheduler = str(training.get("lr_scheduler", "constant"))
     if scheduler.split(":")[0] not in LR_SCHEDULERS:
-        errors.append(f"lr_scheduler={scheduler!r} is not allowed by sd-scripts; use one of: {', '.join(LR_SCHEDULERS)}")
+        allowed = ", ".join(LR_SCHEDULERS)
+        errors.append(f"lr_scheduler={scheduler!r} is not allowed by sd-scripts; use one of: {allowed}")
     if scheduler in ("constant", "adafactor") and training.get("lr_warmup_steps", 0):
         errors.append(f"lr_warmup_steps={training['lr_warmup_steps']!r} must be 0 with lr_scheduler={scheduler!r}")
     optimizer = str(training.get("optimizer_type", "AdamW"))
