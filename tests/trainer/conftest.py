@@ -14,6 +14,17 @@ from anima_lora_flow.trainer.tiny import build_tiny_model
 CAPTIONS = ["1girl, solo, smile, blue hair", "1boy, short hair, school uniform", "cat ears, red eyes, portrait"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and the CI box is shared: one thread avoids oversubscription."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "anima-tiny", seed=0)
