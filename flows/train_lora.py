@@ -9,12 +9,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from anima_lora_flow.config import TrainingConfig
+from anima_lora_flow.planner.guard import guard_for
 from anima_lora_flow.runner.train import new_run_id
 from anima_lora_flow.tasks.dataset import prepare_dataset_task
 from anima_lora_flow.tasks.history import mark_stale_runs_crashed_task
 from anima_lora_flow.tasks.models import download_models_task
 from anima_lora_flow.tasks.plan import plan_task
-from anima_lora_flow.tasks.storage import mount_storage_task, record_run_task
+from anima_lora_flow.tasks.storage import mount_storage_task, record_run_task, store_json_task
 from anima_lora_flow.tasks.train import _artifact_key, train_task
 from anima_lora_flow.ui.summary import summary_markdown
 
@@ -37,7 +38,9 @@ def train_lora(config: TrainingConfig, dry_run: bool = False) -> dict:
                 "trainable_images": report.trainable_count, "plan": plan.model_dump(mode="json")}
 
     models = download_models_task(config)
-    guard = plan.session_guard() if hasattr(plan, "session_guard") else None
+    store_json_task(config, "plan.json", plan.model_dump(mode="json"))
+    # Saves a state and stops the trainer before the session's end, whatever the overrun choice.
+    guard = guard_for(plan.deadline_ts)
     result = {"run_id": run_id, "outcome": "failed", "steps_done": 0}
     try:
         result = train_task(config, report, models, run_id, guard)

@@ -28,3 +28,9 @@ def mount_storage_task(config: TrainingConfig, run_id: str) -> str:
 def record_run_task(config: TrainingConfig, record: dict) -> None:
     """Append this flow run to runs.jsonl, which outlives the Prefect database."""
     open_run_store(config).append_run(record)
+
+
+@task(name="store-json", retries=2, retry_delay_seconds=[5, 30])
+def store_json_task(config: TrainingConfig, rel_path: str, payload: dict) -> None:
+    """Publish a small JSON document (the plan, a report) into the run store."""
+    open_run_store(config).write_json(rel_path, payload)

@@ -1,0 +1,52 @@
+"""The whole flow under a real Prefect server: the demo trains, the run store has its layout, the
+artifacts are readable from the API, and a second run resumes instead of training again."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from anima_lora_flow.demo import demo_config
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flowdemo")
+    return demo_config(root, storage=str(root / "runs"))
+
+
+def test_demo_flow_end_to_end(prefect_harness, demo):
+    from prefect.client.orchestration import get_client
+
+    from anima_lora_flow.flows.train_lora import train_lora
+
+    result = train_lora(config=demo)
+    assert result["outcome"] == "completed"
+    assert result["steps_done"] == result["total_steps"] == 24
+    project = Path(demo.storage) / "demo"
+    assert (project / "checkpoints" / "demo.safetensors").stat().st_size > 0
+    assert (project / "checkpoints" / "demo-000001.safetensors").exists()
+    assert (project / "state" / "LATEST").read_text().strip() == "24"
+    assert json.loads((project / "plan.json").read_text())["steps"]["total_steps"] == 24
+    runs = [json.loads(line) for line in (project / "runs.jsonl").read_text().splitlines()]
+    assert runs[-1]["outcome"] == "completed"
+    assert list((project / "configs").iterdir())
+    assert list((project / "logs").glob("*.log"))
+
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts() if a.key}
+    assert {"dataset-report-demo", "plan-demo", "summary-demo", "progress-demo"} <= keys
+
+    # Same command again: the finished state is found and nothing is trained twice.
+    again = train_lora(config=demo)
+    assert again["outcome"] == "completed" and again["start_step"] == 24
+
+
+def test_dry_run_stops_before_models(prefect_harness, demo, tmp_path):
+    from anima_lora_flow.flows.train_lora import train_lora
+
+    cfg = demo.model_copy(update={"models_dir": str(tmp_path / "no-models-here"), "project_name": "dry"})
+    result = train_lora(config=cfg, dry_run=True)
+    assert result["outcome"] == "dry-run" and result["trainable_images"] == 6
