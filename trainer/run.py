@@ -6,7 +6,7 @@ import json
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,9 +108,9 @@ def build_session(job: TrainJob, cfg: TrainingConfig, items: list[TrainItem], mo
     accelerator = build_accelerator(precision)
     # Caches first: the VAE and the text stack are freed before the transformer is loaded.
     cache = build_cache(items, models_dir, Path(job.work_dir), accelerator.device, dtype)
-    emit_log = f"caches: {cache.stats.latents_reused} latents reused, {cache.stats.latents_encoded} encoded; " \
-               f"{cache.stats.texts_reused} captions reused, {cache.stats.texts_encoded} encoded"  # fmt: skip
-    log.info(emit_log)
+    st = cache.stats
+    log.info("caches: %d latents reused, %d encoded; %d captions reused, %d encoded",
+             st.latents_reused, st.latents_encoded, st.texts_reused, st.texts_encoded)  # fmt: skip
     sampler = build_sampler(items, cfg.batch_size, cfg.gradient_accumulation_steps, cfg.seed)
     model = build_lora_model(build_transformer(models_dir, dtype, cfg.gradient_checkpointing), cfg.network_dim, cfg.network_alpha, cfg.seed)
     # The optimizer needs the LoRA parameters; the scheduler needs the optimizer and the step count.
