@@ -100,3 +100,9 @@ def _write_tokenizer(folder: Path, specials: tuple[str, ...], *, t5_style: bool)
         config["eos_token"] = "</s>"
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return len(vocab)
+
+
+if __name__ == "__main__":  # python -m anima_lora_flow.trainer.tiny DEST [SEED]: the demo's model
+    import sys
+
+    print(build_tiny_model(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 0))

@@ -29,3 +29,11 @@ def test_same_seed_same_bytes(tmp_path, tiny_model):
     assert time.monotonic() - start < 10
     for path in tiny_model.rglob("*.safetensors"):
         assert (again / path.relative_to(tiny_model)).read_bytes() == path.read_bytes(), path
+
+
+def test_trainer_does_not_import_prefect():
+    import subprocess
+    import sys
+
+    code = "import sys, anima_lora_flow.trainer.run, anima_lora_flow.trainer.__main__; sys.exit('prefect' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
