@@ -15,6 +15,7 @@ from anima_lora_flow.tasks.dataset import prepare_dataset_task
 from anima_lora_flow.tasks.history import mark_stale_runs_crashed_task
 from anima_lora_flow.tasks.models import download_models_task
 from anima_lora_flow.tasks.plan import plan_task
+from anima_lora_flow.tasks.sdscripts import sd_scripts_dry_run_task
 from anima_lora_flow.tasks.storage import mount_storage_task, record_run_task, store_json_task
 from anima_lora_flow.tasks.train import _artifact_key, train_task
 from anima_lora_flow.ui.summary import summary_markdown
@@ -34,8 +35,11 @@ def train_lora(config: TrainingConfig, dry_run: bool = False) -> dict:
     plan = plan_task(config, report)
     if dry_run:
         logger.info("dry run: stopping before the model download and training")
-        return {"run_id": run_id, "outcome": "dry-run", "storage": store_root,
-                "trainable_images": report.trainable_count, "plan": plan.model_dump(mode="json")}
+        result = {"run_id": run_id, "outcome": "dry-run", "storage": store_root,
+                  "trainable_images": report.trainable_count, "plan": plan.model_dump(mode="json")}
+        if config.trainer == "sd-scripts":
+            result["sd_scripts"] = sd_scripts_dry_run_task(config, report, plan, run_id)
+        return result
 
     models = download_models_task(config)
     store_json_task(config, "plan.json", plan.model_dump(mode="json"))

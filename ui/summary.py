@@ -29,6 +29,8 @@ def summary_markdown(config: TrainingConfig, result: dict, store_root: str) -> s
 
 def summary_text(config: TrainingConfig, result: dict, lora_size: int | None = None) -> str:
     outcome = result.get("outcome")
+    if outcome == "dry-run":
+        return _dry_run_text(config, result)
     head = f"{config.project_name}: {outcome}, {result.get('steps_done')}/{result.get('total_steps')} steps"
     if result.get("sec_per_step"):
         head += f" at {result['sec_per_step']:.2f} s/step"
@@ -40,4 +42,14 @@ def summary_text(config: TrainingConfig, result: dict, lora_size: int | None = N
         lines.append("Stopped before the session ends; run the same command again to continue.")
     if result.get("elapsed_s"):
         lines.append(f"time: {format_duration(result['elapsed_s'])}")
+    return "\n".join(lines)
+
+
+def _dry_run_text(config: TrainingConfig, result: dict) -> str:
+    plan = result.get("plan") or {}
+    steps = (plan.get("steps") or {}).get("total_steps")
+    lines = [f"{config.project_name}: dry run, {result.get('trainable_images')} images, {steps} steps; nothing trained"]
+    sd = result.get("sd_scripts")
+    if sd:
+        lines += [f"training TOML: {sd['training_toml']}", f"dataset TOML:  {sd['dataset_toml']}", "command:", sd["command"]]
     return "\n".join(lines)
