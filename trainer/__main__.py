@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def request_stop(signum, _frame):
         signals.append(signal.Signals(signum).name)
+        signal.signal(signum, signal.SIG_DFL)  # a second Ctrl-C / SIGTERM kills at once
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
