@@ -33,4 +33,6 @@ def configure_prefect_environment(env: dict[str, str] | None = None) -> dict[str
     for key, value in applied.items():
         if key == "PREFECT_HOME" or key not in env:
             env[key] = value
+    # Prefect creates PREFECT_HOME but not its parents; a missing parent means no database at all.
+    Path(env["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     return {k: env[k] for k in applied}
