@@ -11,13 +11,14 @@ from prefect.runtime import flow_run
 from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.planner.guard import guard_for
 from anima_lora_flow.runner.train import new_run_id
+from anima_lora_flow.tasks.artifacts import artifact_key
 from anima_lora_flow.tasks.dataset import prepare_dataset_task
 from anima_lora_flow.tasks.history import mark_stale_runs_crashed_task
 from anima_lora_flow.tasks.models import download_models_task
 from anima_lora_flow.tasks.plan import plan_task
 from anima_lora_flow.tasks.sdscripts import sd_scripts_dry_run_task
 from anima_lora_flow.tasks.storage import mount_storage_task, record_run_task, store_json_task
-from anima_lora_flow.tasks.train import _artifact_key, train_task
+from anima_lora_flow.tasks.train import train_task
 from anima_lora_flow.ui.summary import summary_markdown
 
 
@@ -55,7 +56,7 @@ def train_lora(config: TrainingConfig, dry_run: bool = False) -> dict:
             "total_steps": result.get("total_steps"), "trainer": config.trainer,
         })
     create_markdown_artifact(
-        markdown=summary_markdown(config, result, store_root), key=_artifact_key("summary", config.project_name),
+        markdown=summary_markdown(config, result, store_root), key=artifact_key("summary", config.project_name),
         description="Anima LoRA run summary",
     )
     if result["outcome"] == "stopped":

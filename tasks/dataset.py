@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.tasks import exponential_backoff
@@ -12,6 +10,7 @@ from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.dataset.fetch import is_transient
 from anima_lora_flow.dataset.intake import prepare_dataset
 from anima_lora_flow.dataset.report import DatasetError, DatasetReport
+from anima_lora_flow.tasks.artifacts import artifact_key as shared_artifact_key
 
 
 def _retry_on_network_error(task, task_run, state) -> bool:
@@ -24,7 +23,7 @@ def _retry_on_network_error(task, task_run, state) -> bool:
 
 
 def artifact_key(project_name: str) -> str:
-    return "dataset-report-" + re.sub(r"[^a-z0-9]+", "-", project_name.lower()).strip("-")
+    return shared_artifact_key("dataset-report", project_name)
 
 
 @task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=10), retry_condition_fn=_retry_on_network_error)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
-
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.planner.plan import Plan, enforce_plan, make_plan
 from anima_lora_flow.platforms.detect import detect_platform
+from anima_lora_flow.tasks.artifacts import artifact_key
 
 
 @task(name="plan")  # no retries: nothing here is transient
@@ -17,11 +16,6 @@ def plan_task(config: TrainingConfig, report) -> Plan:
     """Detect the platform, plan, publish the plan as an artifact, then enforce its decision."""
     platform = detect_platform(session_budget_hours=config.session_budget_hours)
     plan = make_plan(config, report.samples_per_bucket(), platform)
-    create_markdown_artifact(key=artifact_key(config.project_name), markdown=plan.to_markdown(), description="Training plan")
+    create_markdown_artifact(key=artifact_key("plan", config.project_name), markdown=plan.to_markdown(), description="Training plan")
     enforce_plan(plan)
     return plan
-
-
-def artifact_key(project: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
-    return "plan-" + (re.sub(r"[^a-z0-9]+", "-", project.lower()).strip("-") or "run")

@@ -9,13 +9,9 @@ from prefect import get_run_logger, task
 from ..config import TrainingConfig
 from ..runner.train import run_training_session
 from ..ui.progress import TrainingProgress
+from .artifacts import artifact_key
 from .progress import PrefectProgress
 from .storage import open_run_store
-
-
-def _artifact_key(kind: str, project: str) -> str:
-    slug = "".join(c if c.isalnum() else "-" for c in project.lower()).strip("-")
-    return f"{kind}-{slug}"[:100]
 
 
 # No retries: a failed session is resumed by running the flow again, from the state in storage.
@@ -24,7 +20,7 @@ def train_task(config: TrainingConfig, report, models, run_id: str, guard=None) 
     """Train (resuming from storage), sync checkpoints while training, return the session result."""
     logger = get_run_logger()
     cell = TrainingProgress(session_left=guard.remaining_s if guard is not None else None)
-    prefect_progress = PrefectProgress(_artifact_key("progress", config.project_name))
+    prefect_progress = PrefectProgress(artifact_key("progress", config.project_name))
 
     def on_event(event, outcome):
         cell(event, outcome)
