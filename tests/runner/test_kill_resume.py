@@ -138,7 +138,6 @@ def test_sigkill_then_rerun_gives_the_same_lora(point, demo, reference, tmp_path
 
     result = _session(cfg, report, "second")
     assert result.outcome == "completed" and result.steps_done == total_steps
-    assert result.start_step > 0 or point == "during-upload"
     final = _final_tensors(cfg)
     assert final.keys() == ref_tensors.keys()
     assert all(torch.equal(final[k], ref_tensors[k]) for k in final)
