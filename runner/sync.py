@@ -126,6 +126,10 @@ class CheckpointSyncer:
         while not self._stop.is_set():
             if item.kind == "state" and item.step < self._newest_state_step and self._queue.unfinished_tasks > 1:
                 return  # a newer state is queued: this one would be pruned right after upload
+            if not item.path.exists():
+                # The trainer prunes its local copies once newer ones exist; a newer one is queued.
+                self.log(f"{item.path.name} was replaced by a newer checkpoint before it could be uploaded; skipped")
+                return
             try:
                 self._upload(item)
                 return

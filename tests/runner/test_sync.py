@@ -70,3 +70,22 @@ def test_failing_store_is_retried_without_blocking(tmp_path):
     assert syncer.close(timeout=10)
     assert [s.step for s in store.list_states()] == [5]
     assert syncer.steps_at_risk(5) == 0
+
+
+def test_checkpoint_pruned_locally_before_upload_is_skipped(tmp_path, memory_fs):
+    store = RunStore(resolve_location("memory://runs"), "p")
+    messages = []
+    syncer = CheckpointSyncer(store, fingerprint="fp", retry_delays=(0.01,), log=messages.append)
+    syncer.submit_state(tmp_path / "gone-state", step=3, epoch=0)
+    syncer.submit_state(_state(tmp_path, 6), step=6, epoch=0)
+    assert syncer.close(timeout=10)
+    assert [s.step for s in store.list_states()] == [6]
+
+
+def test_missing_file_never_loops_forever(tmp_path, memory_fs):
+    store = RunStore(resolve_location("memory://runs"), "p")
+    messages = []
+    syncer = CheckpointSyncer(store, fingerprint="fp", retry_delays=(0.01,), log=messages.append)
+    syncer.submit_lora(tmp_path / "p-000001.safetensors", epoch=1)
+    assert syncer.close(timeout=5)
+    assert any("skipped" in m for m in messages) and store.list_checkpoints() == []
