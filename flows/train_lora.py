@@ -48,7 +48,7 @@ def train_lora(config: TrainingConfig, dry_run: bool = False) -> dict:
     guard = guard_for(plan.deadline_ts)
     result = {"run_id": run_id, "outcome": "failed", "steps_done": 0}
     try:
-        result = train_task(config, report, models, run_id, guard)
+        result = train_task(config, report, models, run_id, guard, plan)
     finally:
         record_run_task(config, {
             "run_id": run_id, "flow_run_id": str(flow_run.get_id() or ""), "started": started, "ended": time.time(),

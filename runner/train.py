@@ -6,6 +6,7 @@ Python so the tests and the CLI can run it without a Prefect server.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -69,6 +70,7 @@ def run_training_session(
     command: list[str] | None = None,
     log: Callable[[str], None] = print,
     flush_timeout_s: float = 600.0,
+    sd_scripts: dict | None = None,
 ) -> SessionResult:
     """Resume from storage, train in a subprocess, sync as checkpoints land, publish the final LoRA."""
     fingerprint = config.fingerprint(dataset_fingerprint)
@@ -81,7 +83,10 @@ def run_training_session(
     run_dir = work_dir / "runs" / run_id
     output_dir = run_dir / "output"
     events_path = run_dir / "events.jsonl"
-    if command is None:
+    if command is None and config.trainer == "sd-scripts":
+        command = sd_scripts_command(config, sd_scripts or {}, output_dir=output_dir, resume=resume, run_dir=run_dir,
+                                     run_id=run_id)
+    elif command is None:
         command = _backend_command(config, items, dataset_fingerprint, models_dir, work_dir, output_dir, resume, run_dir)
     syncer = CheckpointSyncer(
         store, fingerprint=fingerprint, state_extra=state_extra(fields, dataset_fingerprint),
@@ -101,12 +106,25 @@ def run_training_session(
     return result
 
 
+def sd_scripts_command(config: TrainingConfig, spec: dict, *, output_dir: Path, resume: ResumePoint, run_dir: Path,
+                       run_id: str) -> list[str]:
+    """The job for the sd-scripts entry: `spec` holds image_dir, dit, qwen3, vae, mixed_precision, total_steps."""
+    missing = [k for k in ("image_dir", "dit", "qwen3", "vae") if not spec.get(k)]
+    if missing:
+        raise NotBuiltError(f"the sd-scripts backend needs the single-file models; missing: {', '.join(missing)}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    job = {
+        **spec, "config": config.model_dump(mode="json"), "run_id": run_id, "output_dir": str(output_dir),
+        "config_dir": str(run_dir / "configs"),
+        "resume_state": str(resume.local_dir) if resume.local_dir else None, "resume_step": resume.step,
+    }
+    job_path = run_dir / "job.json"
+    job_path.write_text(json.dumps(job, indent=2, default=str))
+    return [sys.executable, "-m", "anima_lora_flow.trainer.sdscripts", "--job", str(job_path),
+            "--events", str(run_dir / "events.jsonl")]
+
+
 def _backend_command(config, items, dataset_fingerprint, models_dir, work_dir, output_dir, resume: ResumePoint, run_dir):
-    if config.trainer != "native":
-        raise NotBuiltError(
-            "the sd-scripts backend is not wired into training yet; use --trainer native "
-            "(`anima-lora train --trainer sd-scripts --dry-run` shows its configs and command)"
-        )
     if models_dir is None:
         raise NotBuiltError("the native trainer needs a Diffusers-format model folder (models stage returned none)")
     from ..trainer.run import TrainJob  # noqa: PLC0415 - keeps torch out of the flow process until needed

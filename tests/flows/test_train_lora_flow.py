@@ -37,7 +37,8 @@ def test_demo_flow_end_to_end(prefect_harness, demo):
 
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts() if a.key}
-    assert {"dataset-report-demo", "plan-demo", "summary-demo", "progress-demo"} <= keys
+    assert {"dataset-report-demo", "plan-demo", "summary-demo", "progress-demo", "loss-demo", "loss-chart-demo"} <= keys
+    assert list((project / "logs").glob("*-loss.png"))
 
     # Same command again: the finished state is found and nothing is trained twice.
     again = train_lora(config=demo)

@@ -1,0 +1,87 @@
+"""`python -m anima_lora_flow.trainer.sdscripts --job J --events E`: sd-scripts behind the same event protocol.
+
+The flow supervises every backend the same way (a process group writing JSON-lines events); this
+entry installs sd-scripts if needed, writes its TOML files, launches it and turns its console into
+those events. Exit codes match the native trainer: 0 done, 1 error, 2 bad input, 3 stopped on request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from ...config import TrainingConfig, cache_root
+from ...errors import UserInputError
+from ..events import JsonLinesSink, emit
+from .install import SdScriptsInstallError, ensure_sd_scripts
+from .launch import SdScriptsFailed, run_sd_scripts
+from .prepare import prepare_sd_scripts_run
+from .resume import fix_train_state, resume_parser
+
+EXIT_DONE, EXIT_ERROR, EXIT_USER, EXIT_STOPPED = 0, 1, 2, 3
+
+
+def run_job(job: dict, events: Path) -> int:
+    """Run one sd-scripts session described by `job` (written by runner/train.py)."""
+    sink = JsonLinesSink(events)
+    config = TrainingConfig(**job["config"])
+    stop = {"requested": False}
+
+    def request_stop(_signum, _frame):
+        stop["requested"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        sd_dir = Path(job["sd_scripts_dir"]) if job.get("sd_scripts_dir") else ensure_sd_scripts(
+            config.sd_scripts_commit, Path(job.get("cache_dir") or cache_root())
+        )
+        resume = job.get("resume_state")
+        if resume:
+            # sd-scripts writes in-epoch step numbers after a resume; put the absolute step back first.
+            fix_train_state(resume, step=int(job["resume_step"]))
+        output_dir = Path(job["output_dir"])
+        prepared = prepare_sd_scripts_run(
+            config, run_id=job["run_id"], image_dir=job["image_dir"], dit=job["dit"], qwen3=job["qwen3"],
+            vae=job["vae"], sd_scripts_dir=sd_dir, config_dir=Path(job["config_dir"]), output_dir=output_dir,
+            mixed_precision=job["mixed_precision"], total_steps=job.get("total_steps"), resume_dir=resume,
+        )
+        emit(sink, "log", message=f"sd-scripts: {prepared.command_text}")
+        result = run_sd_scripts(
+            prepared.command, sink=sink, stop_requested=lambda: stop["requested"], echo=_quiet,
+            parser=resume_parser(config, resume), config=config, gpu_memory_gib=job.get("gpu_memory_gib"),
+        )
+    except (UserInputError, SdScriptsInstallError) as exc:
+        emit(sink, "error", message=str(exc))
+        return EXIT_USER if isinstance(exc, UserInputError) else EXIT_ERROR
+    except SdScriptsFailed as exc:
+        emit(sink, "error", message=str(exc))
+        return EXIT_ERROR
+    if result.stopped:
+        emit(sink, "stopped", reason="requested")
+        return EXIT_STOPPED
+    final = output_dir / f"{config.project_name}.safetensors"
+    if not final.exists():
+        emit(sink, "error", message=f"sd-scripts exited cleanly but wrote no {final.name}")
+        return EXIT_ERROR
+    emit(sink, "done", lora=str(final), steps=job.get("total_steps"))
+    return EXIT_DONE
+
+
+def _quiet(_text: str, end: str = "\n") -> None:
+    """The flow draws progress from events; sd-scripts' own console goes to the trainer log only."""
+    sys.stdout.write(_text + end)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m anima_lora_flow.trainer.sdscripts")
+    parser.add_argument("--job", required=True)
+    parser.add_argument("--events", required=True)
+    args = parser.parse_args(argv)
+    return run_job(json.loads(Path(args.job).read_text()), Path(args.events))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
