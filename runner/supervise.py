@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..trainer.events import Event
-from .process import signal_group, stop_process_group
+from ..trainer.process import signal_group, stop_process_group
 from .sync import CheckpointSyncer
 
 # Exit code the native trainer uses for "saved a state and stopped on request".

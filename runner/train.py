@@ -19,7 +19,7 @@ from ..dataset.items import TrainItem
 from ..errors import NotBuiltError
 from ..storage.runstore import RunStore
 from ..trainer.events import Event
-from .process import start_process_group
+from ..trainer.process import start_process_group
 from .resume import ResumePoint, find_resume_point, state_extra
 from .supervise import EXIT_STOPPED, Outcome, supervise
 from .sync import CheckpointSyncer

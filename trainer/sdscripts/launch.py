@@ -10,7 +10,6 @@ import codecs
 import contextlib
 import os
 import queue
-import signal
 import subprocess
 import threading
 import time
@@ -21,6 +20,7 @@ from typing import Any, NoReturn
 
 from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.trainer.events import Event, EventSink, emit
+from anima_lora_flow.trainer.process import stop_process_group
 from anima_lora_flow.trainer.sdscripts.console import ConsoleParser
 from anima_lora_flow.trainer.sdscripts.oom import detect_oom, kernel_oom_lines, oom_advice, uptime_seconds
 
@@ -49,64 +49,8 @@ class SdScriptsFailed(RuntimeError):
 
 
 def kill_process_group(proc: subprocess.Popen, grace_s: float = 10) -> None:
-    """SIGTERM the whole process group, wait `grace_s`, then SIGKILL whatever is left.
-
-    The group holds accelerate's launcher *and* the training child it spawned.
-    """
-    pgid = proc.pid  # start_new_session=True made the child the leader of its own group
-    if not _signal_group(pgid, signal.SIGTERM):
-        proc.wait()
-        return
-    if not _wait_group_gone(proc, pgid, grace_s):
-        _signal_group(pgid, signal.SIGKILL)
-        _wait_group_gone(proc, pgid, 5)
-    proc.wait()  # the leader is dead by now; reap it
-
-
-def _signal_group(pgid: int, sig: int) -> bool:
-    try:
-        os.killpg(pgid, sig)
-        return True
-    except ProcessLookupError:
-        return False
-
-
-def _wait_group_gone(proc: subprocess.Popen, pgid: int, timeout_s: float) -> bool:
-    """True once no live process is left in the group (the leader is reaped on the way)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        proc.poll()  # reap the leader, or its zombie keeps the group "alive"
-        if not _group_alive(pgid):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether any non-zombie process is in the group (orphaned zombies may wait for a reaper)."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    if not os.path.isdir("/proc"):
-        return True
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and _pgid_and_state(entry) == (pgid, False):
-            return True
-    return False
-
-
-def _pgid_and_state(pid: str) -> tuple[int, bool] | None:
-    """(process group, is zombie) of a /proc entry, or None if it vanished."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return int(fields[2]), fields[0] == "Z"
+    """SIGTERM the whole group (accelerate's launcher *and* its training child), then SIGKILL."""
+    stop_process_group(proc, grace_s=grace_s)
 
 
 def _reader(stream: Any, out: queue.Queue) -> None:

@@ -1,0 +1,84 @@
+"""A trainer in its own process group, so a stop reaches every child it started.
+
+The seed killed only `accelerate launch` and left the real training process holding the GPU; here
+every stop goes to the whole group: SIGTERM first (a trainer saves a state), SIGKILL after a grace.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+
+def start_process_group(
+    cmd: Sequence[str], *, log_path: Path, env: Mapping[str, str] | None = None, cwd: str | None = None
+) -> subprocess.Popen:
+    """Start `cmd` as the leader of a new session; its stdout and stderr go to `log_path`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child; our copy is closed right away
+    try:
+        return subprocess.Popen(
+            list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True,
+        )
+    finally:
+        log.close()
+
+
+def signal_group(proc: subprocess.Popen, sig: int) -> bool:
+    """Send `sig` to the process group led by `proc`; False when it is already gone."""
+    try:
+        os.killpg(proc.pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any non-zombie process is left in the group (zombies hold no memory or GPU)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if not os.path.isdir("/proc"):
+        return True
+    return any(entry.isdigit() and _pgid_and_state(entry) == (pgid, False) for entry in os.listdir("/proc"))
+
+
+def stop_process_group(proc: subprocess.Popen, *, grace_s: float = 30.0) -> int | None:
+    """SIGTERM the whole group, wait `grace_s`, then SIGKILL whatever is left; returns the exit code."""
+    if not signal_group(proc, signal.SIGTERM):
+        proc.wait()
+        return proc.returncode
+    if not _wait_group_gone(proc, grace_s):
+        signal_group(proc, signal.SIGKILL)
+        _wait_group_gone(proc, 5)
+    proc.wait()  # the leader is dead by now; reap it
+    return proc.returncode
+
+
+def _wait_group_gone(proc: subprocess.Popen, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        proc.poll()  # reap the leader, or its zombie keeps the group "alive"
+        if not group_alive(proc.pid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _pgid_and_state(pid: str) -> tuple[int, bool] | None:
+    """(process group, is zombie) of a /proc entry, or None if it vanished."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[2]), fields[0] == "Z"
