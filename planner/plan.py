@@ -242,6 +242,13 @@ def _overrun_action(on_overrun: str, durable: bool) -> Literal["stop", "resume",
     return on_overrun  # type: ignore[return-value]
 
 
+# Where the GPU switch is on each notebook platform (a CPU session cannot train the real model).
+NO_GPU_FIX = {
+    "colab": "Runtime > Change runtime type > T4 GPU",
+    "kaggle": "Settings > Accelerator > GPU T4 x2",
+}
+
+
 def _decide(plan: Plan, config: TrainingConfig, gpu: GpuInfo | None) -> tuple[Decision, str]:
     """ok when it fits (or cannot be timed); otherwise the overrun action, refusing resume without durable storage."""
     if gpu is not None and plan.gpu_source == "detected" and not gpu.usable:
@@ -249,6 +256,8 @@ def _decide(plan: Plan, config: TrainingConfig, gpu: GpuInfo | None) -> tuple[De
             f"{gpu.name} ({gpu.sm}) cannot run this PyTorch build (kernels for {', '.join(gpu.arch_list)}); "
             "pick another GPU (on Kaggle: T4 x2 or L4) or install a PyTorch build that supports it"
         )
+    if gpu is None and plan.gpu_source == "none" and plan.platform_kind in NO_GPU_FIX and not config.models_dir:
+        return "stop", f"this {plan.platform_kind} session has no GPU: {NO_GPU_FIX[plan.platform_kind]}, then run again"
     if plan.fits is not False:
         return "ok", ""
     if plan.sessions_needed is None:
