@@ -8,6 +8,7 @@ from prefect import task
 
 from ..config import TrainingConfig
 from ..storage import RunStore, resolve_location
+from ..storage.capacity import check_capacity
 from .retry import retry_unless_user_error
 
 
@@ -15,11 +16,20 @@ def open_run_store(config: TrainingConfig) -> RunStore:
     return RunStore(resolve_location(config.storage), config.project_name)
 
 
+def existing_store_bytes(store: RunStore) -> int:
+    """What the project already holds (a resumed run reuses that space)."""
+    try:
+        return sum(store.fs.du(store.root, total=False).values()) if store.fs.exists(store.root) else 0
+    except Exception:  # noqa: BLE001 - a size we cannot read just means "assume nothing is there yet"
+        return 0
+
+
 @task(name="mount-storage", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_unless_user_error)
 def mount_storage_task(config: TrainingConfig, run_id: str) -> str:
-    """Resolve the storage root (mounting Drive on Colab), create the project folder, save the config."""
+    """Resolve the storage root (mounting Drive on Colab), check it has room, create the project folder."""
     store = open_run_store(config)
     store.fs.makedirs(store.root, exist_ok=True)
+    check_capacity(store.location, config, existing_bytes=existing_store_bytes(store))
     store.write_bytes(f"configs/{run_id}/config.json", json.dumps(config.model_dump(mode="json"), indent=2).encode())
     return store.root
 
