@@ -17,6 +17,7 @@ from pathlib import Path
 from ..config import TrainingConfig
 from ..dataset.items import TrainItem
 from ..errors import NotBuiltError
+from ..storage.drive import remount_on_drop
 from ..storage.runstore import RunStore
 from ..trainer.events import Event
 from ..trainer.process import start_process_group
@@ -91,6 +92,7 @@ def run_training_session(
     syncer = CheckpointSyncer(
         store, fingerprint=fingerprint, state_extra=state_extra(fields, dataset_fingerprint),
         keep_last_states=config.keep_last_states, keep_last_epochs=config.save_last_n_epochs, log=log,
+        on_storage_error=remount_on_drop(store.root) if store.location.is_local else None,
     )
     log_path = run_dir / "trainer.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

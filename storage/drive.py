@@ -66,3 +66,19 @@ def is_dropped_mount_error(exc: BaseException) -> bool:
 
 def on_colab() -> bool:
     return "COLAB_RELEASE_TAG" in os.environ or "COLAB_GPU" in os.environ or _colab_drive() is not None
+
+
+def remount_on_drop(root: str, mount_point: str = DRIVE_MOUNT_POINT):
+    """A storage-error hook for the checkpoint sync: remount Drive (force) when its FUSE mount dropped.
+
+    Colab's Drive mount drops after hours ("Transport endpoint is not connected"); the sync keeps the
+    checkpoint on local disk, calls this, and retries the upload once Drive is back.
+    """
+    if not is_drive_path(root):
+        return None
+
+    def recover(exc: BaseException) -> None:
+        if is_dropped_mount_error(exc):
+            ensure_drive_mounted(root, force_remount=True, mount_point=mount_point)
+
+    return recover

@@ -89,3 +89,25 @@ def test_missing_file_never_loops_forever(tmp_path, memory_fs):
     syncer.submit_lora(tmp_path / "p-000001.safetensors", epoch=1)
     assert syncer.close(timeout=5)
     assert any("skipped" in m for m in messages) and store.list_checkpoints() == []
+
+
+def test_enotconn_after_n_writes_recovers_after_remount(tmp_path):
+    """Drive drops mid-run: writes fail with ENOTCONN until the storage-error hook remounts it."""
+    FlakyFileSystem.store.clear()
+    FlakyFileSystem.down = False
+    remounts = []
+
+    def remount(exc):
+        if getattr(exc, "errno", None) == errno.ENOTCONN:
+            remounts.append(exc)
+            FlakyFileSystem.down = False
+
+    store = RunStore(resolve_location("flaky://drive"), "p")
+    syncer = CheckpointSyncer(store, fingerprint="fp", retry_delays=(0.01,), log=lambda m: None, on_storage_error=remount)
+    syncer.submit_state(_state(tmp_path, 1), step=1, epoch=0)
+    assert syncer.flush(timeout=5)
+    FlakyFileSystem.down = True  # the mount drops after the first state
+    syncer.submit_state(_state(tmp_path, 2), step=2, epoch=0)
+    assert syncer.close(timeout=10)
+    assert len(remounts) == 1
+    assert [s.step for s in store.list_states()] == [1, 2]
