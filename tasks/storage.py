@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
-from prefect import task
+from prefect import get_run_logger, task
 
 from ..config import TrainingConfig
+from ..platforms.kaggle import import_previous_run_store, on_kaggle
 from ..storage import RunStore, resolve_location
 from ..storage.capacity import check_capacity
 from .retry import retry_unless_user_error
@@ -30,6 +31,10 @@ def mount_storage_task(config: TrainingConfig, run_id: str) -> str:
     store = open_run_store(config)
     store.fs.makedirs(store.root, exist_ok=True)
     check_capacity(store.location, config, existing_bytes=existing_store_bytes(store))
+    if on_kaggle() and store.location.is_local:
+        note = import_previous_run_store(store)
+        if note:
+            get_run_logger().info(note)
     store.write_bytes(f"configs/{run_id}/config.json", json.dumps(config.model_dump(mode="json"), indent=2).encode())
     return store.root
 
