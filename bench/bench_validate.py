@@ -27,7 +27,7 @@ def generate(root: Path, count: int, seed: int = 0) -> None:
     for i in range(count):
         width, height = rng.randrange(512, 1281, 32), rng.randrange(512, 1281, 32)
         image = noise.crop((0, 0, width, height))
-        image.paste((i % 256, i // 256, 140), (0, 0, width // 3, height // 3))  # unique: no duplicates
+        image.paste((i % 16 * 16, i // 16 % 16 * 16, i // 256 * 30), (0, 0, width // 3, height // 3))  # colours far enough apart that JPEG keeps every image distinct
         ext = ".jpg" if i % 4 else ".png"
         image.save(root / f"img_{i:05d}{ext}", quality=90, compress_level=1)
         (root / f"img_{i:05d}.txt").write_text(", ".join(rng.sample(TAGS, 5)), encoding="utf-8")
@@ -48,6 +48,8 @@ def main() -> None:
         print(f"load average now: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         print(f"validated {report.trainable_count} trainable images in {elapsed:.1f} s wall, {cpu:.1f} s CPU "
               f"({len(report.problems)} problems, {len(report.warnings)} warnings, {len(report.bucket_histogram)} buckets)")
+        for issue in report.problems[:5]:
+            print(f"  problem: {issue.file}: {issue.reason}")
 
 
 if __name__ == "__main__":
