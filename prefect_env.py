@@ -13,7 +13,7 @@ from .storage.drive import is_drive_path
 def configure_prefect_environment(env: dict[str, str] | None = None) -> dict[str, str]:
     """Local PREFECT_HOME, a 90 s server start timeout, analytics off; a user's API URL is kept.
 
-    Returns the settings that were applied, for `doctor` and the tests.
+    Returns the settings in effect (PREFECT_HOME always among them), for `ui`, `doctor` and the tests.
     """
     env = os.environ if env is None else env
     applied: dict[str, str] = {}
@@ -35,4 +35,4 @@ def configure_prefect_environment(env: dict[str, str] | None = None) -> dict[str
             env[key] = value
     # Prefect creates PREFECT_HOME but not its parents; a missing parent means no database at all.
     Path(env["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
-    return {k: env[k] for k in applied}
+    return {k: env[k] for k in (*applied, "PREFECT_HOME")}

@@ -8,7 +8,7 @@ from prefect import get_run_logger, task
 from ..config import TrainingConfig, cache_root
 from ..models import registry
 from ..models.download import ready_models
-from ..trainer.sdscripts.prepare import prepare_sd_scripts_run
+from ..trainer.sdscripts.prepare import folder_subsets, prepare_sd_scripts_run
 from .storage import open_run_store
 
 
@@ -21,7 +21,7 @@ def sd_scripts_dry_run_task(config: TrainingConfig, report, plan, run_id: str) -
     dit_name = registry.base_model(config.base_model).dit.filename
     work = config.resolved_work_dir() / "sd-scripts" / run_id
     prepared = prepare_sd_scripts_run(
-        config, run_id=run_id, image_dir=report.root,
+        config, run_id=run_id, image_dir=report.root, subsets=folder_subsets(report.train_items()),
         dit=str(paths.dit if paths else fallback / dit_name),
         qwen3=str(paths.text_encoder if paths else fallback / registry.TEXT_ENCODER.filename),
         vae=str(paths.vae if paths else fallback / registry.VAE.filename),

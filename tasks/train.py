@@ -9,6 +9,7 @@ from prefect.artifacts import create_link_artifact, create_table_artifact
 
 from ..config import TrainingConfig
 from ..runner.train import run_training_session
+from ..trainer.sdscripts.prepare import folder_subsets
 from ..ui.loss_chart import loss_chart_png, loss_table
 from ..ui.progress import TrainingProgress
 from .artifacts import artifact_key
@@ -47,6 +48,7 @@ def sd_scripts_spec(report, models, plan) -> dict:
     gpu = getattr(plan, "memory", None)
     return {
         "image_dir": report.root,
+        "subsets": folder_subsets(report.train_items()),
         "dit": str(models.dit) if getattr(models, "dit", None) else None,
         "qwen3": str(models.text_encoder) if getattr(models, "text_encoder", None) else None,
         "vae": str(models.vae) if getattr(models, "vae", None) else None,

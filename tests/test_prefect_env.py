@@ -26,3 +26,8 @@ def test_user_settings_are_kept():
     assert env["PREFECT_API_URL"].startswith("https://api.prefect.cloud")
     assert env["PREFECT_HOME"] == "/tmp/ph"
     assert env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] == "200"
+
+
+def test_prefect_home_is_always_reported(tmp_path):
+    env = {"PREFECT_HOME": str(tmp_path / "ph")}
+    assert configure_prefect_environment(env)["PREFECT_HOME"] == str(tmp_path / "ph")

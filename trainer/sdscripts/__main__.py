@@ -47,6 +47,7 @@ def run_job(job: dict, events: Path) -> int:
             config, run_id=job["run_id"], image_dir=job["image_dir"], dit=job["dit"], qwen3=job["qwen3"],
             vae=job["vae"], sd_scripts_dir=sd_dir, config_dir=Path(job["config_dir"]), output_dir=output_dir,
             mixed_precision=job["mixed_precision"], total_steps=job.get("total_steps"), resume_dir=resume,
+            subsets=[tuple(s) for s in job["subsets"]] if job.get("subsets") else None,
         )
         emit(sink, "log", message=f"sd-scripts: {prepared.command_text}")
         result = run_sd_scripts(

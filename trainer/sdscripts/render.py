@@ -158,8 +158,15 @@ def render_training_toml(
     return {k: v for k, v in training.items() if v is not None}
 
 
-def render_dataset_toml(config: TrainingConfig, *, image_dir: str) -> dict[str, Any]:
-    """The dataset TOML as a dict (seed-behaviour §5.2), with `.txt` captions."""
+def render_dataset_toml(
+    config: TrainingConfig, *, image_dir: str, subsets: list[tuple[str, int]] | None = None
+) -> dict[str, Any]:
+    """The dataset TOML as a dict (seed-behaviour §5.2), with `.txt` captions.
+
+    sd-scripts reads only the images directly inside each subset's `image_dir`, so a dataset with
+    nested or kohya `N_name` folders passes `subsets` = [(folder, repeats), ...], one per folder.
+    """
+    folders = subsets or [(str(image_dir), config.repeats)]
     return {
         "general": {
             "resolution": config.resolution,
@@ -174,11 +181,12 @@ def render_dataset_toml(config: TrainingConfig, *, image_dir: str) -> dict[str, 
                 "resolution": config.resolution,
                 "subsets": [
                     {
-                        "num_repeats": config.repeats,
-                        "image_dir": str(image_dir),
+                        "num_repeats": int(repeats),
+                        "image_dir": str(folder),
                         "caption_extension": ".txt",  # sd-scripts' default is ".caption"
                         "caption_dropout_rate": float(config.caption_dropout),
                     }
+                    for folder, repeats in folders
                 ],
             }
         ],
@@ -293,14 +301,17 @@ class RenderedConfigs:
         return training_path, dataset_path
 
 
-def render_configs(config: TrainingConfig, *, run_id: str, image_dir: str, **training_kwargs: Any) -> RenderedConfigs:
+def render_configs(
+    config: TrainingConfig, *, run_id: str, image_dir: str, subsets: list[tuple[str, int]] | None = None,
+    **training_kwargs: Any,
+) -> RenderedConfigs:
     """Render, validate and name both files; `training_kwargs` go to `render_training_toml`.
 
     Raises:
         UserInputError: a value sd-scripts would reject (see `validate_sdscripts_args`).
     """
     training = render_training_toml(config, **training_kwargs)
-    dataset = render_dataset_toml(config, image_dir=image_dir)
+    dataset = render_dataset_toml(config, image_dir=image_dir, subsets=subsets)
     validate_sdscripts_args(training, dataset)
     training_name, dataset_name = config_file_names(config.project_name, run_id)
     return RenderedConfigs(training, dataset, training_name, dataset_name)

@@ -264,3 +264,20 @@ def test_render_configs_writes_valid_named_files(tmp_path):
     with pytest.raises(UserInputError, match="mixed_precision='auto'"):
         render_configs(_config(), run_id="r", image_dir="/d", dit=DIT, qwen3=QWEN3, vae=VAE, output_dir=OUT,
                        mixed_precision="auto", run_date="2026-02-21")  # fmt: skip
+
+
+def test_nested_and_kohya_folders_become_one_subset_each(tmp_path):
+    from anima_lora_flow.dataset.items import TrainItem
+    from anima_lora_flow.trainer.sdscripts.prepare import folder_subsets
+    from anima_lora_flow.trainer.sdscripts.render import render_dataset_toml
+
+    items = [
+        TrainItem(tmp_path / "a.png", "x", (768, 768), 5),
+        TrainItem(tmp_path / "b.png", "x", (768, 768), 5),
+        TrainItem(tmp_path / "10_char" / "c.png", "x", (768, 768), 10),
+    ]
+    subsets = folder_subsets(items)
+    assert subsets == [(str(tmp_path), 5), (str(tmp_path / "10_char"), 10)]
+    rendered = render_dataset_toml(TrainingConfig(dataset="d"), image_dir=str(tmp_path), subsets=subsets)
+    got = [(s["image_dir"], s["num_repeats"]) for s in rendered["datasets"][0]["subsets"]]
+    assert got == subsets
