@@ -38,6 +38,7 @@ class SessionResult:
     total_steps: int | None
     start_step: int
     final_lora: str | None = None
+    lora_bytes: int | None = None
     local_lora: str | None = None
     last_loss: float | None = None
     sec_per_step: float | None = None
@@ -148,9 +149,10 @@ def _session_result(run_id, outcome: Outcome, resume: ResumePoint, syncer, store
     else:
         status = "failed"
     final = store.path("checkpoints", store.checkpoint_name()) if status == "completed" and flushed else None
+    lora_bytes = store.fs.size(final) if final and store.fs.exists(final) else None
     return SessionResult(
         run_id=run_id, outcome=status, steps_done=outcome.step, total_steps=outcome.total_steps,
-        start_step=resume.step, final_lora=final, local_lora=outcome.final_lora, last_loss=outcome.last_loss,
+        start_step=resume.step, final_lora=final, lora_bytes=lora_bytes, local_lora=outcome.final_lora, last_loss=outcome.last_loss,
         sec_per_step=outcome.sec_per_step, stop_reason=outcome.stop_reason,
         unsynced_steps=syncer.steps_at_risk(outcome.step) if status != "completed" else (0 if flushed else outcome.step),
         losses=outcome.losses, resume_note=resume.describe(),

@@ -22,7 +22,8 @@ from .storage import open_run_store
 def train_task(config: TrainingConfig, report, models, run_id: str, guard=None, plan=None) -> dict:
     """Train (resuming from storage), sync checkpoints while training, return the session result."""
     logger = get_run_logger()
-    cell = TrainingProgress(session_left=guard.remaining_s if guard is not None else None)
+    # Checkpoints are reported once, by the Prefect log (it reaches the cell and the UI alike).
+    cell = TrainingProgress(session_left=guard.remaining_s if guard is not None else None, echo_checkpoints=False)
     prefect_progress = PrefectProgress(artifact_key("progress", config.project_name))
 
     def on_event(event, outcome):

@@ -29,7 +29,9 @@ class TrainingProgress:
         session_left: Callable[[], float | None] | None = None,
         file=None,
         echo: Callable[[str], None] | None = None,
+        echo_checkpoints: bool = True,
     ):
+        self.echo_checkpoints = echo_checkpoints
         self._bar: tqdm | None = None
         self._file = file or sys.stdout
         self._session_left = session_left
@@ -43,9 +45,9 @@ class TrainingProgress:
             self._open(int(event.get("total_steps") or 0), int(event.get("start_step") or 0))
         elif kind == "step":
             self._on_step(event)
-        elif kind == "checkpoint":
+        elif kind == "checkpoint" and self.echo_checkpoints:
             what = "LoRA" if event.get("kind") == "lora" else "resumable state"
-            self._echo(f"saved {what} at step {event.get('step')}: {event.get('path')}")
+            self._echo(f"saved {what} at step {event.get('step')}")
         elif kind == "stopped":
             self._echo(f"trainer stopped after saving its state ({event.get('reason', 'requested')})")
         elif kind == "log":

@@ -27,7 +27,7 @@ def summary_markdown(config: TrainingConfig, result: dict, store_root: str) -> s
     return "\n".join(lines)
 
 
-def summary_text(config: TrainingConfig, result: dict, lora_size: int | None = None) -> str:
+def summary_text(config: TrainingConfig, result: dict) -> str:
     outcome = result.get("outcome")
     if outcome == "dry-run":
         return _dry_run_text(config, result)
@@ -36,7 +36,7 @@ def summary_text(config: TrainingConfig, result: dict, lora_size: int | None = N
         head += f" at {result['sec_per_step']:.2f} s/step"
     lines = [head]
     if result.get("final_lora"):
-        size = f" ({lora_size / 1e6:.1f} MB)" if lora_size else ""
+        size = f" ({result['lora_bytes'] / 1e6:.1f} MB)" if result.get("lora_bytes") else ""
         lines.append(f"LoRA: {result['final_lora']}{size}")
     if outcome == "stopped":
         lines.append("Stopped before the session ends; run the same command again to continue.")
