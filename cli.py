@@ -217,8 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train a tiny LoRA on a generated dataset (CPU is enough)",
                           description="Generate a tiny random Anima model and a small dataset, then run the full flow.")
-    demo.add_argument("--work-dir", help="where the generated model, dataset and caches go")
-    demo.add_argument("--storage", help="run store root (default: ./anima-demo-runs)")
+    demo.add_argument("--work-dir", help="where the generated model, dataset, caches and runs go (default: ./anima-demo)")
+    demo.add_argument("--storage", help="run store root (default: <work-dir>/runs)")
     demo.add_argument("--epochs", type=int, default=None, help="epochs to train (default 2)")
     demo.add_argument("--json", action="store_true", help="print the result as JSON")
     demo.set_defaults(func=cmd_demo)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from .config import TrainingConfig, cache_root
+from .config import TrainingConfig
 
 _TAGS = ["1girl", "solo", "long hair", "short hair", "smile", "blue eyes", "red eyes", "outdoors", "sky", "flower"]
 
@@ -37,7 +37,8 @@ def demo_config(work_dir: Path | None = None, *, storage: str | None = None, epo
     """Build (once) the tiny model and dataset, and return a config that trains on them in minutes on CPU."""
     from .trainer.tiny import build_tiny_model  # noqa: PLC0415 - pulls in torch and diffusers
 
-    work_dir = (work_dir or cache_root() / "demo").absolute()
+    # Everything (model, dataset, caches, run store) stays under one folder in the current directory.
+    work_dir = (work_dir or Path("anima-demo")).absolute()
     model_dir = work_dir / "tiny-anima"
     if not (model_dir / "model_index.json").exists():
         build_tiny_model(model_dir, seed=0)
@@ -47,7 +48,7 @@ def demo_config(work_dir: Path | None = None, *, storage: str | None = None, epo
     return TrainingConfig(
         project_name="demo",
         dataset=str(dataset_dir),
-        storage=storage or str(Path("anima-demo-runs").absolute()),
+        storage=storage or str(work_dir / "runs"),
         work_dir=str(work_dir / "work"),
         models_dir=str(model_dir),
         network_dim=4,

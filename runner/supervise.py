@@ -134,7 +134,8 @@ def _apply(event: Event, outcome: Outcome, syncer: CheckpointSyncer | None) -> N
             syncer.submit_lora(event["path"], epoch=event.get("epoch"), step=int(event.get("step", 0)))
     elif kind == "stopped":
         outcome.stopped = True
-        outcome.stop_reason = event.get("reason", outcome.stop_reason)
+        # The supervisor's own reason (the deadline) says more than the trainer's ("SIGTERM").
+        outcome.stop_reason = outcome.stop_reason or event.get("reason")
     elif kind == "done":
         outcome.final_lora = event.get("lora")
         outcome.step = int(event.get("step", outcome.step))

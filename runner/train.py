@@ -168,11 +168,22 @@ def _upload_log(store: RunStore, log_path: Path, run_id: str, log) -> None:
         log(f"could not store the trainer log ({exc}); it stays at {log_path}")
 
 
+# What a trainer prints when the GPU went away under it (Colab/Kaggle reclaim, driver reset, Xid).
+GPU_LOST_MARKERS = (
+    "no CUDA GPUs are available", "CUDA error: unspecified launch failure", "CUDA driver initialization failed",
+    "cudaErrorDevicesUnavailable", "CUDA error: an illegal memory access", "device-side assert", "Xid",
+    "CUDA-capable device(s) is/are busy or unavailable", "CUDA error: uncorrectable ECC error",
+)
+
+
 def _failure_message(outcome: Outcome, log_path: Path) -> str:
-    tail = ""
-    if log_path.exists():
-        lines = log_path.read_text(errors="replace").strip().splitlines()
-        tail = lines[-1] if lines else ""
+    lines = log_path.read_text(errors="replace").strip().splitlines() if log_path.exists() else []
+    tail = lines[-1] if lines else ""
+    if any(marker in line for line in lines[-50:] for marker in GPU_LOST_MARKERS):
+        return (
+            f"the GPU was lost at step {outcome.step} ({tail}); the last saved state is in storage: run the same "
+            "command again in a session with a working GPU to resume"
+        )
     reason = outcome.error or tail or f"exit code {outcome.returncode}"
     return (
         f"training failed at step {outcome.step}: {reason} (full log: {log_path}); "

@@ -141,3 +141,31 @@ def test_sigkill_then_rerun_gives_the_same_lora(point, demo, reference, tmp_path
     final = _final_tensors(cfg)
     assert final.keys() == ref_tensors.keys()
     assert all(torch.equal(final[k], ref_tensors[k]) for k in final)
+
+
+def test_deadline_saves_a_state_that_the_next_session_resumes(demo, reference, tmp_path):
+    """The session guard fires mid-run: the trainer saves, stops cleanly, and the next run finishes it."""
+    root, base, report = demo
+    ref_tensors, total_steps = reference
+    cfg = _config(base, tmp_path / "runs", tmp_path / "work").model_copy(update={"save_state_every_minutes": 0})
+    store = RunStore(resolve_location(cfg.storage), cfg.project_name)
+    deadline = {"near": False}
+
+    def on_event(event, outcome):
+        if event.event == "step" and event["step"] >= 5:
+            deadline["near"] = True  # what SessionGuard reports when the session is about to end
+
+    first = run_training_session(
+        cfg, items=report.train_items(), dataset_fingerprint=report.fingerprint, models_dir=Path(cfg.models_dir),
+        store=store, work_dir=Path(cfg.work_dir), run_id="first", log=lambda m: None,
+        should_stop=lambda sec_per_step: deadline["near"], on_event=on_event,
+    )
+    assert first.outcome == "stopped" and first.stop_reason == "deadline"
+    assert first.unsynced_steps == 0
+    saved = store.list_states()[-1].step
+    assert 5 <= saved < total_steps
+
+    second = _session(cfg, report, "second")
+    assert second.outcome == "completed" and second.start_step == saved
+    final = _final_tensors(cfg)
+    assert all(torch.equal(final[k], ref_tensors[k]) for k in final)
