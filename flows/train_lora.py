@@ -6,6 +6,7 @@ import time
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.logging.loggers import flow_run_logger
 from prefect.runtime import flow_run
 
 from anima_lora_flow.config import TrainingConfig
@@ -23,7 +24,16 @@ from anima_lora_flow.tasks.train import train_task
 from anima_lora_flow.ui.summary import summary_markdown
 
 
-@flow(name="train-anima-lora", log_prints=True)
+def tell_how_to_resume(flow, flow_run, state) -> None:
+    """on_crashed / on_cancellation: the training task's own cleanup has stopped the trainer and flushed
+    the uploads by now (its `finally` blocks run on SIGTERM and interrupts); say how to go on."""
+    flow_run_logger(flow_run, flow).warning(
+        "run %s ended %s (%s); every state already uploaded is safe in storage: run the same command or "
+        "cell again to resume from the newest one", flow_run.name, state.type.value.lower(), state.message or "-",
+    )
+
+
+@flow(name="train-anima-lora", log_prints=True, on_crashed=[tell_how_to_resume], on_cancellation=[tell_how_to_resume])
 def train_lora(config: TrainingConfig, dry_run: bool = False) -> dict:
     """Validate, plan, download, train (resuming from storage) and publish one Anima LoRA."""
     logger = get_run_logger()
