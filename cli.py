@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from .config import TrainingConfig, load_config_file
+from .dataset.commands import add_validate_parser
+from .models.commands import add_models_parser
 from .errors import NotBuiltError, UserInputError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -191,13 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--json", action="store_true", help="print the result as JSON")
     train.set_defaults(func=cmd_train)
 
-    try:
-        from .dataset.commands import add_validate_parser
-    except ImportError:  # dataset stage not installed in this build
-        add_validate_parser = None
-    if add_validate_parser is not None:
-        add_validate_parser(sub)
-        sub.choices["validate"].set_defaults(func=cmd_validate)
+    add_validate_parser(sub)
+    sub.choices["validate"].set_defaults(func=cmd_validate)
 
     plan = sub.add_parser("plan", help="how many steps, how long, how many sessions, how much memory",
                           description="Plan a run on a dataset without training.")
@@ -207,13 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(plan, skip=("dataset",))
     plan.set_defaults(func=cmd_plan)
 
-    try:
-        from .models.commands import add_models_parser
-    except ImportError:
-        add_models_parser = None
-    if add_models_parser is not None:
-        add_models_parser(sub)
-        sub.choices["models"].set_defaults(func=cmd_models)
+    add_models_parser(sub)
+    sub.choices["models"].set_defaults(func=cmd_models)
 
     demo = sub.add_parser("demo", help="train a tiny LoRA on a generated dataset (CPU is enough)",
                           description="Generate a tiny random Anima model and a small dataset, then run the full flow.")
