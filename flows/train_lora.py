@@ -11,6 +11,7 @@ from prefect.runtime import flow_run
 
 from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.planner.guard import guard_for
+from anima_lora_flow.planner.refine import refine
 from anima_lora_flow.runner.train import new_run_id
 from anima_lora_flow.tasks.artifacts import artifact_key
 from anima_lora_flow.tasks.dataset import prepare_dataset_task
@@ -67,6 +68,10 @@ def train_lora(config: TrainingConfig, dry_run: bool = False) -> dict:
             "outcome": result.get("outcome"), "steps_done": result.get("steps_done"),
             "total_steps": result.get("total_steps"), "trainer": config.trainer,
         })
+    if result.get("sec_per_step"):
+        # The measured rate replaces the table's estimate, so the next session plans with it.
+        store_json_task(config, "plan.json", refine(plan, result["sec_per_step"], result.get("steps_done") or 0)
+                        .model_dump(mode="json"))
     create_markdown_artifact(
         markdown=summary_markdown(config, result, store_root), key=artifact_key("summary", config.project_name),
         description="Anima LoRA run summary",

@@ -29,7 +29,9 @@ def test_demo_flow_end_to_end(prefect_harness, demo):
     assert (project / "checkpoints" / "demo.safetensors").stat().st_size > 0
     assert (project / "checkpoints" / "demo-000001.safetensors").exists()
     assert (project / "state" / "LATEST").read_text().strip() == "24"
-    assert json.loads((project / "plan.json").read_text())["steps"]["total_steps"] == 24
+    plan = json.loads((project / "plan.json").read_text())
+    assert plan["steps"]["total_steps"] == 24
+    assert plan["rate_status"] == "measured" and plan["sec_per_step"] > 0  # refined with the run's own rate
     runs = [json.loads(line) for line in (project / "runs.jsonl").read_text().splitlines()]
     assert runs[-1]["outcome"] == "completed"
     assert list((project / "configs").iterdir())
