@@ -13,7 +13,7 @@ def test_every_package_is_listed_in_pyproject():
     found = {"anima_lora_flow"} | {
         "anima_lora_flow." + ".".join(init.parent.relative_to(ROOT).parts)
         for init in ROOT.glob("**/__init__.py")
-        if init.parent != ROOT and not {"tests", "bench", "notebooks"} & set(init.parent.relative_to(ROOT).parts)
+        if init.parent != ROOT and not {"tests", "bench", "notebooks", "build", "dist"} & set(init.parent.relative_to(ROOT).parts)
         and not any(part.startswith(".") or part.endswith("venv") for part in init.parent.relative_to(ROOT).parts)
     }
     assert found == listed
