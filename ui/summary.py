@@ -6,6 +6,13 @@ from ..config import TrainingConfig
 from .progress import format_duration
 
 
+def format_bytes(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
 def summary_markdown(config: TrainingConfig, result: dict, store_root: str) -> str:
     outcome = result.get("outcome", "?")
     lines = [
@@ -36,7 +43,7 @@ def summary_text(config: TrainingConfig, result: dict) -> str:
         head += f" at {result['sec_per_step']:.2f} s/step"
     lines = [head]
     if result.get("final_lora"):
-        size = f" ({result['lora_bytes'] / 1e6:.1f} MB)" if result.get("lora_bytes") else ""
+        size = f" ({format_bytes(result['lora_bytes'])})" if result.get("lora_bytes") else ""
         lines.append(f"LoRA: {result['final_lora']}{size}")
     if outcome == "stopped":
         lines.append("Stopped before the session ends; run the same command again to continue.")
