@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import types
 import typing
@@ -110,7 +111,17 @@ def run_flow(config: TrainingConfig, *, dry_run: bool = False) -> dict:
     configure_prefect_environment()
     from .flows.train_lora import train_lora  # noqa: PLC0415 - prefect is imported only after its settings
 
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_no_traceback_for_user_errors)
     return train_lora(config=config, dry_run=dry_run)
+
+
+def _no_traceback_for_user_errors(record: logging.LogRecord) -> bool:
+    """A user's mistake is one line on the console, not a Prefect traceback (the UI keeps the full record)."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, (UserInputError, NotBuiltError)):
+        record.exc_info, record.exc_text = None, None
+    return True
 
 
 def _print_result(config: TrainingConfig, result: dict, *, as_json: bool) -> None:
