@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .config import cache_root
+from .platforms.secrets import secret
 from .storage.drive import is_drive_path
 
 
@@ -30,9 +31,16 @@ def configure_prefect_environment(env: dict[str, str] | None = None) -> dict[str
     applied.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     applied.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     applied.setdefault("DO_NOT_TRACK", "1")
+    # Prefect Cloud from Colab/Kaggle secrets keeps run history across sessions (the key is never printed).
+    if not env.get("PREFECT_API_URL"):
+        url, key = secret("PREFECT_API_URL", env), secret("PREFECT_API_KEY", env)
+        if url:
+            applied["PREFECT_API_URL"] = url
+            if key:
+                applied["PREFECT_API_KEY"] = key
     for key, value in applied.items():
         if key == "PREFECT_HOME" or key not in env:
             env[key] = value
     # Prefect creates PREFECT_HOME but not its parents; a missing parent means no database at all.
     Path(env["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
-    return {k: env[k] for k in (*applied, "PREFECT_HOME")}
+    return {k: env[k] for k in (*applied, "PREFECT_HOME") if k != "PREFECT_API_KEY"}

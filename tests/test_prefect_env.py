@@ -31,3 +31,21 @@ def test_user_settings_are_kept():
 def test_prefect_home_is_always_reported(tmp_path):
     env = {"PREFECT_HOME": str(tmp_path / "ph")}
     assert configure_prefect_environment(env)["PREFECT_HOME"] == str(tmp_path / "ph")
+
+
+def test_prefect_cloud_from_colab_secrets(monkeypatch):
+    import sys
+    import types
+
+    secrets = {"PREFECT_API_URL": "https://api.prefect.cloud/api/accounts/a/workspaces/w", "PREFECT_API_KEY": "pnu_x"}
+    userdata = types.SimpleNamespace(get=lambda name: secrets.get(name))
+    colab = types.ModuleType("google.colab")
+    colab.userdata = userdata
+    google = types.ModuleType("google")
+    google.colab = colab
+    monkeypatch.setitem(sys.modules, "google", google)
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    env = {}
+    shown = configure_prefect_environment(env)
+    assert env["PREFECT_API_URL"] == secrets["PREFECT_API_URL"] and env["PREFECT_API_KEY"] == "pnu_x"
+    assert "PREFECT_API_KEY" not in shown  # reported settings never carry the key
