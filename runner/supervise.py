@@ -38,7 +38,8 @@ class Outcome:
 
     @property
     def completed(self) -> bool:
-        return self.returncode == 0 and self.final_lora is not None
+        # A "done" event means the final LoRA is written, even if a late stop signal changed the exit code.
+        return self.final_lora is not None and self.error is None
 
 
 class EventTail:

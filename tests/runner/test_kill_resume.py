@@ -80,15 +80,16 @@ def reference(demo):
     return _final_tensors(cfg), result.total_steps
 
 
-def _kill_when(proc, predicate, timeout=120):
+def _kill_when(proc, predicate, timeout=120) -> bool:
+    """SIGKILL the whole group once `predicate` holds; False when the session ended first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError("the session ended before the kill point was reached")
+            return False
         if predicate():
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            return
+            return True
         time.sleep(0.002)
     raise AssertionError("kill point never reached")
 
@@ -121,7 +122,25 @@ KILL_POINTS = {
 def test_sigkill_then_rerun_gives_the_same_lora(point, demo, reference, tmp_path):
     root, base, report = demo
     ref_tensors, total_steps = reference
-    cfg = _config(base, tmp_path / "runs", tmp_path / "work")
+    # A state save or an upload lasts milliseconds: on a fast machine a run may finish before the
+    # poll sees one, so try a few fresh runs until the kill lands inside the moment it aims at.
+    for attempt in range(4):
+        cfg = _config(base, tmp_path / f"runs{attempt}", tmp_path / f"work{attempt}")
+        if _start_and_kill(cfg, report, point, tmp_path / f"a{attempt}"):
+            break
+    else:
+        pytest.fail(f"the kill point {point} was never reached in 4 runs")
+    assert not (Path(cfg.storage) / cfg.project_name / "checkpoints" / "demo.safetensors").exists()
+
+    result = _session(cfg, report, "second")
+    assert result.outcome == "completed" and result.steps_done == total_steps
+    final = _final_tensors(cfg)
+    assert final.keys() == ref_tensors.keys()
+    assert all(torch.equal(final[k], ref_tensors[k]) for k in final)
+
+
+def _start_and_kill(cfg, report, point, tmp_path) -> bool:
+    tmp_path.mkdir(parents=True)
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"config": cfg.model_dump(mode="json"), "items": [i.to_json() for i in report.train_items()],
                                 "fingerprint": report.fingerprint, "work_dir": cfg.work_dir, "run_id": "first"}))
@@ -130,17 +149,10 @@ def test_sigkill_then_rerun_gives_the_same_lora(point, demo, reference, tmp_path
     proc = subprocess.Popen([sys.executable, str(driver), str(spec)], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _kill_when(proc, lambda: KILL_POINTS[point](Path(cfg.work_dir), Path(cfg.storage)))
+        return _kill_when(proc, lambda: KILL_POINTS[point](Path(cfg.work_dir), Path(cfg.storage)))
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert not (Path(cfg.storage) / cfg.project_name / "checkpoints" / "demo.safetensors").exists()
-
-    result = _session(cfg, report, "second")
-    assert result.outcome == "completed" and result.steps_done == total_steps
-    final = _final_tensors(cfg)
-    assert final.keys() == ref_tensors.keys()
-    assert all(torch.equal(final[k], ref_tensors[k]) for k in final)
 
 
 def test_deadline_saves_a_state_that_the_next_session_resumes(demo, reference, tmp_path):
@@ -152,8 +164,10 @@ def test_deadline_saves_a_state_that_the_next_session_resumes(demo, reference, t
     deadline = {"near": False}
 
     def on_event(event, outcome):
-        if event.event == "step" and event["step"] >= 5:
-            deadline["near"] = True  # what SessionGuard reports when the session is about to end
+        # The trainer has set up (its stop handler is live) when the session's end comes near: the
+        # guard's SIGTERM must make it finish the step in hand, save a state and stop.
+        if event.event == "plan":
+            deadline["near"] = True
 
     first = run_training_session(
         cfg, items=report.train_items(), dataset_fingerprint=report.fingerprint, models_dir=Path(cfg.models_dir),
@@ -163,7 +177,7 @@ def test_deadline_saves_a_state_that_the_next_session_resumes(demo, reference, t
     assert first.outcome == "stopped" and first.stop_reason == "deadline"
     assert first.unsynced_steps == 0
     saved = store.list_states()[-1].step
-    assert 5 <= saved < total_steps
+    assert 1 <= saved < total_steps
 
     second = _session(cfg, report, "second")
     assert second.outcome == "completed" and second.start_step == saved
