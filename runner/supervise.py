@@ -102,8 +102,11 @@ def supervise(
                 stop_process_group(proc, grace_s=1)
             time.sleep(poll_s)
     except BaseException:
-        # Cell interrupted, flow cancelled, task crashed: never leave the trainer holding the GPU.
+        # Cell interrupted, flow cancelled, task crashed: never leave the trainer holding the GPU. The
+        # trainer saves a state on SIGTERM; read its last events so that state is synced too.
         stop_process_group(proc, grace_s=min(stop_grace_s, 60))
+        for event in tail.read():
+            _apply(event, outcome, syncer)
         raise
     outcome.returncode = proc.returncode
     if outcome.returncode == EXIT_STOPPED:
