@@ -71,15 +71,21 @@ def collate(
 ) -> dict[str, torch.Tensor]:
     """Latents (B,16,1,h,w) and contexts (B, context_length, dim); dropped captions get the empty context.
 
-    The dropout draw uses the training generator so that a resumed run drops the same captions.
+    The dropout draw uses the training generator so that a resumed run drops the same captions, and
+    the choice is made on the device with `torch.where`: reading the draw back (`.tolist()`) would
+    stall the GPU once per step.
     """
-    drops = torch.rand(len(indices), generator=generator, device=generator.device).tolist() if caption_dropout > 0 else []
-    contexts = []
-    for n, i in enumerate(indices):
-        ctx = cache.empty_context if drops and drops[n] < caption_dropout else cache.contexts[i]
-        pad = torch.zeros(cache.context_length - ctx.shape[0], ctx.shape[1], dtype=ctx.dtype)
-        contexts.append(torch.cat([ctx, pad]))
+    context = torch.stack([_pad(cache.contexts[i], cache.context_length) for i in indices]).to(device, non_blocking=True)
+    if caption_dropout > 0:
+        drop = torch.rand(len(indices), generator=generator, device=generator.device) < caption_dropout
+        empty = _pad(cache.empty_context, cache.context_length).to(device, non_blocking=True)
+        context = torch.where(drop.to(device).view(-1, 1, 1), empty.unsqueeze(0), context)
     return {
         "latents": torch.stack([cache.latents[i] for i in indices]).to(device, non_blocking=True),
-        "context": torch.stack(contexts).to(device, non_blocking=True),
+        "context": context,
     }
+
+
+def _pad(ctx: torch.Tensor, length: int) -> torch.Tensor:
+    """Zero rows after the prompt up to the DiT's fixed context length (as every implementation does)."""
+    return torch.cat([ctx, torch.zeros(length - ctx.shape[0], ctx.shape[1], dtype=ctx.dtype)])
