@@ -44,6 +44,8 @@ _RUN_PLACEMENT_FIELDS = frozenset(
         "sample_every_n_epochs",
         "sample_prompts",
         "sd_scripts_commit",
+        "attention_backend",  # speed settings: the same training, so a resume may change them
+        "compile_blocks",
         "dataset",  # the dataset's *content* fingerprint is compared instead of its location
     }
 )
@@ -129,6 +131,13 @@ class TrainingConfig(BaseModel):
         description="auto = bf16 where the GPU has native bf16, fp16 otherwise (a T4 emulates bf16 slowly).",
     )
     gradient_checkpointing: bool = Field(True, description="Recompute activations to save memory (slower).")
+    attention_backend: str = Field(
+        "native",
+        description="diffusers attention backend: native (PyTorch SDPA), _native_cudnn, flash, sage, xformers... (non-native ones need their package).",
+    )
+    compile_blocks: bool = Field(
+        False, description="Compile each transformer block with torch.compile (GPU; faster steps after a one-time compile)."
+    )
 
     # --- Saving and resume --------------------------------------------------------------------
     save_every_n_epochs: int = Field(1, ge=0, description="Save a LoRA every N epochs (0: only the final one).")

@@ -17,7 +17,7 @@ from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.dataset.items import TrainItem
 
 from .cache import build_cache
-from .components import build_transformer, check_models_dir
+from .components import build_transformer, check_models_dir, speed_up_transformer
 from .data import build_sampler
 from .events import Event, EventSink, emit
 from .lora import build_lora_model, load_adapter_state_dict, lora_parameters
@@ -115,6 +115,8 @@ def build_session(job: TrainJob, cfg: TrainingConfig, items: list[TrainItem], mo
     model = build_lora_model(build_transformer(models_dir, dtype, cfg.gradient_checkpointing), cfg.network_dim, cfg.network_alpha, cfg.seed)
     # The optimizer needs the LoRA parameters; the scheduler needs the optimizer and the step count.
     model.to(accelerator.device)  # before the optimizer is built: it must hold the device's parameters
+    speed_up_transformer(accelerator.unwrap_model(model), attention_backend=cfg.attention_backend,
+                         compile_blocks=cfg.compile_blocks and accelerator.device.type == "cuda")
     optimizer = build_optimizer(lora_parameters(model), cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
