@@ -243,12 +243,6 @@ def _reset_accelerate() -> None:
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def compile_blocks(model: torch.nn.Module) -> None:
-    """Regional compile, bench-side: each DiT block compiled in place (the trainer has no compile option)."""
-    for block in model.transformer_blocks:
-        block.compile()
-
-
 def cpu_sdpa_flop_mapping() -> dict:
     """FlopCounterMode knows the CUDA SDPA kernels but not the CPU flash kernel: count it by the same formulas."""
     from torch.utils import flop_counter
@@ -346,7 +340,9 @@ def run_combo(combo: Combo, device: torch.device, steps: int, warmup: int, peak_
 
         # 2) warm-up (compiles here with --compile), then the timed steps.
         if combo.compile:
-            compile_blocks(session.accelerator.unwrap_model(session.model))
+            from anima_lora_flow.trainer.components import speed_up_transformer
+
+            speed_up_transformer(session.accelerator.unwrap_model(session.model), compile_blocks=True)
         clock = StepClock(device, stop_after=warmup + steps, timed_from=warmup)
         run_steps(session, clock)
         times = clock.step_ms()
@@ -441,7 +437,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", choices=tuple(PRECISIONS), nargs="+", default=["bf16"])
     p.add_argument("--steps", type=int, default=20, help="timed steps per combination")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps before them (after the FLOP-counting step)")
-    p.add_argument("--compile", action="store_true", help="torch.compile each DiT block (bench-side regional compile)")
+    p.add_argument("--compile", action="store_true", help="torch.compile each DiT block (the trainer's --compile-blocks)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--peak-size", type=int, default=None, help="matmul size for the peak (default 8192 GPU, 1024 CPU)")
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
