@@ -1,12 +1,14 @@
 """`python -m anima_lora_flow.trainer --job job.json --events events.jsonl`: the native trainer as a subprocess.
 
-Exit codes: 0 done, 1 error, 2 bad input, 3 stopped on request (SIGTERM/SIGINT) with a state saved.
+Exit codes: 0 done, 1 error, 2 bad input, 3 stopped on request (SIGTERM/SIGINT, or the --stop-file
+appeared) with a state saved.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -19,6 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job", required=True, help="TrainJob JSON file")
     parser.add_argument("--events", required=True, help="file to append JSON-lines events to")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar on stderr")
+    parser.add_argument(
+        "--stop-file", metavar="PATH",
+        help="stop like SIGTERM (finish the step, save a state, exit 3) once this file exists; checked every step, "
+        "never deleted by the trainer (remove it before resuming)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -37,9 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
 
+    if args.stop_file and os.path.exists(args.stop_file):
+        print(f"warning: the stop file {args.stop_file} already exists: the run will stop after one step", file=sys.stderr)
+
+    def stop_requested() -> str | bool:
+        if signals:
+            return signals[0]
+        return "stop file" if args.stop_file and os.path.exists(args.stop_file) else False  # one stat per step
+
     sink = JsonLinesSink(args.events)
     try:
-        result = run_training(TrainJob.load(args.job), sink, stop_requested=lambda: signals[0] if signals else False, show_progress=not args.no_progress)
+        result = run_training(TrainJob.load(args.job), sink, stop_requested=stop_requested, show_progress=not args.no_progress)
     except UserInputError as e:
         emit(sink, "error", message=str(e), kind="user")
         print(f"error: {e}", file=sys.stderr)
