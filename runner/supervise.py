@@ -142,7 +142,8 @@ def _apply(event: Event, outcome: Outcome, syncer: CheckpointSyncer | None) -> N
         outcome.stop_reason = outcome.stop_reason or event.get("reason")
     elif kind == "done":
         outcome.final_lora = event.get("lora")
-        outcome.step = int(event.get("step", outcome.step))
+        # The native trainer says "steps", an sd-scripts run may say nothing: keep what is known.
+        outcome.step = int(event.get("steps") or event.get("step") or outcome.step)
         if syncer is not None and outcome.final_lora:
             syncer.submit_lora(outcome.final_lora, epoch=None, step=outcome.step)
     elif kind == "error":
