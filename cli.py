@@ -100,9 +100,19 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainingConfig:
 # --- commands ---------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    preflight(config)
     result = run_flow(config, dry_run=args.dry_run)
     _print_result(config, result, as_json=args.json)
     return EXIT_OK
+
+
+def preflight(config: TrainingConfig) -> None:
+    """Cheap checks of a user's input before a Prefect server is started (the flow repeats them)."""
+    from .storage import resolve_location
+    from .tasks.preflight import check_supported
+
+    check_supported(config)
+    resolve_location(config.storage)
 
 
 def run_flow(config: TrainingConfig, *, dry_run: bool = False) -> dict:

@@ -7,13 +7,15 @@ import importlib
 import os
 from pathlib import Path
 
+from ..errors import UserInputError
+
 DRIVE_MOUNT_POINT = "/content/drive"
 # errno values a dropped Drive FUSE mount raises ("Transport endpoint is not connected" and kin).
 DROPPED_MOUNT_ERRNOS = frozenset({errno.ENOTCONN, errno.EIO, errno.ESTALE, errno.ENODEV, errno.EHOSTDOWN})
 
 
-class DriveUnavailableError(OSError):
-    """A Google Drive path was given but Drive cannot be used here."""
+class DriveUnavailableError(UserInputError):
+    """A Google Drive path was given but Drive cannot be used here (the user must change the path or mount it)."""
 
 
 def is_drive_path(path: str) -> bool:

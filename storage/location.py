@@ -8,6 +8,7 @@ from pathlib import Path
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from ..errors import UserInputError
 from .drive import ensure_drive_mounted, is_drive_path
 
 
@@ -35,12 +36,12 @@ def resolve_location(location: str, *, mount_drive: bool = True, **storage_optio
     """Turn a user's location string into (filesystem, root path).
 
     Raises:
-        ValueError: the string is empty or names an fsspec protocol that is not installed.
+        UserInputError: the string is empty or names an fsspec protocol that is not installed.
         DriveUnavailableError: a Drive path outside Colab, or the mount failed.
     """
     text = (location or "").strip()
     if not text:
-        raise ValueError("storage location is empty; pass a folder or a URL such as gs://bucket/runs")
+        raise UserInputError("storage location is empty; pass a folder or a URL such as gs://bucket/runs")
     if "://" not in text:
         path = str(Path(text).expanduser().absolute())
         if is_drive_path(path) and mount_drive:
@@ -52,5 +53,5 @@ def resolve_location(location: str, *, mount_drive: bool = True, **storage_optio
         protocol = text.split("://", 1)[0]
         hint = {"gs": "gcs", "gcs": "gcs", "s3": "s3"}.get(protocol)
         extra = f"; install it with: pip install 'anima-lora-flow[{hint}]'" if hint else ""
-        raise ValueError(f"cannot open storage {text!r}: {exc}{extra}") from exc
+        raise UserInputError(f"cannot open storage {text!r}: {exc}{extra}") from exc
     return Location(fs, root.rstrip("/") or root, text)

@@ -40,6 +40,8 @@ def test_console_script_is_installed():
         (["train", "--dataset", "x", "--project-name", "../up"], "--project-name"),
         (["train", "--config", "/no/such/file.toml"], "config file not found"),
         (["status", "nosuch", "--storage", "/no/such/root"], "no project 'nosuch'"),
+        (["train", "--dataset", "x", "--storage", "/content/drive/MyDrive/out"], "not Colab"),
+        (["train", "--dataset", "x", "--storage", "nosuchproto://bucket/x"], "cannot open storage"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv, fragment, capsys):
