@@ -201,6 +201,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return run_ui(args)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anima-lora", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -232,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Generate a tiny random Anima model and a small dataset, then run the full flow.")
     demo.add_argument("--work-dir", help="where the generated model, dataset, caches and runs go (default: ./anima-demo)")
     demo.add_argument("--storage", help="run store root (default: <work-dir>/runs)")
-    demo.add_argument("--epochs", type=int, default=None, help="epochs to train (default 2)")
+    demo.add_argument("--epochs", type=_positive_int, default=None, help="epochs to train (default 2)")
     demo.add_argument("--json", action="store_true", help="print the result as JSON")
     demo.set_defaults(func=cmd_demo)
 

@@ -71,6 +71,8 @@ def extract_to_work_dir(archive: Path, work_dir: Path, limits: ExtractLimits | N
         DatasetError: not an archive, or an unsafe/unreadable one.
     """
     if not is_archive(archive):
+        if archive.suffix.lower() in (".zip", ".tar", ".gz", ".tgz"):
+            raise DatasetError(f"{archive.name} is not a readable archive (corrupt or cut short); download or zip it again")
         raise DatasetError(f"{archive.name} is neither a folder nor a .zip/.tar archive; pass a folder of images or a .zip of it")
     dest = work_dir / "datasets" / _file_hash(archive)[:16]
     if dest.is_dir():  # safe_extract renames a finished extraction into place, so this one is whole

@@ -64,3 +64,8 @@ def test_config_file_and_flags(tmp_path):
     args = build_parser().parse_args(["train", "--config", str(cfg_file), "--repeats", "7", "--no-gradient-checkpointing"])
     cfg = config_from_args(args)
     assert (cfg.dataset, cfg.network_dim, cfg.repeats, cfg.gradient_checkpointing) == ("/d", 8, 7, False)
+
+
+def test_demo_rejects_zero_epochs(capsys):
+    code, _, err = _run(["demo", "--epochs", "0"], capsys)
+    assert code == 2 and "must be 1 or more" in err
