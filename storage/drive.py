@@ -54,7 +54,10 @@ def ensure_drive_mounted(path: str, *, force_remount: bool = False, mount_point:
     try:
         drive.mount(mount_point, force_remount=force_remount)
     except Exception as exc:  # google.colab raises plain Exceptions with the user-facing reason
-        raise DriveUnavailableError(f"Google Drive could not be mounted at {mount_point}: {exc}") from exc
+        raise DriveUnavailableError(
+            f"Google Drive could not be mounted at {mount_point} ({exc}); mount it in a notebook cell first: "
+            "from google.colab import drive; drive.mount('/content/drive')"
+        ) from exc
     if not is_mounted(mount_point):
         raise DriveUnavailableError(
             f"Google Drive mount at {mount_point} did not appear; re-run the cell and accept the Drive permission prompt"
