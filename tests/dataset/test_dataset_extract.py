@@ -135,8 +135,15 @@ def test_zip_source_extracts_into_work_dir_not_next_to_the_zip(tmp_path: Path):
 def test_unreadable_archive_is_an_error(tmp_path: Path, content: bytes):
     bad = tmp_path / "data.zip"
     bad.write_bytes(content)
-    with pytest.raises(DatasetError, match="neither a folder nor a .zip"):
+    with pytest.raises(DatasetError, match="data.zip is not a readable archive"):
         prepare_dataset(str(bad), tmp_path / "work")
+
+
+def test_a_file_that_is_no_archive_is_an_error(tmp_path: Path):
+    other = tmp_path / "data.bin"
+    other.write_bytes(b"just bytes")
+    with pytest.raises(DatasetError, match="neither a folder nor a .zip"):
+        prepare_dataset(str(other), tmp_path / "work")
 
 
 def test_damaged_zip_is_an_error(tmp_path: Path):
