@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import importlib
-import os
 from pathlib import Path
 
 from ..errors import UserInputError
@@ -67,10 +66,6 @@ def ensure_drive_mounted(path: str, *, force_remount: bool = False, mount_point:
 def is_dropped_mount_error(exc: BaseException) -> bool:
     """True when an OSError looks like a Drive FUSE mount that went away."""
     return isinstance(exc, OSError) and exc.errno in DROPPED_MOUNT_ERRNOS
-
-
-def on_colab() -> bool:
-    return "COLAB_RELEASE_TAG" in os.environ or "COLAB_GPU" in os.environ or _colab_drive() is not None
 
 
 def remount_on_drop(root: str, mount_point: str = DRIVE_MOUNT_POINT):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -76,7 +76,3 @@ def read_events(path: str | Path) -> Iterator[Event]:
             event = Event.from_line(line)
             if event is not None:
                 yield event
-
-
-def event_dict(event: Event) -> dict[str, Any]:
-    return asdict(event)
