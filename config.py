@@ -40,6 +40,7 @@ _RUN_PLACEMENT_FIELDS = frozenset(
         "restart",
         "save_state_every_minutes",
         "keep_last_states",
+        "save_kohya_lora",
         "save_last_n_epochs",
         "sample_every_n_epochs",
         "sample_prompts",
@@ -103,6 +104,11 @@ class TrainingConfig(BaseModel):
     max_train_epochs: int = Field(10, ge=1, le=10_000, description="Passes over the (repeated) dataset.")
     batch_size: int = Field(1, ge=1, le=64, description="Images per step. A batch holds images of one aspect-ratio bucket.")
     gradient_accumulation_steps: int = Field(1, ge=1, le=128, description="Micro-batches per optimizer step.")
+    num_gpus: int = Field(
+        1, ge=1, le=16,
+        description="GPUs to train on, data parallel (Kaggle's 2x T4: 2). Each GPU takes its own micro-batches, "
+        "so an epoch has this many times fewer steps.",
+    )  # fmt: skip
     optimizer: Optimizer = Field("adamw8bit", description="Optimizer (the seed uses AdamW8bit).")
     weight_decay: float = Field(0.1, ge=0, description="Decoupled weight decay.")
     betas: tuple[float, float] = Field((0.9, 0.99), description="Adam betas.")
@@ -146,6 +152,9 @@ class TrainingConfig(BaseModel):
         15.0, ge=0, description="Save a full resumable state at least this often (0: only at epoch ends)."
     )
     keep_last_states: int = Field(2, ge=1, description="Full states kept in storage.")
+    save_kohya_lora: bool = Field(
+        False, description="Also save each LoRA with kohya's lora_unet_* keys (<name>.kohya.safetensors), for sd-scripts tools."
+    )
     restart: bool = Field(False, description="Ignore saved states of this project and start from step 0.")
 
     # --- Backend and session --------------------------------------------------------------------
@@ -186,6 +195,11 @@ class TrainingConfig(BaseModel):
         return self
 
     # --- Derived values -------------------------------------------------------------------------
+    @property
+    def micro_batches_per_step(self) -> int:
+        """Micro-batches one optimizer step consumes: accumulation times data-parallel GPUs."""
+        return self.gradient_accumulation_steps * self.num_gpus
+
     @property
     def network_scale(self) -> float:
         return self.network_alpha / self.network_dim

@@ -108,7 +108,7 @@ def make_plan(
     gpu_info = platform.gpu
     precision = resolve_precision(config.mixed_precision, gpu_info)
     try:
-        steps = count_steps(samples_per_bucket, config.batch_size, config.gradient_accumulation_steps, config.max_train_epochs)
+        steps = count_steps(samples_per_bucket, config.batch_size, config.micro_batches_per_step, config.max_train_epochs)
     except ValueError as exc:
         raise UserInputError(str(exc)) from exc
     rate = _rate(config, gpu_info, precision, config.resolution)
@@ -225,7 +225,7 @@ def _rate(config: TrainingConfig, gpu: GpuInfo | None, precision: str, resolutio
     fast = gpu is not None and (precision == "fp16" or (precision == "bf16" and gpu.bf16_native))
     return lookup_rate(
         gpu.name if gpu else None, fast, resolution, config.batch_size, config.gradient_accumulation_steps,
-        config.gradient_checkpointing, gpu.bf16_native if gpu else False,
+        config.gradient_checkpointing, gpu.bf16_native if gpu else False, config.num_gpus,
     )
 
 
@@ -258,6 +258,10 @@ def _decide(plan: Plan, config: TrainingConfig, gpu: GpuInfo | None) -> tuple[De
         )
     if gpu is None and plan.gpu_source == "none" and plan.platform_kind in NO_GPU_FIX and not config.models_dir:
         return "stop", f"this {plan.platform_kind} session has no GPU: {NO_GPU_FIX[plan.platform_kind]}, then run again"
+    if config.num_gpus > 1 and plan.gpu_source != "named" and config.num_gpus > (gpu.count if gpu else 0):
+        have = f"{gpu.count} ({gpu.name})" if gpu else "none"
+        fix = f"; on Kaggle: {NO_GPU_FIX['kaggle']}" if plan.platform_kind == "kaggle" else ""
+        return "stop", f"--num-gpus {config.num_gpus} needs {config.num_gpus} CUDA GPUs, this machine has {have}: use --num-gpus {gpu.count if gpu else 1}{fix}"
     if plan.fits is not False:
         return "ok", ""
     if plan.sessions_needed is None:
@@ -286,7 +290,7 @@ def _suggestions(config: TrainingConfig, samples: Mapping, plan: Plan, gpu: GpuI
         return []
     seconds = max(0.0, left_s - SETUP_S - RESERVE_S)
     budget = max_steps_within(seconds, plan.sec_per_step) + plan.steps_done
-    batch, accum, epochs = config.batch_size, config.gradient_accumulation_steps, config.max_train_epochs
+    batch, accum, epochs = config.batch_size, config.micro_batches_per_step, config.max_train_epochs
     out: list[Suggestion] = []
     best_epochs = largest_epochs(samples, batch, accum, epochs, budget)
     if best_epochs:
@@ -339,6 +343,9 @@ def _warnings(config: TrainingConfig, plan: Plan, gpu: GpuInfo | None, platform:
         out.append("no GPU: only the demo's tiny model trains on CPU; the time is measured once training starts")
     elif plan.sec_per_step is None:
         out.append(f"{gpu.name} is not in the speed table: time is measured once training starts (or plan with --gpu NAME)")
+    if gpu is not None and plan.gpu_source == "detected" and gpu.count > 1 and config.num_gpus == 1 and config.trainer == "native":
+        out.append(f"this machine has {gpu.count} GPUs and the run uses one: {flag('num_gpus', gpu.count)} trains on all of them "
+                   f"(about {gpu.count}x fewer steps per epoch)")
     if gpu is not None and plan.precision == "bf16" and not gpu.bf16_native:
         out.append(f"bf16 on {gpu.name} ({gpu.sm}) is emulated at fp32 speed; --mixed-precision auto (fp16 here) is ~3x faster")
     if plan.memory.fits is False:

@@ -58,6 +58,10 @@ RATE_TABLE: tuple[RateRow, ...] = (
 # No slow row measured: fp32 (or emulated bf16) costs this factor over the fast path. The T4's measured pair
 # gives 3x; GPUs with TF32 tensor cores (sm_80+) lose less.
 SLOW_FACTOR = {True: 2.0, False: 3.0}
+# Data parallel: each GPU runs its own micro-batches at the one-GPU rate, plus one all-reduce of the
+# LoRA gradients per step (~115 MB at rank 20, tens of ms over PCIe against a T4's 1-3 s step).
+# Estimated, not measured: no multi-GPU row exists yet.
+DATA_PARALLEL_OVERHEAD = 1.05
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ def lookup_rate(
     grad_accum: int,
     gradient_checkpointing: bool,
     bf16_native: bool = False,
+    num_gpus: int = 1,
 ) -> Rate:
     """Seconds per optimizer step for these settings, scaled from the GPU's row by FLOPs."""
     if gpu_name is None:
@@ -106,9 +111,13 @@ def lookup_rate(
         factor = SLOW_FACTOR[bf16_native]
         note = f"; x{factor:g} for fp32/emulated bf16 (estimated)"
     scale = step_tflop(resolution, batch_size, gradient_checkpointing) / step_tflop(row.resolution, 1, row.gradient_checkpointing)
-    seconds = row.sec_per_step * factor * scale * grad_accum
-    status: Literal["measured", "estimated"] = "measured" if row.status == "measured" and scale == 1 and factor == 1 and grad_accum == 1 else "estimated"
+    parallel = DATA_PARALLEL_OVERHEAD if num_gpus > 1 else 1.0
+    seconds = row.sec_per_step * factor * scale * grad_accum * parallel
+    exact = row.status == "measured" and scale == 1 and factor == 1 and grad_accum == 1 and num_gpus == 1
+    status: Literal["measured", "estimated"] = "measured" if exact else "estimated"
     where = f"{row.gpu} {row.speed} row at {row.resolution}px ({row.status}: {row.source})"
     if scale != 1 or grad_accum != 1:
         where += f", scaled x{scale * grad_accum:.2f} by FLOPs for {resolution}px, batch {batch_size}, accumulation {grad_accum}"
+    if num_gpus > 1:
+        note += f"; x{parallel:g} for data parallel over {num_gpus} GPUs (estimated)"
     return Rate(round(seconds, 3), status, where + note)

@@ -42,7 +42,11 @@ def check_gpu(platform) -> Finding:
             "the plan stops before any download; on Kaggle pick 'GPU T4 x2' instead of P100", ok=False,
         )
     precision = "bf16" if gpu.bf16_native else "fp16 (bf16 would be emulated and slow here)"
-    return Finding("gpu", f"{gpu.name}, {gpu.memory_gib:.1f} GiB", f"mixed precision auto -> {precision}")
+    count = f"{gpu.count}x " if gpu.count > 1 else ""
+    action = f"mixed precision auto -> {precision}"
+    if gpu.count > 1:
+        action += f"; one GPU unless you pass --num-gpus {gpu.count} (data parallel, {gpu.count}x fewer steps per epoch)"
+    return Finding("gpu", f"{count}{gpu.name}, {gpu.memory_gib:.1f} GiB", action)
 
 
 def check_storage(location: str) -> Finding:

@@ -14,6 +14,8 @@ def unsupported_settings(config: TrainingConfig) -> list[str]:
     problems = []
     if config.sample_every_n_epochs:
         problems.append("sample images during training are not built yet; use --sample-every-n-epochs 0")
+    if config.trainer == "sd-scripts" and config.num_gpus > 1:
+        problems.append("--num-gpus above 1 is built for the native trainer only; use --trainer native or --num-gpus 1")
     if config.trainer == "native" and config.timestep_sampling in _NATIVE_UNBUILT_TIMESTEPS:
         problems.append(
             f"--timestep-sampling {config.timestep_sampling} is not built in the native trainer; "

@@ -13,9 +13,14 @@ def test_defaults_are_supported():
 
 @pytest.mark.parametrize(
     ("changes", "flag"),
-    [({"sample_every_n_epochs": 2}, "--sample-every-n-epochs 0"), ({"timestep_sampling": "flux_shift"}, "--trainer sd-scripts")],
+    [
+        ({"sample_every_n_epochs": 2}, "--sample-every-n-epochs 0"),
+        ({"timestep_sampling": "flux_shift"}, "--trainer sd-scripts"),
+        ({"trainer": "sd-scripts", "num_gpus": 2}, "--trainer native or --num-gpus 1"),
+    ],
 )
 def test_unbuilt_settings_are_named(changes, flag):
     with pytest.raises(NotBuiltError, match=flag):
         check_supported(TrainingConfig(dataset="d", **changes))
     check_supported(TrainingConfig(dataset="d", trainer="sd-scripts", timestep_sampling="flux_shift"))
+    check_supported(TrainingConfig(dataset="d", num_gpus=2))

@@ -1,7 +1,8 @@
 """`python -m anima_lora_flow.trainer --job job.json --events events.jsonl`: the native trainer as a subprocess.
 
 Exit codes: 0 done, 1 error, 2 bad input, 3 stopped on request (SIGTERM/SIGINT, or the --stop-file
-appeared) with a state saved.
+appeared) with a state saved. A job with num_gpus > 1 starts one process per GPU (data_parallel.py)
+and exits with their merged code.
 """
 
 from __future__ import annotations
@@ -31,8 +32,19 @@ def main(argv: list[str] | None = None) -> int:
 
     from anima_lora_flow.errors import UserInputError
 
+    from .data_parallel import is_worker, launch_workers
     from .events import JsonLinesSink, emit
     from .run import TrainJob, run_training
+
+    try:
+        job = TrainJob.load(args.job)
+    except (OSError, ValueError, TypeError) as e:
+        print(f"error: cannot read the job file {args.job}: {e}", file=sys.stderr)
+        return EXIT_USER
+    num_processes = int(job.config.get("num_gpus", 1))
+    if num_processes > 1 and not is_worker():
+        return launch_workers([sys.executable, "-m", "anima_lora_flow.trainer", *(sys.argv[1:] if argv is None else argv)], num_processes)
+    main_process = int(os.environ.get("RANK", "0")) == 0
 
     # A signal only sets a flag: the loop saves a state at the end of the current step and stops.
     signals: list[str] = []
@@ -44,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
 
-    if args.stop_file and os.path.exists(args.stop_file):
+    if args.stop_file and os.path.exists(args.stop_file) and main_process:
         print(f"warning: the stop file {args.stop_file} already exists: the run will stop after one step", file=sys.stderr)
 
     def stop_requested() -> str | bool:
@@ -52,9 +64,11 @@ def main(argv: list[str] | None = None) -> int:
             return signals[0]
         return "stop file" if args.stop_file and os.path.exists(args.stop_file) else False  # one stat per step
 
-    sink = JsonLinesSink(args.events)
+    sink = JsonLinesSink(args.events)  # every process may report its error; only process 0 reports progress
     try:
-        result = run_training(TrainJob.load(args.job), sink, stop_requested=stop_requested, show_progress=not args.no_progress)
+        result = run_training(
+            job, sink if main_process else None, stop_requested=stop_requested, show_progress=main_process and not args.no_progress
+        )
     except UserInputError as e:
         emit(sink, "error", message=str(e), kind="user")
         print(f"error: {e}", file=sys.stderr)
@@ -65,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     finally:
         sink.close()
+    if not main_process:
+        return EXIT_STOPPED if result.stopped else EXIT_DONE
     if result.stopped:
         print(f"stopped at step {result.steps}/{result.total_steps}; state saved in {result.state}", file=sys.stderr)
         return EXIT_STOPPED

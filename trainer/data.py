@@ -27,7 +27,7 @@ class BucketSampler:
 
     buckets: tuple[tuple[int, ...], ...]  # item indices per bucket, each repeated `repeats` times
     batch_size: int
-    gradient_accumulation_steps: int
+    micro_batches_per_step: int  # gradient accumulation times data-parallel processes
     seed: int
 
     @property
@@ -37,7 +37,7 @@ class BucketSampler:
     @property
     def steps_per_epoch(self) -> int:
         """Optimizer steps per epoch, by the planner's own functions (so the two counts agree)."""
-        return optimizer_steps_per_epoch(self.batches_per_epoch, self.gradient_accumulation_steps)
+        return optimizer_steps_per_epoch(self.batches_per_epoch, self.micro_batches_per_step)
 
     def epoch_groups(self, epoch: int) -> list[Group]:
         """The optimizer steps of `epoch`, each a list of micro-batches; the last group may be short."""
@@ -48,17 +48,17 @@ class BucketSampler:
             rng.shuffle(order)
             batches += [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         rng.shuffle(batches)
-        k = self.gradient_accumulation_steps
+        k = self.micro_batches_per_step
         return [batches[i : i + k] for i in range(0, len(batches), k)]
 
 
-def build_sampler(items: Sequence[TrainItem], batch_size: int, gradient_accumulation_steps: int, seed: int) -> BucketSampler:
+def build_sampler(items: Sequence[TrainItem], batch_size: int, micro_batches_per_step: int, seed: int) -> BucketSampler:
     """A sampler whose batch count equals dataset.buckets.batches_per_epoch(samples_per_bucket(items))."""
     per_bucket: dict[tuple[int, int], list[int]] = {}
     for index, item in enumerate(items):
         per_bucket.setdefault(tuple(item.bucket), []).extend([index] * item.repeats)
     sampler = BucketSampler(
-        tuple(tuple(per_bucket[b]) for b in sorted(per_bucket)), batch_size, gradient_accumulation_steps, seed
+        tuple(tuple(per_bucket[b]) for b in sorted(per_bucket)), batch_size, micro_batches_per_step, seed
     )
     expected = batches_per_epoch(samples_per_bucket(list(items)), batch_size)
     if sampler.batches_per_epoch != expected:  # a bug guard: the planner and the trainer must agree

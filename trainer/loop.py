@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -16,6 +17,7 @@ from anima_lora_flow.config import TrainingConfig
 
 from .cache import TrainingCache
 from .data import BucketSampler, collate
+from .data_parallel import shard_group
 from .events import EventSink, emit
 from .lora import adapter_state_dict, lora_metadata, lora_parameters, save_lora_file, to_comfy_state_dict
 from .loss import Objective, compute_loss
@@ -46,9 +48,11 @@ def weight_dtype(precision: str) -> torch.dtype:
 
 
 def build_accelerator(precision: str):
+    """accelerate's Accelerator; data-parallel when started by trainer/data_parallel.py (RANK etc. set)."""
     from accelerate import Accelerator
 
-    return Accelerator(mixed_precision=precision)
+    # cpu=True is how accelerate forms a multi-process (gloo) group without GPUs; it changes nothing else.
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
 
 
 def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainingConfig) -> torch.optim.Optimizer:
@@ -138,10 +142,13 @@ def train(s: Session) -> TrainResult:
     while p.epoch < cfg.max_train_epochs:
         # The order is a pure function of (seed, epoch): a resume skips the groups already consumed.
         for group in s.sampler.epoch_groups(p.epoch)[p.step_in_epoch :]:
-            for micro_batch in group:
+            mine = shard_group(group, acc.num_processes, acc.process_index)
+            for i, micro_batch in enumerate(mine):
                 batch = collate(micro_batch, s.cache, s.generator, cfg.caption_dropout, acc.device)
-                loss = compute_loss(s.model, batch, objective, s.generator) / len(group)
-                acc.backward(loss)
+                # DDP averages gradients over the processes at the last backward of the step only.
+                with contextlib.nullcontext() if i == len(mine) - 1 else acc.no_sync(s.model):
+                    loss = compute_loss(s.model, batch, objective, s.generator) / len(mine)
+                    acc.backward(loss)
                 meter.add(loss.detach())
             if cfg.max_grad_norm > 0:
                 acc.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -152,15 +159,16 @@ def train(s: Session) -> TrainResult:
             bar.update(1)
 
             if p.global_step % LOG_EVERY == 0 or p.global_step == p.total_steps:
-                p.last_loss, sec_per_step = meter.read(p.global_step)
+                p.last_loss, sec_per_step = meter.read(p.global_step, acc)
                 bar.set_postfix(loss=f"{p.last_loss:.4f}", refresh=False)
                 lr = s.scheduler.get_last_lr()[0]
                 emit(s.sink, "step", step=p.global_step, total=p.total_steps, loss=p.last_loss, lr=lr,
                      sec_per_step=sec_per_step, epoch=p.epoch + 1)  # fmt: skip
-            if cfg.save_state_every_minutes and time.monotonic() - last_state_time >= cfg.save_state_every_minutes * 60:
+            save_due = bool(cfg.save_state_every_minutes) and time.monotonic() - last_state_time >= cfg.save_state_every_minutes * 60
+            reason, save_due = agreed_decisions(s, save_due)
+            if save_due:
                 save_full_state(s)
                 last_state_time = time.monotonic()
-            reason = s.stop_requested()
             if reason:
                 bar.close()
                 return stop(s, reason if isinstance(reason, str) else "requested")
@@ -185,10 +193,14 @@ class LossMeter:
         self.total = loss if self.total is None else self.total + loss
         self.count += 1
 
-    def read(self, step: int) -> tuple[float, float]:
+    def read(self, step: int, accelerator=None) -> tuple[float, float]:
+        """(mean loss per step since the last read, seconds per step); averaged over data-parallel processes."""
         steps = max(1, step - self.step)
+        total = self.total
+        if accelerator is not None and accelerator.num_processes > 1 and total is not None:
+            total = accelerator.reduce(total.detach().clone(), "mean")  # every process reads at the same steps
         # each optimizer step's micro-losses were divided by the group size: the sum per step is the mean
-        value = float(self.total.item()) / steps if self.total is not None else math.nan
+        value = float(total.item()) / steps if total is not None else math.nan
         elapsed = time.monotonic() - self.time
         self.total, self.count, self.step, self.time = None, 0, step, time.monotonic()
         return value, elapsed / steps
@@ -197,9 +209,27 @@ class LossMeter:
 # --- saving ---------------------------------------------------------------------------------------
 
 
+def agreed_decisions(s: Session, save_due: bool) -> tuple[str | bool, bool]:
+    """(stop reason, save a state now), agreed by every process: all act after the same step or none.
+
+    Saving a state is a collective (the RNGs are gathered), and a process that stops alone leaves
+    the others waiting in their next all-reduce forever. With several processes this costs one tiny
+    all-reduce and host sync per step.
+    """
+    reason = s.stop_requested()
+    acc = s.accelerator
+    if acc.num_processes == 1:
+        return reason, save_due
+    flags = acc.reduce(torch.tensor([1.0 if reason else 0.0, 1.0 if save_due else 0.0], device=acc.device), "sum")
+    stop, save = (bool(v > 0) for v in flags.tolist())
+    return ((reason or "stop requested in another training process") if stop else False), save
+
+
 def save_lora(s: Session, path: Path, prune: bool) -> Path:
     """Export the ComfyUI/diffusers-format LoRA, emit a checkpoint event, keep the last N epoch files."""
     cfg, p = s.cfg, s.progress
+    if not s.accelerator.is_main_process:
+        return path  # process 0 holds the same weights (DDP) and writes the file
     model = s.accelerator.unwrap_model(s.model)
     save_dtype = weight_dtype(s.accelerator.mixed_precision)
     tensors = to_comfy_state_dict(adapter_state_dict(model), cfg.network_scale, save_dtype)
@@ -220,16 +250,23 @@ def save_full_state(s: Session) -> str:
     folder = Path(s.output_dir) / "state" / f"step_{p.global_step:08d}"
     if s.last_state == str(folder):
         return s.last_state  # already saved at this step (an epoch end followed by a stop)
-    scaler = s.accelerator.scaler
+    acc = s.accelerator
+    rngs = [rng_state(s.generator)]
+    if acc.num_processes > 1:  # a collective: every process takes part, process 0 writes
+        from accelerate.utils import gather_object
+
+        rngs = gather_object(rngs)
+    s.last_state = str(folder)
+    if not acc.is_main_process:
+        return s.last_state
     training_state = {
         OPTIMIZER_KEY: s.optimizer.state_dict(),
         SCHEDULER_KEY: s.scheduler.state_dict(),
-        SCALER_KEY: scaler.state_dict() if scaler is not None else None,
-        RNG_KEY: rng_state(s.generator),
+        SCALER_KEY: acc.scaler.state_dict() if acc.scaler is not None else None,
+        RNG_KEY: rngs,
     }
     save_state(folder, p, adapter_state_dict(s.accelerator.unwrap_model(s.model)), training_state)
     prune_states(folder.parent, s.cfg.keep_last_states)
-    s.last_state = str(folder)
     emit(s.sink, "checkpoint", kind="state", path=str(folder), step=p.global_step, epoch=p.epoch)
     return s.last_state
 

@@ -68,7 +68,7 @@ class TrainJob:
 
 def plan_steps(items: list[TrainItem], cfg: TrainingConfig) -> dict[str, int]:
     """Total optimizer steps, steps per epoch and epochs, by the same functions as the planner."""
-    sampler = build_sampler(items, cfg.batch_size, cfg.gradient_accumulation_steps, cfg.seed)
+    sampler = build_sampler(items, cfg.batch_size, cfg.micro_batches_per_step, cfg.seed)
     per_epoch = sampler.steps_per_epoch
     return {"total_steps": per_epoch * cfg.max_train_epochs, "steps_per_epoch": per_epoch, "epochs": cfg.max_train_epochs}
 
@@ -106,12 +106,14 @@ def build_session(job: TrainJob, cfg: TrainingConfig, items: list[TrainItem], mo
     precision = resolve_precision(cfg.mixed_precision)
     dtype = weight_dtype(precision)
     accelerator = build_accelerator(precision)
-    # Caches first: the VAE and the text stack are freed before the transformer is loaded.
-    cache = build_cache(items, models_dir, Path(job.work_dir), accelerator.device, dtype)
+    # Caches first: the VAE and the text stack are freed before the transformer is loaded. With
+    # several GPUs, process 0 encodes and the others then find every entry on disk.
+    with accelerator.main_process_first():
+        cache = build_cache(items, models_dir, Path(job.work_dir), accelerator.device, dtype)
     st = cache.stats
     log.info("caches: %d latents reused, %d encoded; %d captions reused, %d encoded",
              st.latents_reused, st.latents_encoded, st.texts_reused, st.texts_encoded)  # fmt: skip
-    sampler = build_sampler(items, cfg.batch_size, cfg.gradient_accumulation_steps, cfg.seed)
+    sampler = build_sampler(items, cfg.batch_size, cfg.micro_batches_per_step, cfg.seed)
     model = build_lora_model(build_transformer(models_dir, dtype, cfg.gradient_checkpointing), cfg.network_dim, cfg.network_alpha, cfg.seed)
     # The optimizer needs the LoRA parameters; the scheduler needs the optimizer and the step count.
     model.to(accelerator.device)  # before the optimizer is built: it must hold the device's parameters
@@ -120,7 +122,8 @@ def build_session(job: TrainJob, cfg: TrainingConfig, items: list[TrainItem], mo
     optimizer = build_optimizer(lora_parameters(model), cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    generator = torch.Generator(device=accelerator.device).manual_seed(cfg.seed)
+    # Each process draws its own noise; process 0 of a data-parallel run draws what a one-GPU run would.
+    generator = torch.Generator(device=accelerator.device).manual_seed(cfg.seed + accelerator.process_index)
     fingerprint = cfg.fingerprint(job.dataset_fingerprint)
     progress = TrainingProgress(
         total_steps=total_steps, steps_per_epoch=sampler.steps_per_epoch, seed=cfg.seed, sampler_seed=sampler.seed,
@@ -144,7 +147,7 @@ def _restore(folder, cfg, fingerprint, accelerator, model, optimizer, scheduler,
     scheduler.load_state_dict(training_state[SCHEDULER_KEY])
     if accelerator.scaler is not None and training_state[SCALER_KEY] is not None:
         accelerator.scaler.load_state_dict(training_state[SCALER_KEY])
-    restore_rng(training_state[RNG_KEY], generator)
+    restore_rng(training_state[RNG_KEY], generator, accelerator.process_index)
     log.info("resumed from %s at step %d (epoch %d)", folder, progress.global_step, progress.epoch + 1)
     return progress
 

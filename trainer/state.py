@@ -31,7 +31,7 @@ PROGRESS_FILE = "progress.json"
 OPTIMIZER_KEY = "optimizer"
 SCHEDULER_KEY = "lr_scheduler"
 SCALER_KEY = "grad_scaler"  # None unless fp16
-RNG_KEY = "rng"  # python / numpy / torch / cuda global states and the training generator
+RNG_KEY = "rng"  # per process: python / numpy / torch / cuda global states and the training generator
 
 
 @dataclass
@@ -78,7 +78,16 @@ def rng_state(generator: torch.Generator) -> dict[str, Any]:
     }
 
 
-def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+def restore_rng(states: list[dict[str, Any]] | dict[str, Any], generator: torch.Generator, process_index: int = 0) -> None:
+    """Restore this process's RNGs from the per-process list saved by save_full_state."""
+    if isinstance(states, dict):  # a one-process state written before the list existed
+        states = [states]
+    if process_index >= len(states):
+        raise UserInputError(
+            f"cannot resume: the state was saved by {len(states)} training process(es), this run has more; "
+            "resume with the same num_gpus or start over with restart=True"
+        )
+    state = states[process_index]
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])

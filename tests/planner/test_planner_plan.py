@@ -192,3 +192,30 @@ class TestNamedGpuSession:
         assert not plan_for(config(storage="/content/runs"), local(None), gpu="T4").storage_durable
         assert plan_for(config(storage="/content/drive/MyDrive/r"), local(None), gpu="T4").storage_durable
         assert plan_for(config(storage="/content/runs"), local(None), gpu="RTX 4090").storage_durable
+
+
+class TestDataParallel:
+    T4X2 = GpuInfo(name="Tesla T4", memory_gib=14.7, capability=(7, 5), arch_list=["sm_75"], count=2)
+
+    def kaggle(self, gpu):
+        return detect_platform({"KAGGLE_URL_BASE": "x"}, uptime_s=0, gpu=gpu, now=NOW)
+
+    def test_two_t4s_halve_the_steps_at_about_the_one_gpu_step_time(self):
+        one = plan_for(config(storage="/kaggle/working/r"), self.kaggle(self.T4X2))
+        two = plan_for(config(storage="/kaggle/working/r", num_gpus=2), self.kaggle(self.T4X2))
+        assert two.steps.total_steps == one.steps.total_steps // 2  # 150 batches per epoch over 2 GPUs
+        assert one.sec_per_step < two.sec_per_step <= one.sec_per_step * 1.1
+        assert two.rate_status == "estimated" and "data parallel over 2 GPUs" in two.rate_source
+        assert two.decision == "ok"
+
+    def test_unused_second_gpu_is_pointed_out(self):
+        plan = plan_for(config(storage="/kaggle/working/r"), self.kaggle(self.T4X2))
+        assert any("--num-gpus 2" in w for w in plan.warnings)
+
+    def test_more_gpus_than_the_machine_has_stop_before_anything_runs(self):
+        plan = plan_for(config(storage="/kaggle/working/r", num_gpus=2), self.kaggle(T4))
+        assert plan.decision == "stop"
+        assert "--num-gpus 2 needs 2 CUDA GPUs, this machine has 1 (Tesla T4): use --num-gpus 1" in plan.reason
+        assert "GPU T4 x2" in plan.reason
+        with pytest.raises(PlanOverrunError):
+            enforce_plan(plan)
