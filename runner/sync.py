@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..storage.runstore import RunStore
+from ..trainer.files import kohya_name
 
 
 @dataclass
@@ -159,6 +160,9 @@ class CheckpointSyncer:
             self._prune_local_state(item.path)
         else:
             self.store.publish_file(item.path, item.dest or item.path.name)
+            kohya = item.path.with_name(kohya_name(item.path.name))
+            if item.kind == "lora" and item.dest and kohya.is_file():  # written beside it with --save-kohya-lora
+                self.store.publish_file(kohya, kohya_name(item.dest))
             if item.kind == "lora" and item.epoch is not None:
                 self.store.prune_checkpoints(self.keep_last_epochs)
         self.status.uploaded.append(item.dest or f"state/{item.step}")

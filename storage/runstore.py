@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..trainer.files import epoch_of, kohya_name, lora_file_name
 from .location import Location
 
 CHUNK = 4 * 1024 * 1024
@@ -86,7 +87,7 @@ class RunStore:
         return self.path("state", f"{step:09d}")
 
     def checkpoint_name(self, epoch: int | None = None) -> str:
-        return f"{self.project}.safetensors" if epoch is None else f"{self.project}-{epoch:06d}.safetensors"
+        return lora_file_name(self.project, epoch)
 
     # --- atomic writes ------------------------------------------------------------------------
     def publish_file(self, local_path: str | Path, rel_dest: str) -> PublishedFile:
@@ -271,13 +272,8 @@ class RunStore:
         return [n for n in self.listdir("checkpoints") if n.endswith(".safetensors")]
 
     def epoch_checkpoints(self) -> list[tuple[int, str]]:
-        prefix = f"{self.project}-"
-        found = []
-        for name in self.list_checkpoints():
-            stem = name[: -len(".safetensors")]
-            if stem.startswith(prefix) and stem[len(prefix):].isdigit():
-                found.append((int(stem[len(prefix):]), name))
-        return sorted(found)
+        found = [(epoch_of(self.project, name), name) for name in self.list_checkpoints()]
+        return sorted((epoch, name) for epoch, name in found if epoch is not None)
 
     def prune_checkpoints(self, keep_last: int) -> list[str]:
         """Keep the newest `keep_last` epoch LoRAs (0 keeps all); the final LoRA is never pruned."""
@@ -286,6 +282,8 @@ class RunStore:
         doomed = [name for _, name in self.epoch_checkpoints()[:-keep_last]]
         for name in doomed:
             self.fs.rm(self.path("checkpoints", name))
+            if self.exists(f"checkpoints/{kohya_name(name)}"):  # its kohya-format copy goes with it
+                self.fs.rm(self.path("checkpoints", kohya_name(name)))
         return doomed
 
     # --- run history --------------------------------------------------------------------------

@@ -19,7 +19,16 @@ from .cache import TrainingCache
 from .data import BucketSampler, collate
 from .data_parallel import shard_group
 from .events import EventSink, emit
-from .lora import adapter_state_dict, lora_metadata, lora_parameters, save_lora_file, to_comfy_state_dict
+from .files import epoch_of, kohya_name, lora_file_name
+from .lora import (
+    adapter_state_dict,
+    kohya_metadata,
+    lora_metadata,
+    lora_parameters,
+    save_lora_file,
+    to_comfy_state_dict,
+    to_kohya_state_dict,
+)
 from .loss import Objective, compute_loss
 from .state import OPTIMIZER_KEY, RNG_KEY, SCALER_KEY, SCHEDULER_KEY, TrainingProgress, prune_states, rng_state, save_state
 
@@ -174,11 +183,11 @@ def train(s: Session) -> TrainResult:
                 return stop(s, reason if isinstance(reason, str) else "requested")
         p.next_epoch()
         if cfg.save_every_n_epochs and p.epoch % cfg.save_every_n_epochs == 0 and p.epoch < cfg.max_train_epochs:
-            save_lora(s, Path(s.output_dir) / f"{cfg.project_name}-{p.epoch:06d}.safetensors", prune=True)
+            save_lora(s, Path(s.output_dir) / lora_file_name(cfg.project_name, p.epoch), prune=True)
         save_full_state(s)
         last_state_time = time.monotonic()
     bar.close()
-    final = save_lora(s, Path(s.output_dir) / f"{cfg.project_name}.safetensors", prune=False)
+    final = save_lora(s, Path(s.output_dir) / lora_file_name(cfg.project_name), prune=False)
     emit(s.sink, "done", lora=str(final), steps=p.global_step, loss=p.last_loss, state=s.last_state)
     return TrainResult(str(final), p.global_step, p.total_steps, p.last_loss, False, s.last_state, s.loras)
 
@@ -226,21 +235,25 @@ def agreed_decisions(s: Session, save_due: bool) -> tuple[str | bool, bool]:
 
 
 def save_lora(s: Session, path: Path, prune: bool) -> Path:
-    """Export the ComfyUI/diffusers-format LoRA, emit a checkpoint event, keep the last N epoch files."""
+    """Export the ComfyUI/diffusers-format LoRA (and its kohya copy), emit a checkpoint event, keep the last N epochs."""
     cfg, p = s.cfg, s.progress
     if not s.accelerator.is_main_process:
         return path  # process 0 holds the same weights (DDP) and writes the file
     model = s.accelerator.unwrap_model(s.model)
     save_dtype = weight_dtype(s.accelerator.mixed_precision)
-    tensors = to_comfy_state_dict(adapter_state_dict(model), cfg.network_scale, save_dtype)
+    adapter = adapter_state_dict(model)
     meta = lora_metadata(cfg, steps=p.global_step, epoch=p.epoch, total_steps=p.total_steps, dataset_fingerprint=s.dataset_fingerprint)
-    save_lora_file(path, tensors, meta)
+    if cfg.save_kohya_lora:  # written first: the checkpoint event below makes the runner sync both
+        save_lora_file(path.with_name(kohya_name(path.name)), to_kohya_state_dict(adapter, cfg.network_alpha, save_dtype),
+                       kohya_metadata(meta))  # fmt: skip
+    save_lora_file(path, to_comfy_state_dict(adapter, cfg.network_scale, save_dtype), meta)
     s.loras.append(str(path))
     emit(s.sink, "checkpoint", kind="lora", path=str(path), step=p.global_step, epoch=p.epoch)
     if prune and cfg.save_last_n_epochs:
-        epoch_files = sorted(Path(s.output_dir).glob(f"{cfg.project_name}-[0-9][0-9][0-9][0-9][0-9][0-9].safetensors"))
+        epoch_files = sorted(f for f in Path(s.output_dir).iterdir() if epoch_of(cfg.project_name, f.name) is not None)
         for old in epoch_files[: -cfg.save_last_n_epochs]:
             old.unlink(missing_ok=True)
+            old.with_name(kohya_name(old.name)).unlink(missing_ok=True)
     return path
 
 

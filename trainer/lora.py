@@ -2,6 +2,10 @@
 
 File keys are `diffusion_model.blocks.{i}.<original module>.lora_A.weight` / `.lora_B.weight` with
 alpha/rank folded into lora_B and no alpha keys (anima-internals §A4).
+
+Optionally also kohya's sd-scripts format (`lora_unet_blocks_{i}_<original module, dots as _>.lora_down.weight`,
+`.lora_up.weight`, `.alpha`; anima-internals §A4 "Saved keys"), for sd-scripts tools (resize, merge, resume as
+--network_weights). It is a second file because diffusers 0.42 loads nothing from `lora_unet_*` keys (§A4 table).
 """
 
 from __future__ import annotations
@@ -36,6 +40,12 @@ TARGET_REGEX = r"transformer_blocks\.\d+\.(" + "|".join(re.escape(k) for k in DI
 ADAPTER = "default"
 _PEFT_KEY = re.compile(r"^transformer_blocks\.(\d+)\.(.+)\.(lora_[AB])\.weight$")
 _FILE_KEY = re.compile(r"^diffusion_model\.blocks\.(\d+)\.(.+)\.(lora_[AB])\.weight$")
+# kohya names a module `lora_unet_` + its original path with every "." turned into "_" (sd-scripts
+# networks/lora_anima.py). The originals contain "_" themselves (self_attn.q_proj), so the way back is this
+# lookup, not a replace.
+_KOHYA_TO_ORIGINAL = {original.replace(".", "_"): original for original in ORIGINAL_TO_DIFFUSERS}
+_KOHYA_KEY = re.compile(r"^lora_unet_blocks_(\d+)_(.+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
+_PEFT_TO_KOHYA = {"lora_A": "lora_down", "lora_B": "lora_up"}
 
 
 def build_lora_model(transformer: torch.nn.Module, rank: int, alpha: float, seed: int) -> torch.nn.Module:
@@ -81,16 +91,22 @@ def load_adapter_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Te
         )
 
 
+def _split_peft_key(key: str) -> tuple[str, str, str]:
+    """`transformer_blocks.3.attn1.to_q.lora_A.weight` -> ("3", "self_attn.q_proj", "lora_A"), or raise."""
+    match = _PEFT_KEY.match(key)
+    if not match or match.group(2) not in DIFFUSERS_TO_ORIGINAL:
+        raise ValueError(f"unexpected LoRA weight {key!r}: only the 10 linears of each DiT block are exported")
+    block, module, which = match.groups()
+    return block, DIFFUSERS_TO_ORIGINAL[module], which
+
+
 def to_comfy_state_dict(peft_state: Mapping[str, torch.Tensor], scale: float, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """peft keys -> `diffusion_model.blocks.{i}.<original>.lora_{A,B}.weight`, alpha/rank folded into lora_B."""
     out = {}
     for key, value in peft_state.items():
-        match = _PEFT_KEY.match(key)
-        if not match or match.group(2) not in DIFFUSERS_TO_ORIGINAL:
-            raise ValueError(f"unexpected LoRA weight {key!r}: only the 10 linears of each DiT block are exported")
-        block, module, which = match.groups()
+        block, original, which = _split_peft_key(key)
         tensor = value.float() * scale if which == "lora_B" else value.float()
-        out[f"diffusion_model.blocks.{block}.{DIFFUSERS_TO_ORIGINAL[module]}.{which}.weight"] = tensor.to(dtype).contiguous()
+        out[f"diffusion_model.blocks.{block}.{original}.{which}.weight"] = tensor.to(dtype).contiguous()
     return out
 
 
@@ -104,6 +120,54 @@ def from_comfy_state_dict(file_state: Mapping[str, torch.Tensor], scale: float) 
         block, module, which = match.groups()
         tensor = value.float() / scale if which == "lora_B" else value.float()
         out[f"transformer_blocks.{block}.{ORIGINAL_TO_DIFFUSERS[module]}.{which}.weight"] = tensor
+    return out
+
+
+def to_kohya_state_dict(peft_state: Mapping[str, torch.Tensor], alpha: float, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """peft keys -> kohya `lora_unet_blocks_{i}_<original>.lora_down/.lora_up.weight` plus a per-module `.alpha`.
+
+    down = A and up = B as trained (unscaled): kohya's loaders apply alpha/rank themselves (rank from lora_down's
+    shape), the same factor as peft's lora_alpha/r, so the file gives the same update as the peft model and the
+    comfy file. alpha is written as an fp32 scalar whatever `dtype` is (sd-scripts would cast it to the save dtype):
+    loaders read it with .item()/.float(), and fp32 keeps alpha/rank exact where bf16 would round e.g. 0.3.
+    """
+    out = {}
+    for key, value in peft_state.items():
+        block, original, which = _split_peft_key(key)
+        name = f"lora_unet_blocks_{block}_{original.replace('.', '_')}"
+        out[f"{name}.{_PEFT_TO_KOHYA[which]}.weight"] = value.to(dtype).contiguous()
+        out[f"{name}.alpha"] = torch.tensor(float(alpha), dtype=torch.float32)
+    return out
+
+
+def from_kohya_state_dict(file_state: Mapping[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
+    """kohya keys -> raw peft weights for a peft model whose scale is `scale`.
+
+    Each module's own alpha/rank (alpha missing or 0 means alpha = rank, as in sd-scripts) is folded into lora_B
+    and the peft scale divided out, so a file trained with another alpha still loads as the same update.
+    """
+    parsed: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, value in file_state.items():
+        match = _KOHYA_KEY.match(key)
+        if not match or match.group(2) not in _KOHYA_TO_ORIGINAL:
+            raise ValueError(f"not an Anima DiT kohya LoRA key: {key!r}")
+        block, module, part = match.groups()
+        parsed.setdefault((block, _KOHYA_TO_ORIGINAL[module]), {})[part] = value
+    out = {}
+    for (block, original), parts in parsed.items():
+        down, up = parts["lora_down.weight"].float(), parts["lora_up.weight"].float()
+        rank = down.shape[0]
+        alpha = float(parts["alpha"]) if "alpha" in parts and float(parts["alpha"]) != 0 else rank
+        prefix = f"transformer_blocks.{block}.{ORIGINAL_TO_DIFFUSERS[original]}"
+        out[f"{prefix}.lora_A.weight"] = down
+        out[f"{prefix}.lora_B.weight"] = up * (alpha / rank) / scale
+    return out
+
+
+def kohya_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """The main file's metadata, restated for the kohya file: sd-scripts' own module, and no claim of a folded alpha."""
+    out = {k: v for k, v in metadata.items() if k != "ss_network_args"}
+    out["ss_network_module"] = "networks.lora_anima"
     return out
 
 

@@ -52,6 +52,24 @@ def test_uploads_states_and_loras(tmp_path, memory_fs):
     assert syncer.steps_at_risk(15) == 5
 
 
+def test_kohya_copies_travel_and_are_pruned_with_their_lora(tmp_path, memory_fs):
+    store = RunStore(resolve_location("memory://runs"), "p")
+    syncer = CheckpointSyncer(store, fingerprint="fp", keep_last_epochs=1, retry_delays=(0.01,))
+    for epoch in (1, 2):
+        (tmp_path / f"p-{epoch:06d}.safetensors").write_bytes(b"comfy")
+        (tmp_path / f"p-{epoch:06d}.kohya.safetensors").write_bytes(b"kohya")
+        syncer.submit_lora(tmp_path / f"p-{epoch:06d}.safetensors", epoch=epoch)
+    (tmp_path / "p.safetensors").write_bytes(b"final")
+    (tmp_path / "p.kohya.safetensors").write_bytes(b"final kohya")
+    syncer.submit_lora(tmp_path / "p.safetensors", epoch=None)
+    assert syncer.close(timeout=10)
+    assert sorted(store.list_checkpoints()) == [
+        "p-000002.kohya.safetensors", "p-000002.safetensors", "p.kohya.safetensors", "p.safetensors",
+    ]  # fmt: skip
+    with store.fs.open(store.path("checkpoints", "p.kohya.safetensors"), "rb") as fh:
+        assert fh.read() == b"final kohya"
+
+
 def test_failing_store_is_retried_without_blocking(tmp_path):
     FlakyFileSystem.store.clear()
     FlakyFileSystem.down = True

@@ -92,3 +92,13 @@ def test_resume_refuses_other_settings(job):
     first = run_training(job(), stop_requested=lambda: True)
     with pytest.raises(UserInputError, match="network_dim"):
         run_training(job(resume=first.state, network_dim=8))
+
+
+def test_kohya_copies_are_written_and_pruned_with_the_epoch_loras(job, tmp_path):
+    result = run_training(job("kohya", max_train_epochs=3, save_last_n_epochs=1, save_kohya_lora=True))
+    names = sorted(p.name for p in (tmp_path / "kohya").glob("*.safetensors"))
+    assert names == ["tiny-000002.kohya.safetensors", "tiny-000002.safetensors", "tiny.kohya.safetensors", "tiny.safetensors"]
+    kohya = load_lora_file(tmp_path / "kohya" / "tiny.kohya.safetensors")
+    comfy = load_lora_file(result.final_lora)
+    assert len(kohya) == len(comfy) // 2 * 3  # down, up and alpha per module
+    assert all(k.startswith("lora_unet_blocks_") for k in kohya)

@@ -16,6 +16,7 @@ from pathlib import Path
 from ...config import TrainingConfig, cache_root
 from ...errors import UserInputError
 from ..events import JsonLinesSink, emit
+from ..files import lora_file_name
 from .install import SdScriptsInstallError, ensure_sd_scripts
 from .launch import SdScriptsFailed, run_sd_scripts
 from .prepare import prepare_sd_scripts_run
@@ -63,7 +64,7 @@ def run_job(job: dict, events: Path) -> int:
     if result.stopped:
         emit(sink, "stopped", reason="requested")
         return EXIT_STOPPED
-    final = output_dir / f"{config.project_name}.safetensors"
+    final = output_dir / lora_file_name(config.project_name)
     if not final.exists():
         emit(sink, "error", message=f"sd-scripts exited cleanly but wrote no {final.name}")
         return EXIT_ERROR
