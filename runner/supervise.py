@@ -30,6 +30,7 @@ class Outcome:
     stopped: bool = False
     stop_reason: str | None = None
     error: str | None = None
+    error_kind: str | None = None  # "user", "diverged": the message already says what to do
     step: int = 0
     total_steps: int | None = None
     last_loss: float | None = None
@@ -148,3 +149,4 @@ def _apply(event: Event, outcome: Outcome, syncer: CheckpointSyncer | None) -> N
             syncer.submit_lora(outcome.final_lora, epoch=None, step=outcome.step)
     elif kind == "error":
         outcome.error = event.get("message")
+        outcome.error_kind = event.get("kind")

@@ -184,6 +184,8 @@ def _failure_message(outcome: Outcome, log_path: Path) -> str:
             f"the GPU was lost at step {outcome.step} ({tail}); the last saved state is in storage: run the same "
             "command again in a session with a working GPU to resume"
         )
+    if outcome.error and outcome.error_kind in ("user", "diverged"):
+        return f"{outcome.error} (full log: {log_path})"
     reason = outcome.error or tail or f"exit code {outcome.returncode}"
     return (
         f"training failed at step {outcome.step}: {reason} (full log: {log_path}); "

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .data_parallel import is_worker, launch_workers
     from .events import JsonLinesSink, emit
+    from .loop import TrainingDivergedError
     from .run import TrainJob, run_training
 
     try:
@@ -73,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         emit(sink, "error", message=str(e), kind="user")
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER
+    except TrainingDivergedError as e:  # its message is the whole story: no traceback
+        emit(sink, "error", message=str(e), kind="diverged")
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
     except Exception as e:  # noqa: BLE001 - reported as an event, then a non-zero exit
         emit(sink, "error", message=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         traceback.print_exc()

@@ -35,6 +35,34 @@ from .state import OPTIMIZER_KEY, RNG_KEY, SCALER_KEY, SCHEDULER_KEY, TrainingPr
 log = logging.getLogger(__name__)
 
 LOG_EVERY = 10  # steps between loss read-outs: .item() is a host sync, so not every step
+NONFINITE_READS = 3  # loss read-outs in a row that are NaN/inf before the run is called diverged
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or the LoRA weights became NaN/inf; nothing is saved from that point on.
+
+    Saving would write a poisoned state and prune the good ones, and training on would spend the
+    session on nothing (fp16 without loss scaling room skips every step).
+    """
+
+
+def diverged(s: "Session", what: str) -> TrainingDivergedError:
+    cfg, p = s.cfg, s.progress
+    if s.accelerator.mixed_precision == "fp16":
+        fix = "--mixed-precision bf16 on a GPU that has it (A100, L4, H100...), or --mixed-precision no (slower)"
+    else:
+        fix = f"a lower --learning-rate (now {cfg.learning_rate:g})"
+    good = f"the last good state is {s.last_state}" if s.last_state else "no state was saved before it"
+    return TrainingDivergedError(
+        f"training diverged at step {p.global_step}: {what} became NaN/inf; nothing was saved after that, {good}. "
+        f"Start over with --restart and {fix}"
+    )
+
+
+def check_finite(s: "Session", params: list[torch.nn.Parameter]) -> None:
+    """One host sync: every LoRA weight finite, or TrainingDivergedError before anything is written."""
+    if not bool(torch.stack([torch.isfinite(param).all() for param in params]).all()):
+        raise diverged(s, "the LoRA weights")
 
 
 # --- builders -----------------------------------------------------------------------------------
@@ -145,6 +173,7 @@ def train(s: Session) -> TrainResult:
     objective = Objective(cfg.timestep_sampling, cfg.sigmoid_scale, cfg.discrete_flow_shift)
     params = lora_parameters(s.model)
     meter = LossMeter(p.global_step)
+    nonfinite_reads = 0
     bar = tqdm(total=p.total_steps, initial=p.global_step, mininterval=2.0, disable=not s.show_progress, unit="step")
     last_state_time = time.monotonic()
     s.model.train()
@@ -169,6 +198,9 @@ def train(s: Session) -> TrainResult:
 
             if p.global_step % LOG_EVERY == 0 or p.global_step == p.total_steps:
                 p.last_loss, sec_per_step = meter.read(p.global_step, acc)
+                nonfinite_reads = 0 if math.isfinite(p.last_loss) else nonfinite_reads + 1
+                if nonfinite_reads >= NONFINITE_READS:
+                    raise diverged(s, f"the loss (NaN/inf for {NONFINITE_READS * LOG_EVERY} steps)")
                 bar.set_postfix(loss=f"{p.last_loss:.4f}", refresh=False)
                 lr = s.scheduler.get_last_lr()[0]
                 emit(s.sink, "step", step=p.global_step, total=p.total_steps, loss=p.last_loss, lr=lr,
@@ -237,9 +269,10 @@ def agreed_decisions(s: Session, save_due: bool) -> tuple[str | bool, bool]:
 def save_lora(s: Session, path: Path, prune: bool) -> Path:
     """Export the ComfyUI/diffusers-format LoRA (and its kohya copy), emit a checkpoint event, keep the last N epochs."""
     cfg, p = s.cfg, s.progress
+    model = s.accelerator.unwrap_model(s.model)
+    check_finite(s, lora_parameters(model))  # in every process: all raise or none
     if not s.accelerator.is_main_process:
         return path  # process 0 holds the same weights (DDP) and writes the file
-    model = s.accelerator.unwrap_model(s.model)
     save_dtype = weight_dtype(s.accelerator.mixed_precision)
     adapter = adapter_state_dict(model)
     meta = lora_metadata(cfg, steps=p.global_step, epoch=p.epoch, total_steps=p.total_steps, dataset_fingerprint=s.dataset_fingerprint)
@@ -264,6 +297,7 @@ def save_full_state(s: Session) -> str:
     if s.last_state == str(folder):
         return s.last_state  # already saved at this step (an epoch end followed by a stop)
     acc = s.accelerator
+    check_finite(s, lora_parameters(s.model))  # every process holds the same weights: all raise or none
     rngs = [rng_state(s.generator)]
     if acc.num_processes > 1:  # a collective: every process takes part, process 0 writes
         from accelerate.utils import gather_object

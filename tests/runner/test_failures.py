@@ -31,3 +31,14 @@ def test_other_failures_carry_the_last_line_and_the_log(tmp_path):
     with pytest.raises(TrainingFailedError, match=r"ValueError: broken batch .*full log: .*trainer.log"):
         _session(tmp_path, "raise ValueError('broken batch')")
     assert (tmp_path / "runs" / "my_lora" / "logs" / "r.log").exists()
+
+
+def test_a_diverged_run_says_start_over_not_resume(tmp_path):
+    # A trainer's "diverged" error already says what to do; "run it again to resume" would loop on the same NaN.
+    events = tmp_path / "work" / "runs" / "r" / "events.jsonl"
+    line = '{"event": "error", "kind": "diverged", "message": "training diverged at step 30: Start over with --restart"}'
+    script = f"import sys; open({str(events)!r}, 'a').write({line!r} + '\\n'); sys.exit(1)"
+    with pytest.raises(TrainingFailedError) as caught:
+        _session(tmp_path, script)
+    assert str(caught.value).startswith("training diverged at step 30: Start over with --restart (full log: ")
+    assert "resume" not in str(caught.value)

@@ -102,3 +102,34 @@ def test_kohya_copies_are_written_and_pruned_with_the_epoch_loras(job, tmp_path)
     comfy = load_lora_file(result.final_lora)
     assert len(kohya) == len(comfy) // 2 * 3  # down, up and alpha per module
     assert all(k.startswith("lora_unet_blocks_") for k in kohya)
+
+
+def _overflowing_copy(tiny_model, dest):
+    """The tiny model with one attention projection scaled past fp32's range: what an fp16 overflow does."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(tiny_model, dest)
+    weights = dest / "transformer" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    key = next(k for k in tensors if k.endswith("attn1.to_q.weight"))
+    tensors[key] = tensors[key] * 1e38
+    save_file(tensors, weights)
+    return dest
+
+
+def test_nan_training_stops_without_overwriting_good_states(job, tmp_path, tiny_model):
+    from anima_lora_flow.trainer.loop import TrainingDivergedError
+
+    good = run_training(job("nan"), stop_requested=lambda: True)  # one good step, its state saved
+    poisoned = job("nan", resume=good.state)
+    poisoned.models_dir = str(_overflowing_copy(tiny_model, tmp_path / "overflowing"))
+    with pytest.raises(TrainingDivergedError) as caught:
+        run_training(poisoned)
+    message = str(caught.value)
+    assert "diverged at step 3" in message and f"the last good state is {good.state}" in message  # the epoch end
+    assert "--restart" in message and "--learning-rate" in message
+    states = sorted(p.name for p in (tmp_path / "nan" / "state").iterdir())
+    assert states == ["step_00000001"]  # the NaN weights were never written, the good state never pruned
+    assert not list((tmp_path / "nan").glob("*.safetensors"))
