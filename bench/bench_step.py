@@ -127,10 +127,9 @@ def build_transformer_for_bench(model: str, device: torch.device, dtype: torch.d
     tiny: the trainer's TINY_TRANSFORMER is saved and loaded through trainer.components.build_transformer
     (the trainer's own builder). real: 2 B parameters would take minutes to init on the CPU and 4 GB to
     write, so the model is made on the meta device, materialised with to_empty on `device` and initialised
-    there; then the two things build_transformer does (freeze, gradient checkpointing) are applied
-    through the same diffusers calls, because the trainer has no build-from-config hook.
+    there; then build_transformer's own preparation (freeze, gradient checkpointing, fp16 islands) applies.
     """
-    from anima_lora_flow.trainer.components import build_transformer
+    from anima_lora_flow.trainer.components import build_transformer, prepare_frozen_transformer
     from anima_lora_flow.trainer.tiny import TINY_TRANSFORMER
     from diffusers import CosmosTransformer3DModel
 
@@ -150,10 +149,7 @@ def build_transformer_for_bench(model: str, device: torch.device, dtype: torch.d
         for pname, param in module.named_parameters(recurse=False):
             if not any(k in name for k in keep_fp32):
                 param.data = param.data.to(dtype)
-    transformer.requires_grad_(False)
-    if gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
-    return transformer
+    return prepare_frozen_transformer(transformer, dtype, gradient_checkpointing)
 
 
 @torch.no_grad()

@@ -52,13 +52,25 @@ def component_identity(models_dir: Path, *names: str) -> str:
 
 
 def build_transformer(models_dir: Path, dtype: torch.dtype, gradient_checkpointing: bool) -> torch.nn.Module:
-    """The frozen Cosmos DiT (CosmosTransformer3DModel) in `dtype`, gradient checkpointing on if asked."""
+    """The frozen Cosmos DiT (CosmosTransformer3DModel) in `dtype`, prepared by prepare_frozen_transformer."""
     from diffusers import CosmosTransformer3DModel
 
     model = CosmosTransformer3DModel.from_pretrained(Path(models_dir) / "transformer", torch_dtype=dtype)
+    return prepare_frozen_transformer(model, dtype, gradient_checkpointing)
+
+
+def prepare_frozen_transformer(model: torch.nn.Module, dtype: torch.dtype, gradient_checkpointing: bool) -> torch.nn.Module:
+    """Freeze, gradient checkpointing if asked, and fp16's fp32 islands when the weights are fp16.
+
+    fp16 weights are used only under fp16 autocast (loop.weight_dtype), which the islands need.
+    """
     model.requires_grad_(False)
     if gradient_checkpointing:
         model.enable_gradient_checkpointing()
+    if dtype == torch.float16:
+        from .fp16 import protect_fp16
+
+        protect_fp16(model)
     return model
 
 

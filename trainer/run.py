@@ -107,9 +107,11 @@ def build_session(job: TrainJob, cfg: TrainingConfig, items: list[TrainItem], mo
     dtype = weight_dtype(precision)
     accelerator = build_accelerator(precision)
     # Caches first: the VAE and the text stack are freed before the transformer is loaded. With
-    # several GPUs, process 0 encodes and the others then find every entry on disk.
+    # several GPUs, process 0 encodes and the others then find every entry on disk. On fp16 GPUs the
+    # encoders run in fp32: Qwen3 and the VAE were made for bf16's range, and this runs once per image.
     with accelerator.main_process_first():
-        cache = build_cache(items, models_dir, Path(job.work_dir), accelerator.device, dtype)
+        cache_dtype = torch.float32 if dtype == torch.float16 else dtype
+        cache = build_cache(items, models_dir, Path(job.work_dir), accelerator.device, cache_dtype)
     st = cache.stats
     log.info("caches: %d latents reused, %d encoded; %d captions reused, %d encoded",
              st.latents_reused, st.latents_encoded, st.texts_reused, st.texts_encoded)  # fmt: skip
