@@ -13,6 +13,7 @@ REAL_MODEL_EXTRA_GIB = 0.35  # LLM adapter, embedders and final layer the stand-
 LORA_GIB_PER_RANK = 0.021  # ~1.43 M LoRA params per rank x 16 B (fp32 weight, grad, two moments), estimated
 ACTIVATION_GIB_768 = {True: 0.54, False: 5.98}  # per sample at 768², with / without gradient checkpointing
 FP32_WEIGHTS_EXTRA_GIB = 3.9  # mixed_precision "no" keeps the 2.09 B DiT in fp32 (estimated)
+FP16_ISLANDS_EXTRA_GIB = 0.45  # fp16: adaLN weights in fp32 (176 M params, +0.35) and fp32 residuals (estimated)
 CUDA_CONTEXT_GIB = 0.75  # CUDA context and allocator slack: 0.5-1 GiB (estimated)
 USABLE_SHARE = 0.95  # leave room for fragmentation
 
@@ -35,29 +36,33 @@ class MemoryEstimate(BaseModel):
     options: list[MemoryOption] = Field(default_factory=list)
 
 
-def predict_peak_gib(resolution: int, batch_size: int, network_dim: int, gradient_checkpointing: bool, fp32: bool = False) -> float:
-    """Peak GiB for DiT + LoRA training with cached latents and text embeddings (VAE and Qwen3 unloaded)."""
+def predict_peak_gib(resolution: int, batch_size: int, network_dim: int, gradient_checkpointing: bool, precision: str = "bf16") -> float:
+    """Peak GiB for DiT + LoRA training with cached latents and text embeddings (VAE and Qwen3 unloaded).
+
+    precision: "bf16", "fp16" (the native trainer's fp32 islands, trainer/fp16.py) or "no" (fp32 weights).
+    """
     tokens_ratio = (resolution / 768) ** 2  # SDPA keeps attention memory linear in tokens
     activations = batch_size * ACTIVATION_GIB_768[gradient_checkpointing] * tokens_ratio
     lora = (network_dim - 16) * LORA_GIB_PER_RANK
-    weights = STATIC_GIB + REAL_MODEL_EXTRA_GIB + (FP32_WEIGHTS_EXTRA_GIB if fp32 else 0.0)
+    extra = {"no": FP32_WEIGHTS_EXTRA_GIB, "fp16": FP16_ISLANDS_EXTRA_GIB}.get(precision, 0.0)
+    weights = STATIC_GIB + REAL_MODEL_EXTRA_GIB + extra
     return round(weights + lora + activations + CUDA_CONTEXT_GIB, 2)
 
 
 def check_memory(
-    resolution: int, batch_size: int, network_dim: int, gradient_checkpointing: bool, fp32: bool, available_gib: float | None
+    resolution: int, batch_size: int, network_dim: int, gradient_checkpointing: bool, precision: str, available_gib: float | None
 ) -> MemoryEstimate:
     """Compare the predicted peak with the GPU; when it does not fit, list the smallest changes that would."""
-    predicted = predict_peak_gib(resolution, batch_size, network_dim, gradient_checkpointing, fp32)
+    predicted = predict_peak_gib(resolution, batch_size, network_dim, gradient_checkpointing, precision)
     if available_gib is None:
         return MemoryEstimate(predicted_gib=predicted, available_gib=None, fits=None)
     budget = available_gib * USABLE_SHARE
     fits = predicted <= budget
-    options = [] if fits else _fitting_options(resolution, batch_size, network_dim, gradient_checkpointing, fp32, budget)
+    options = [] if fits else _fitting_options(resolution, batch_size, network_dim, gradient_checkpointing, precision, budget)
     return MemoryEstimate(predicted_gib=predicted, available_gib=available_gib, fits=fits, options=options)
 
 
-def _fitting_options(resolution, batch_size, network_dim, gc, fp32, budget) -> list[MemoryOption]:
+def _fitting_options(resolution, batch_size, network_dim, gc, precision, budget) -> list[MemoryOption]:
     """The seed's advice (GC, dim 8, 512 px) plus batch 1, tried one change at a time, then in pairs, ..."""
     candidates = []
     if not gc:
@@ -73,7 +78,7 @@ def _fitting_options(resolution, batch_size, network_dim, gc, fp32, budget) -> l
         for combo in itertools.combinations(candidates, size):
             settings = {"resolution": resolution, "batch_size": batch_size, "network_dim": network_dim, "gradient_checkpointing": gc}
             settings.update(dict(combo))
-            peak = predict_peak_gib(fp32=fp32, **settings)
+            peak = predict_peak_gib(precision=precision, **settings)
             if peak <= budget:
                 found.append(MemoryOption(changes=dict(combo), predicted_gib=peak))
         if found:  # the fewest changes that fit; bigger combinations would only cost more quality

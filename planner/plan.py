@@ -232,8 +232,9 @@ def _rate(config: TrainingConfig, gpu: GpuInfo | None, precision: str, resolutio
 def _memory(config: TrainingConfig, gpu: GpuInfo | None, precision: str) -> MemoryEstimate:
     available = gpu.memory_gib if gpu else None
     return check_memory(
-        config.resolution, config.batch_size, config.network_dim, config.gradient_checkpointing, precision == "no", available
-    )
+        config.resolution, config.batch_size, config.network_dim, config.gradient_checkpointing,
+        precision if config.trainer == "native" or precision != "fp16" else "bf16", available,
+    )  # fmt: skip; sd-scripts' fp16 has no fp32 islands of ours
 
 
 def _overrun_action(on_overrun: str, durable: bool) -> Literal["stop", "resume", "proceed"]:
