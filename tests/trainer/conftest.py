@@ -65,3 +65,44 @@ def _tiny_config(**overrides) -> dict:
     )  # fmt: skip
     base.update(overrides)
     return base
+
+
+@pytest.fixture(scope="session")
+def tiny_inputs():
+    """A function: fixed DiT inputs for the tiny model (batch 2 by default), in `dtype`."""
+
+    def make(batch: int = 2, dtype=None) -> dict:
+        import torch
+
+        dtype = dtype or torch.float32
+        g = torch.Generator().manual_seed(0)
+        return dict(
+            hidden_states=torch.randn(batch, 16, 1, 8, 8, generator=g).to(dtype),
+            timestep=torch.tensor([0.3, 0.8][:batch] + [0.5] * max(0, batch - 2)).to(dtype),
+            encoder_hidden_states=torch.randn(batch, 16, 32, generator=g).to(dtype),
+            padding_mask=torch.zeros(1, 1, 8, 8, dtype=dtype),
+            return_dict=False,
+        )
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def random_lora_model(tiny_model):
+    """A function: the tiny DiT with a peft LoRA whose A and B are random, standing in for a trained one."""
+
+    def make(rank: int, alpha: float):
+        import torch
+
+        from anima_lora_flow.trainer.components import build_transformer
+        from anima_lora_flow.trainer.lora import build_lora_model
+
+        model = build_lora_model(build_transformer(tiny_model, torch.float32, False), rank, alpha, seed=0)
+        with torch.no_grad():  # random B (instead of zeros) makes every key matter
+            g = torch.Generator().manual_seed(1)
+            for name, param in model.named_parameters():
+                if ".lora_" in name:
+                    param.copy_(torch.randn(param.shape, generator=g) * 0.2)
+        return model.eval()
+
+    return make

@@ -17,17 +17,6 @@ from anima_lora_flow.trainer.loss import Objective, compute_loss
 OVERFLOW = 1e4  # block 0's adaLN linear_2 times this: finite in fp32, inf in fp16
 
 
-def _inputs(dtype):
-    g = torch.Generator().manual_seed(0)
-    return dict(
-        hidden_states=torch.randn(1, 16, 1, 8, 8, generator=g).to(dtype),
-        timestep=torch.tensor([0.5]).to(dtype),
-        encoder_hidden_states=torch.randn(1, 16, 32, generator=g).to(dtype),
-        padding_mask=torch.zeros(1, 1, 8, 8, dtype=dtype),
-        return_dict=False,
-    )
-
-
 def _model(tiny_model, dtype, scale=1.0):
     model = build_transformer(tiny_model, dtype, gradient_checkpointing=False)
     with torch.no_grad():
@@ -36,18 +25,18 @@ def _model(tiny_model, dtype, scale=1.0):
     return model
 
 
-def _forward(model, dtype):
+def _forward(model, dtype, inputs):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16, enabled=dtype == torch.float16):
-        return model(**_inputs(dtype))[0].float()
+        return model(**inputs(batch=1, dtype=dtype))[0].float()
 
 
-def test_in_fp32_the_islands_change_nothing(tiny_model):
+def test_in_fp32_the_islands_change_nothing(tiny_model, tiny_inputs):
     plain = _model(tiny_model, torch.float32)
-    expected = _forward(plain, torch.float32)
+    expected = _forward(plain, torch.float32, tiny_inputs)
     protected = protect_fp16(protect_fp16(plain))  # twice: idempotent
     assert isinstance(protected.transformer_blocks[0].norm1, Fp32Island)
     assert not isinstance(protected.transformer_blocks[0].norm1.inner, Fp32Island)
-    assert torch.equal(_forward(protected, torch.float32), expected)
+    assert torch.equal(_forward(protected, torch.float32, tiny_inputs), expected)
 
 
 def test_fp16_weights_get_the_islands_from_the_trainer_builder(tiny_model):
@@ -58,8 +47,8 @@ def test_fp16_weights_get_the_islands_from_the_trainer_builder(tiny_model):
     assert not isinstance(_model(tiny_model, torch.bfloat16).norm_out, Fp32Island)
 
 
-def test_islands_prevent_the_overflow_plain_fp16_suffers(tiny_model):
-    reference = _forward(_model(tiny_model, torch.float32, OVERFLOW), torch.float32)
+def test_islands_prevent_the_overflow_plain_fp16_suffers(tiny_model, tiny_inputs):
+    reference = _forward(_model(tiny_model, torch.float32, OVERFLOW), torch.float32, tiny_inputs)
     assert torch.isfinite(reference).all()
 
     from diffusers import CosmosTransformer3DModel
@@ -67,9 +56,9 @@ def test_islands_prevent_the_overflow_plain_fp16_suffers(tiny_model):
     plain = CosmosTransformer3DModel.from_pretrained(tiny_model / "transformer", torch_dtype=torch.float16)
     with torch.no_grad():
         plain.transformer_blocks[0].norm1.linear_2.weight.mul_(OVERFLOW)
-    assert not torch.isfinite(_forward(plain, torch.float16)).all()  # the failure users reported
+    assert not torch.isfinite(_forward(plain, torch.float16, tiny_inputs)).all()  # the failure users reported
 
-    protected = _forward(_model(tiny_model, torch.float16, OVERFLOW), torch.float16)
+    protected = _forward(_model(tiny_model, torch.float16, OVERFLOW), torch.float16, tiny_inputs)
     assert torch.isfinite(protected).all()
     assert (protected - reference).abs().max() < 0.05 * reference.abs().max()
 

@@ -37,37 +37,16 @@ RANK, ALPHA = 4, 3.0  # scale 0.75: a dropped, doubled or folded-twice alpha wou
 KOHYA_KEY = re.compile(r"^lora_unet_blocks_(\d+)_(\w+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
 
 
-def _inputs():
-    g = torch.Generator().manual_seed(0)
-    return dict(
-        hidden_states=torch.randn(2, 16, 1, 8, 8, generator=g),
-        timestep=torch.tensor([0.3, 0.8]),
-        encoder_hidden_states=torch.randn(2, 16, 32, generator=g),
-        padding_mask=torch.zeros(1, 1, 8, 8),
-        return_dict=False,
-    )
-
-
-def _trained_peft_model(tiny_model, rank=RANK, alpha=ALPHA):
-    model = build_lora_model(build_transformer(tiny_model, torch.float32, False), rank, alpha, seed=0)
-    with torch.no_grad():  # random B (instead of zeros) stands in for training and makes every key matter
-        g = torch.Generator().manual_seed(1)
-        for name, param in model.named_parameters():
-            if ".lora_" in name:
-                param.copy_(torch.randn(param.shape, generator=g) * 0.2)
-    return model.eval()
-
-
 def _num_layers(tiny_model) -> int:
     return CosmosTransformer3DModel.load_config(tiny_model / "transformer")["num_layers"]
 
 
 @pytest.fixture(scope="module")
-def files(tiny_model, tmp_path_factory):
+def files(tiny_model, tmp_path_factory, tiny_inputs, random_lora_model):
     """The peft model, its output, and both files as the trainer would write them (fp32)."""
-    model = _trained_peft_model(tiny_model)
+    model = random_lora_model(RANK, ALPHA)
     with torch.no_grad():
-        expected = model(**_inputs())[0]
+        expected = model(**tiny_inputs())[0]
     cfg = TrainingConfig(dataset="x", network_dim=RANK, network_alpha=ALPHA, resolution=256)
     meta = lora_metadata(cfg, steps=5, epoch=1, total_steps=5, dataset_fingerprint="abc")
     peft_state = adapter_state_dict(model)
@@ -131,7 +110,7 @@ def test_kohya_update_equals_comfy_update_for_every_module(files):
     assert compared == len(comfy) // 2 == len(kohya) // 3
 
 
-def test_kohya_style_merge_reproduces_the_peft_model(files, tiny_model):
+def test_kohya_style_merge_reproduces_the_peft_model(files, tiny_model, tiny_inputs):
     """W += up @ down * alpha / rank for every module, read from the file as sd-scripts' merge_to does."""
     state = load_lora_file(files["kohya"])
     merged = build_transformer(tiny_model, torch.float32, False).eval()
@@ -145,13 +124,13 @@ def test_kohya_style_merge_reproduces_the_peft_model(files, tiny_model):
         update = state[f"{name}.lora_up.weight"] @ down * (state[f"{name}.alpha"].item() / down.shape[0])
         modules[f"transformer_blocks.{block}.{ORIGINAL_TO_DIFFUSERS[kohya_to_original[module]]}"].weight.data += update
     with torch.no_grad():
-        out = merged(**_inputs())[0]
-        base = build_transformer(tiny_model, torch.float32, False).eval()(**_inputs())[0]
+        out = merged(**tiny_inputs())[0]
+        base = build_transformer(tiny_model, torch.float32, False).eval()(**tiny_inputs())[0]
     assert (base - files["expected"]).abs().max().item() > 1e-2  # the LoRA really changes the output
     assert (out - files["expected"]).abs().max().item() < 1e-5
 
 
-def test_round_trip_into_a_fresh_peft_model_reproduces_its_output(files, tiny_model):
+def test_round_trip_into_a_fresh_peft_model_reproduces_its_output(files, tiny_model, tiny_inputs):
     cfg = files["cfg"]
     back = from_kohya_state_dict(load_lora_file(files["kohya"]), cfg.network_scale)
     assert back.keys() == files["peft_state"].keys()
@@ -160,7 +139,7 @@ def test_round_trip_into_a_fresh_peft_model_reproduces_its_output(files, tiny_mo
     fresh = build_lora_model(build_transformer(tiny_model, torch.float32, False), RANK, ALPHA, seed=123).eval()
     load_adapter_state_dict(fresh, back)
     with torch.no_grad():
-        assert (fresh(**_inputs())[0] - files["expected"]).abs().max().item() < 1e-5
+        assert (fresh(**tiny_inputs())[0] - files["expected"]).abs().max().item() < 1e-5
 
 
 def test_round_trip_honours_each_modules_own_alpha(files):

@@ -14,7 +14,6 @@ from anima_lora_flow.trainer.components import build_transformer
 from anima_lora_flow.trainer.lora import (
     DIFFUSERS_TO_ORIGINAL,
     adapter_state_dict,
-    build_lora_model,
     from_comfy_state_dict,
     load_lora_file,
     lora_metadata,
@@ -25,31 +24,10 @@ from anima_lora_flow.trainer.lora import (
 RANK, ALPHA = 4, 2.0  # scale 0.5, so a missing or doubled fold would show
 
 
-def _inputs():
-    g = torch.Generator().manual_seed(0)
-    return dict(
-        hidden_states=torch.randn(2, 16, 1, 8, 8, generator=g),
-        timestep=torch.tensor([0.3, 0.8]),
-        encoder_hidden_states=torch.randn(2, 16, 32, generator=g),
-        padding_mask=torch.zeros(1, 1, 8, 8),
-        return_dict=False,
-    )
-
-
-def _trained_peft_model(tiny_model):
-    model = build_lora_model(build_transformer(tiny_model, torch.float32, False), RANK, ALPHA, seed=0)
-    with torch.no_grad():  # random B (instead of zeros) stands in for training and makes every key matter
-        g = torch.Generator().manual_seed(1)
-        for name, param in model.named_parameters():
-            if ".lora_" in name:
-                param.copy_(torch.randn(param.shape, generator=g) * 0.2)
-    return model.eval()
-
-
-def test_export_loads_in_diffusers_and_matches(tiny_model, tmp_path):
-    model = _trained_peft_model(tiny_model)
+def test_export_loads_in_diffusers_and_matches(tiny_model, tmp_path, tiny_inputs, random_lora_model):
+    model = random_lora_model(RANK, ALPHA)
     with torch.no_grad():
-        expected = model(**_inputs())[0]
+        expected = model(**tiny_inputs())[0]
     cfg = TrainingConfig(dataset="x", network_dim=RANK, network_alpha=ALPHA, resolution=256)
     path = save_lora_file(
         tmp_path / "tiny.safetensors",
@@ -72,8 +50,8 @@ def test_export_loads_in_diffusers_and_matches(tiny_model, tmp_path):
     fresh = build_transformer(tiny_model, torch.float32, False)
     fresh.load_lora_adapter(_convert_non_diffusers_anima_lora_to_diffusers(state), prefix="transformer", adapter_name="x")
     with torch.no_grad():
-        loaded = fresh.eval()(**_inputs())[0]
-        base = build_transformer(tiny_model, torch.float32, False).eval()(**_inputs())[0]
+        loaded = fresh.eval()(**tiny_inputs())[0]
+        base = build_transformer(tiny_model, torch.float32, False).eval()(**tiny_inputs())[0]
     assert (base - expected).abs().max().item() > 1e-2  # the LoRA really changes the output
     assert (loaded - expected).abs().max().item() < 1e-5
 
@@ -87,11 +65,11 @@ def test_export_loads_in_diffusers_and_matches(tiny_model, tmp_path):
             target = {v: k for k, v in DIFFUSERS_TO_ORIGINAL.items()}[original]
             modules[f"transformer_blocks.{block}.{target}"].weight.data += b @ a
     with torch.no_grad():
-        assert (merged(**_inputs())[0] - expected).abs().max().item() < 1e-5
+        assert (merged(**tiny_inputs())[0] - expected).abs().max().item() < 1e-5
 
 
-def test_comfy_round_trip_restores_peft_weights(tiny_model):
-    peft_state = adapter_state_dict(_trained_peft_model(tiny_model))
+def test_comfy_round_trip_restores_peft_weights(tiny_model, random_lora_model):
+    peft_state = adapter_state_dict(random_lora_model(RANK, ALPHA))
     back = from_comfy_state_dict(to_comfy_state_dict(peft_state, 0.5, torch.float32), 0.5)
     assert back.keys() == peft_state.keys()
     assert all(torch.allclose(back[k], peft_state[k]) for k in back)
