@@ -55,6 +55,7 @@ class Plan(BaseModel):
     platform_kind: str
     gpu: str | None
     gpu_source: Literal["detected", "named", "none"]
+    num_gpus: int = 1  # data-parallel processes; steps are already counted with it
     precision: str
     steps: StepCount
     steps_done: int = 0
@@ -122,6 +123,7 @@ def make_plan(
         platform_kind=platform.kind,
         gpu=gpu_info.name if gpu_info else None,
         gpu_source="named" if gpu else ("detected" if gpu_info else "none"),
+        num_gpus=config.num_gpus,
         precision=precision,
         steps=steps,
         steps_done=steps_done,

@@ -11,7 +11,8 @@ if TYPE_CHECKING:
 def rows(plan: "Plan") -> list[tuple[str, str]]:
     """(label, value) pairs shared by the text and markdown views."""
     s = plan.steps
-    steps = f"{s.total_steps:,} ({s.steps_per_epoch:,}/epoch x {s.epochs} epochs; {s.batches_per_epoch:,} batches from {s.samples_per_epoch:,} samples)"
+    gpus = f" on {plan.num_gpus} GPUs, data parallel" if plan.num_gpus > 1 else ""
+    steps = f"{s.total_steps:,} ({s.steps_per_epoch:,}/epoch x {s.epochs} epochs; {s.batches_per_epoch:,} batches from {s.samples_per_epoch:,} samples{gpus})"
     if plan.steps_done:
         steps += f", {plan.steps_done:,} done"
     speed = "measured at run time" if plan.sec_per_step is None else f"{plan.sec_per_step:.3g} s/step ({plan.rate_status})"
@@ -19,7 +20,7 @@ def rows(plan: "Plan") -> list[tuple[str, str]]:
     return [
         ("Platform", plan.platform),
         ("Steps", steps),
-        ("Speed", f"{speed}, {plan.precision}"),
+        ("Speed", f"{speed}, {'fp32' if plan.precision == 'no' else plan.precision}"),
         ("Time", time),
         ("Session", _session(plan)),
         ("Memory", _memory(plan)),
