@@ -55,3 +55,35 @@ def resolve_location(location: str, *, mount_drive: bool = True, **storage_optio
         extra = f"; install it with: pip install 'anima-lora-flow[{hint}]'" if hint else ""
         raise UserInputError(f"cannot open storage {text!r}: {exc}{extra}") from exc
     return Location(fs, root.rstrip("/") or root, text)
+
+
+def resolve_storage(location: str) -> Location:
+    """resolve_location for the run store, refusing places that cannot keep it.
+
+    Raises:
+        UserInputError: memory:// (gone when the process ends), or a local path that is a file or
+            cannot be created; one line saying what to pass instead.
+    """
+    loc = resolve_location(location)
+    protocols = loc.fs.protocol if isinstance(loc.fs.protocol, tuple) else (loc.fs.protocol,)
+    if "memory" in protocols:
+        raise UserInputError(
+            f"--storage {location}: memory:// lives only inside this process, so the LoRA would be lost when it ends; "
+            "pass a folder or a URL such as gs://bucket/runs"
+        )
+    if loc.is_local:
+        ensure_local_folder(loc.root, "--storage")
+    return loc
+
+
+def ensure_local_folder(path: str | Path, flag: str) -> Path:
+    """Create `path` (and parents) or raise UserInputError saying why it cannot be a folder."""
+    path = Path(path).expanduser()
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserInputError(f"{flag} {path}: {blocker} is a file, not a folder; pass a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserInputError(f"{flag} {path}: cannot create this folder ({exc.strerror or exc}); pass a writable folder") from exc
+    return path

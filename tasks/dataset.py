@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from prefect import task
+import logging
+
+from prefect import get_run_logger, task
+from prefect.exceptions import MissingContextError
 from prefect.artifacts import create_markdown_artifact
 from prefect.tasks import exponential_backoff
 
@@ -37,4 +40,21 @@ def prepare_dataset_task(config: TrainingConfig) -> DatasetReport:
             create_markdown_artifact(markdown=exc.report.to_markdown(), key=artifact_key(config.project_name))
         raise
     create_markdown_artifact(markdown=report.to_markdown(), key=artifact_key(config.project_name), description=report.summary())
+    _tell_about(report, config.dataset)
     return report
+
+
+def _tell_about(report: DatasetReport, source: str) -> None:
+    """The summary on the console, and the skipped files as a warning: a dropped image must never go unnoticed."""
+    try:
+        logger = get_run_logger()
+    except MissingContextError:  # the task body called as a plain function (tests, scripts)
+        logger = logging.getLogger("anima_lora_flow.dataset")
+    logger.info("dataset: %s", report.summary())
+    if report.problems:
+        shown = "; ".join(f"{issue.file}: {issue.reason}" for issue in report.problems[:3])
+        more = f" (and {len(report.problems) - 3} more)" if len(report.problems) > 3 else ""
+        logger.warning(
+            "%d file(s) of the dataset are not trained: %s%s; `anima-lora validate %s` lists them all",
+            len(report.problems), shown, more, source,
+        )

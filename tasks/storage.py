@@ -8,13 +8,13 @@ from prefect import get_run_logger, task
 
 from ..config import TrainingConfig
 from ..platforms.kaggle import import_previous_run_store, on_kaggle
-from ..storage import RunStore, resolve_location
+from ..storage import RunStore, resolve_storage
 from ..storage.capacity import check_capacity
 from .retry import retry_unless_user_error
 
 
 def open_run_store(config: TrainingConfig) -> RunStore:
-    return RunStore(resolve_location(config.storage), config.project_name)
+    return RunStore(resolve_storage(config.storage), config.project_name)
 
 
 def existing_store_bytes(store: RunStore) -> int:

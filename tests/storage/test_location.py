@@ -33,3 +33,19 @@ def test_unknown_protocol_names_the_fix():
 def test_empty_location():
     with pytest.raises(ValueError, match="empty"):
         resolve_location("  ")
+
+
+def test_run_store_refuses_places_that_cannot_keep_it(tmp_path, memory_fs):
+    from anima_lora_flow.errors import UserInputError
+    from anima_lora_flow.storage import resolve_storage
+
+    with pytest.raises(UserInputError, match="memory:// lives only inside this process"):
+        resolve_storage("memory://store")
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    for inside in (a_file, a_file / "runs"):
+        with pytest.raises(UserInputError, match=f"{a_file} is a file, not a folder; pass a folder"):
+            resolve_storage(str(inside))
+    assert a_file.read_text() == "x"  # never touched
+    loc = resolve_storage(str(tmp_path / "new" / "runs"))
+    assert (tmp_path / "new" / "runs").is_dir() and loc.is_local
