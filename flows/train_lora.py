@@ -17,11 +17,12 @@ from anima_lora_flow.tasks.artifacts import artifact_key
 from anima_lora_flow.tasks.dataset import prepare_dataset_task
 from anima_lora_flow.tasks.history import mark_stale_runs_crashed_task
 from anima_lora_flow.tasks.models import download_models_task
-from anima_lora_flow.tasks.plan import plan_task
 from anima_lora_flow.storage import ensure_local_folder
+from anima_lora_flow.storage.lock import acquire_project_lock
+from anima_lora_flow.tasks.plan import plan_task
 from anima_lora_flow.tasks.preflight import check_supported
 from anima_lora_flow.tasks.sdscripts import sd_scripts_dry_run_task
-from anima_lora_flow.tasks.storage import mount_storage_task, record_run_task, store_json_task
+from anima_lora_flow.tasks.storage import mount_storage_task, open_run_store, record_run_task, store_json_task
 from anima_lora_flow.tasks.train import train_task
 from anima_lora_flow.ui.summary import summary_markdown
 
@@ -57,6 +58,17 @@ def train_lora(config: TrainingConfig, dry_run: bool = False) -> dict:
             result["sd_scripts"] = sd_scripts_dry_run_task(config, report, plan, run_id)
         return result
 
+    # One run per project from here on: a second run would resume from this one's half-written states.
+    lock = acquire_project_lock(open_run_store(config), run_id)
+    lock.start_heartbeat()
+    try:
+        return _download_and_train(config, report, plan, run_id, started, store_root)
+    finally:
+        lock.release()
+
+
+def _download_and_train(config: TrainingConfig, report, plan, run_id: str, started: float, store_root: str) -> dict:
+    logger = get_run_logger()
     models = download_models_task(config)
     store_json_task(config, "plan.json", plan.model_dump(mode="json"))
     # Saves a state and stops the trainer before the session's end, whatever the overrun choice.
