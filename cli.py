@@ -118,12 +118,16 @@ def preflight(config: TrainingConfig) -> None:
 def run_flow(config: TrainingConfig, *, dry_run: bool = False) -> dict:
     from .prefect_env import configure_prefect_environment
 
-    configure_prefect_environment()
-    from .flows.train_lora import train_lora  # noqa: PLC0415 - prefect is imported only after its settings
+    from .ui.server import server_for_this_command
 
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_no_traceback_for_user_errors)
-    return train_lora(config=config, dry_run=dry_run)
+    configure_prefect_environment()
+    # Before prefect is imported: it reads PREFECT_API_URL then. Our server survives a Ctrl-C.
+    with server_for_this_command():
+        from .flows.train_lora import train_lora  # noqa: PLC0415 - prefect is imported only after its settings
+
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_no_traceback_for_user_errors)
+        return train_lora(config=config, dry_run=dry_run)
 
 
 def _no_traceback_for_user_errors(record: logging.LogRecord) -> bool:

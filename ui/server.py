@@ -5,6 +5,7 @@ POSIX only (Colab, Kaggle, Linux, macOS): the server runs in its own session so 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,13 +15,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserInputError
+from ..trainer.data_parallel import free_port
 
 PID_FILE = "anima-ui-server.json"  # not Prefect's own server.pid, which `prefect server start -b` owns
 LOG_FILE = "anima-ui-server.log"
+RUN_LOG_FILE = "anima-run-server.log"  # the per-command servers of server_for_this_command
 
 
 @dataclass(frozen=True)
@@ -91,13 +95,7 @@ def start_ui_server(port: int = 4200, *, home: Path | None = None, host: str = "
         "PREFECT_SERVER_API_HOST": host,
         "PREFECT_SERVER_API_PORT": str(port),
     }
-    env.pop("PREFECT_API_URL", None)  # the server itself must not talk to another API
-    command = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
-    with open(log_path, "ab") as log:
-        log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
-        log.flush()
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   env=env, start_new_session=True)
+    process = _spawn_server(["--host", host, "--port", str(port)], env, log_path)
     _write_pid_file(home, {"pid": process.pid, "host": host, "port": port, "log": str(log_path), "ui_url": ui_url})
     try:
         _wait_healthy(process, host, port, log_path, timeout_s)
@@ -108,6 +106,58 @@ def start_ui_server(port: int = 4200, *, home: Path | None = None, host: str = "
     server = UiServer(process.pid, host, port, log_path, ui_url, started=True)
     os.environ["PREFECT_API_URL"] = server.api_url
     return server
+
+
+@contextlib.contextmanager
+def server_for_this_command(home: Path | None = None, timeout_s: float = 90) -> Iterator[str | None]:
+    """The Prefect API a CLI command runs its flow against; yields its URL (None: the user's own API).
+
+    Prefect's own temporary server runs in the caller's process group, so a Ctrl-C in the terminal
+    kills it together with the flow, whose clean-up then retries the dead API for minutes. This one
+    runs in its own session (API only, no services), so the flow can record the interruption and
+    say how to resume; it is stopped when the command ends. A running `anima-lora ui` server is used
+    as is, and left running.
+    """
+    if os.environ.get("PREFECT_API_URL") or "prefect" in sys.modules:
+        yield None  # the user's API, or prefect already imported with its settings (a test harness, a notebook)
+        return
+    home = prefect_home(home)
+    running = _running_server(home)
+    if running is not None:
+        url = f"http://{_client_host(running.get('host', '127.0.0.1'))}:{running['port']}/api"
+        with _api_url(url):
+            yield url
+        return
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    log_path = home / RUN_LOG_FILE
+    process = _spawn_server(["--host", "127.0.0.1", "--port", str(port), "--no-services", "--no-ui"], env, log_path)
+    try:
+        _wait_healthy(process, "127.0.0.1", port, log_path, timeout_s)
+        with _api_url(f"http://127.0.0.1:{port}/api") as url:
+            yield url
+    finally:
+        _kill_group(process.pid)
+
+
+@contextlib.contextmanager
+def _api_url(url: str) -> Iterator[str]:
+    os.environ["PREFECT_API_URL"] = url  # read by prefect when it is first imported
+    try:
+        yield url
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+
+
+def _spawn_server(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """`prefect server start ARGS` in its own session, logging to `log_path`."""
+    env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}  # the server itself must not talk to another API
+    command = [sys.executable, "-m", "prefect", "server", "start", *args]
+    with open(log_path, "ab") as log:
+        log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
+        log.flush()
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
 
 
 def stop_ui_server(home: Path | None = None) -> bool:
