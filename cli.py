@@ -117,7 +117,6 @@ def preflight(config: TrainingConfig) -> None:
 
 def run_flow(config: TrainingConfig, *, dry_run: bool = False) -> dict:
     from .prefect_env import configure_prefect_environment
-
     from .ui.server import server_for_this_command
 
     configure_prefect_environment()
