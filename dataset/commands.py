@@ -6,9 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from anima_lora_flow.config import cache_root
+from anima_lora_flow.config import TrainingConfig, cache_root
 from anima_lora_flow.dataset.intake import prepare_dataset
 from anima_lora_flow.dataset.report import DatasetError
+from anima_lora_flow.errors import UserInputError
 
 
 def add_validate_parser(subparsers) -> None:
@@ -30,11 +31,38 @@ def run_validate(args: argparse.Namespace) -> int:
     """Print the report (text or JSON); 0 when something is trainable, 2 with a one-line reason otherwise."""
     work_dir = args.work_dir or cache_root() / "validate"
     try:
+        check_setting_bounds(args, "resolution", "repeats")
         report = prepare_dataset(args.source, work_dir, resolution=args.resolution, repeats=args.repeats)
     except DatasetError as exc:
         if exc.report is not None:  # show why every file was skipped before the verdict
             print(exc.report.model_dump_json(indent=2) if args.json else exc.report.to_text())
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except UserInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(report.model_dump_json(indent=2) if args.json else report.to_text())
     return 0
+
+
+def check_setting_bounds(args: argparse.Namespace, *names: str) -> None:
+    """Refuse flags outside TrainingConfig's bounds, so validate never reports on settings train would reject.
+
+    Raises:
+        UserInputError: one line naming the flag, its value and the allowed range.
+    """
+    for name in names:
+        value = getattr(args, name)
+        low, high = _field_bounds(name)
+        if (low is not None and value < low) or (high is not None and value > high):
+            flag = "--" + name.replace("_", "-")
+            raise UserInputError(f"{flag} {value} is out of range; use a value from {low} to {high} (as train does)")
+
+
+def _field_bounds(name: str) -> tuple[int | None, int | None]:
+    """(ge, le) of a TrainingConfig field: the one place the limits are written."""
+    low = high = None
+    for rule in TrainingConfig.model_fields[name].metadata:
+        low = getattr(rule, "ge", None) if getattr(rule, "ge", None) is not None else low
+        high = getattr(rule, "le", None) if getattr(rule, "le", None) is not None else high
+    return low, high

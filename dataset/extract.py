@@ -79,6 +79,8 @@ def _open_archive(archive: Path) -> Iterator[tuple[list[tuple[str, bool, int, in
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
                 infos = {i.filename: i for i in zf.infolist()}
+                if len(infos) != len(zf.infolist()):  # the dict would silently keep only the last copy
+                    raise DatasetError(f"{archive.name} holds the same file name twice; re-create the archive with one copy of each file")
                 entries = [(i.filename, _zip_kind(i, archive), i.file_size, i.compress_size) for i in infos.values()]
                 yield entries, lambda name: zf.open(infos[name])
         elif tarfile.is_tarfile(archive):

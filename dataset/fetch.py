@@ -3,27 +3,38 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import re
+import socket
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from datetime import datetime, timezone
 from typing import Literal
 from urllib.parse import parse_qs, urlparse
 
 import requests
+from urllib3.exceptions import NameResolutionError
 
 from anima_lora_flow.dataset.report import DatasetError
 
 SourceKind = Literal["folder", "file", "drive-file", "drive-folder", "http", "fsspec"]
 
 _DRIVE_HOSTS = {"drive.google.com", "docs.google.com", "drive.usercontent.google.com"}
-_DRIVE_ID = re.compile(r"^[A-Za-z0-9_-]{25,}$")  # Drive ids are long; short words stay local paths
+# A bare Drive id: 25-60 id characters mixing upper case, lower case and digits, and not a run of words joined
+# by _ or - (Anime_Character_Dataset_V2). Real ids are random; a mistyped folder name must stay a local path.
+_DRIVE_ID = re.compile(r"^(?=[^A-Z]*[A-Z])(?=[^a-z]*[a-z])(?=\D*\d)(?!.*(?:(?:[A-Z]?[a-z]{3,}|[A-Z]{3,})[_-]){2})[A-Za-z0-9_-]{25,60}$")
+_LOOSE_ID = re.compile(r"^[A-Za-z0-9_-]{25,}$")  # could be a Drive id the strict check refused: name the share link
 _CHUNK = 1 << 16  # small enough that a cut connection leaves most bytes for the resume
 _DRIVE_HINT = (
     "open its sharing settings and choose 'Anyone with the link', or copy it into your own Drive "
     "(and mount Drive and pass the /content/drive/... path)"
 )
+
+
+log = logging.getLogger("anima_lora_flow.dataset")
 
 
 class FetchError(ConnectionError):
@@ -62,7 +73,8 @@ def classify_source(source: str) -> Source:
         return Source("http", text)
     if "://" in text:
         return Source("fsspec", text)
-    raise DatasetError(f"dataset {text!r} not found: no such folder or file; check the path (or pass a URL)")
+    alternative = "a URL or a Google Drive share link" if _LOOSE_ID.match(text) else "a URL"
+    raise DatasetError(f"dataset {text!r} not found: no such folder or file; check the path (or pass {alternative})")
 
 
 def parse_drive_link(text: str) -> tuple[str, bool] | None:
@@ -101,35 +113,47 @@ def is_transient(exc: BaseException) -> bool:
 def download_http(url: str, dest: Path, *, attempts: int = 5, backoff: float = 2.0, timeout: float = 60) -> Path:
     """Download `url` to `dest`, resuming a `.part` file with a Range request where the server allows.
 
+    A copy already at `dest` is reused only while the server's ETag, Last-Modified and size still match
+    the ones saved with it (an updated dataset must not be trained from a stale copy); when the server
+    cannot be asked, the copy is used with a one-line notice.
+
     Raises:
-        DatasetError: the server refuses the URL (404, 401, 403...): retrying will not help.
+        DatasetError: the server refuses the URL (404, 401, 403...), its host name does not resolve, or
+            it answers with a web page instead of a file: retrying will not help.
         FetchError: the network kept failing after `attempts` tries with exponential backoff.
     """
-    if dest.is_file():
+    if dest.is_file() and _cached_copy_is_current(url, dest, timeout):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    if dest.is_file():  # the server has a newer file: a leftover .part may hold the old one's bytes
+        part.unlink(missing_ok=True)
     last: Exception | None = None
     for attempt in range(attempts):
         try:
-            _download_once(url, part, timeout)
+            stamp = _download_once(url, part, timeout)
             part.replace(dest)
+            _stamp_path(dest).write_text(json.dumps(stamp))
             return dest
         except (requests.RequestException, FetchError) as exc:
+            if _is_name_resolution_error(exc):  # DNS does not heal in seconds: say so now, without retries
+                raise _unresolved(url) from exc
             last = exc
             if attempt + 1 < attempts:
                 time.sleep(backoff * 2**attempt)
     raise FetchError(f"could not download {url} after {attempts} tries ({last}); check the connection and retry")
 
 
-def _download_once(url: str, part: Path, timeout: float) -> None:
+def _download_once(url: str, part: Path, timeout: float) -> dict:
+    """Fetch the rest of `url` into `part`; return the response's validators (ETag, Last-Modified, size)."""
     have = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
+    headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={have}-"} if have else {})}
     with requests.get(url, headers=headers, stream=True, timeout=timeout) as resp:
         if resp.status_code == 416 and have:  # our partial file is already whole (or stale): start over
             part.unlink()
             raise FetchError("the server refused to resume; starting again")
         _check_status(resp, url)
+        _refuse_web_page(resp, url)
         resume = resp.status_code == 206
         expected = int(resp.headers.get("Content-Length", -1))
         got = 0
@@ -139,6 +163,94 @@ def _download_once(url: str, part: Path, timeout: float) -> None:
                 got += len(chunk)
         if 0 <= expected != got:
             raise FetchError(f"connection closed after {got} of {expected} bytes")
+        stamp = _validators(resp)
+    stamp["size"] = part.stat().st_size
+    stamp["downloaded_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return stamp
+
+
+def _refuse_web_page(resp: requests.Response, url: str) -> None:
+    """A share or login page instead of the file is the usual mistake: name it, instead of a 'corrupt zip' later."""
+    kind = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if resp.status_code == 200 and kind in ("text/html", "application/xhtml+xml"):
+        raise DatasetError(
+            f"{url} returned a web page ({kind}), not an archive; use the file's direct download link, not its share or preview page"
+        )
+
+
+# --- revalidating a cached download --------------------------------------------------------------
+
+
+def _cached_copy_is_current(url: str, dest: Path, timeout: float) -> bool:
+    """True to reuse `dest`: the server reports the same file, or cannot be asked (then say which copy is used)."""
+    saved = _read_stamp(dest)
+    try:
+        remote = _remote_validators(url, min(timeout, 15))
+    except (requests.RequestException, FetchError) as exc:
+        reason = f"cannot resolve host {urlparse(url).hostname!r}" if _is_name_resolution_error(exc) else "the server cannot be reached"
+        log.warning("%s: using the copy downloaded %s (%s)", url, saved.get("downloaded_at", "earlier"), reason)
+        return True
+    if remote is None:  # the server refuses a check (404, 403...): the real download will say why
+        return False
+    for key in ("etag", "last_modified", "size"):
+        if remote.get(key) is not None and saved.get(key) is not None and remote[key] != saved[key]:
+            return False
+    if saved.get("size") is None and remote.get("size") is not None:  # a copy from before stamps were kept
+        return remote["size"] == dest.stat().st_size
+    return True
+
+
+def _remote_validators(url: str, timeout: float) -> dict | None:
+    """The server's ETag, Last-Modified and size for `url` (HEAD, or the headers of a GET it cuts short); None if refused."""
+    headers = {"Accept-Encoding": "identity"}
+    resp = requests.head(url, headers=headers, allow_redirects=True, timeout=timeout)
+    if resp.status_code in (405, 501):  # HEAD not allowed: a GET's headers say the same; stop before the body
+        with requests.get(url, headers=headers, stream=True, timeout=timeout) as got:
+            resp = got
+    if resp.status_code == 429 or resp.status_code >= 500:
+        raise FetchError(f"the server answered {resp.status_code}")
+    return _validators(resp) if resp.status_code == 200 else None
+
+
+def _validators(resp: requests.Response) -> dict:
+    length = resp.headers.get("Content-Length")
+    if resp.status_code == 206:  # a resumed download: the whole size is after the slash of Content-Range
+        length = resp.headers.get("Content-Range", "").rpartition("/")[2]
+    return {
+        "etag": resp.headers.get("ETag"),
+        "last_modified": resp.headers.get("Last-Modified"),
+        "size": int(length) if length and length.isdigit() else None,
+    }
+
+
+def _stamp_path(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".stamp.json")
+
+
+def _read_stamp(dest: Path) -> dict:
+    try:
+        return json.loads(_stamp_path(dest).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _is_name_resolution_error(exc: BaseException | None) -> bool:
+    """True when the host name did not resolve (urllib3 wraps socket.gaierror a few causes deep)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, (NameResolutionError, socket.gaierror)):
+            return True
+        if any(isinstance(arg, BaseException) and _is_name_resolution_error(arg) for arg in getattr(exc, "args", ())):
+            return True
+        reason = getattr(exc, "reason", None)
+        if isinstance(reason, BaseException) and _is_name_resolution_error(reason):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _unresolved(url: str) -> DatasetError:
+    return DatasetError(f"cannot resolve host {urlparse(url).hostname!r}; check the URL and the internet connection")
 
 
 def _check_status(resp: requests.Response, url: str) -> None:

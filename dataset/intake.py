@@ -71,6 +71,8 @@ def extract_to_work_dir(archive: Path, work_dir: Path, limits: ExtractLimits | N
         DatasetError: not an archive, or an unsafe/unreadable one.
     """
     if not is_archive(archive):
+        if _is_web_page(archive):
+            raise DatasetError(f"{archive.name} is a web page (HTML), not an archive; use the file's direct download link, not its share page")
         if archive.suffix.lower() in (".zip", ".tar", ".gz", ".tgz"):
             raise DatasetError(f"{archive.name} is not a readable archive (corrupt or cut short); download or zip it again")
         raise DatasetError(f"{archive.name} is neither a folder nor a .zip/.tar archive; pass a folder of images or a .zip of it")
@@ -87,6 +89,13 @@ def _maybe_extract_single_archive(folder: Path, work_dir: Path, limits: ExtractL
     if len(archives) == 1 and not any(is_image(p) for p in files) and not any(p.is_dir() for p in folder.iterdir()):
         return extract_to_work_dir(archives[0], work_dir, limits)
     return folder
+
+
+def _is_web_page(path: Path) -> bool:
+    """True for an HTML file: what a share page or a login wall saves when a server mislabels it."""
+    with open(path, "rb") as f:
+        head = f.read(512).lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html"))
 
 
 def _url_file_name(url: str) -> str:

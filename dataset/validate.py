@@ -65,6 +65,7 @@ def validate_folder(
     buckets = make_buckets(resolution, min_bucket_reso, max_bucket_reso, bucket_reso_steps)
     records: list[ImageRecord] = []
     seen: dict[str, str] = {}
+    read: dict[tuple[str, str], str] = {}  # caption text per (folder, stem), shared by images with that stem
     folders: dict[str, list[int]] = defaultdict(list)
     for relpath, check in zip(images, checks):
         name = relpath.as_posix()
@@ -76,7 +77,7 @@ def validate_folder(
             problems.append(Issue(file=name, code=problem[0], reason=problem[1], verdict="skipped"))
             continue
         seen[check.sha256] = name
-        caption = _caption_for(root, relpath, captions, warnings)
+        caption = _caption_for(root, relpath, captions, read, warnings)
         bucket = assign_bucket(check.width, check.height, buckets)
         warnings += _image_warnings(name, check, bucket)
         records.append(ImageRecord(path=name, caption=caption, width=check.width, height=check.height,
@@ -84,9 +85,10 @@ def validate_folder(
         if folder_note:
             folders[folder_note].append(times)
     skipped = {(PurePosixPath(p.file).parent.as_posix(), PurePosixPath(p.file).stem) for p in problems}
-    orphans = sorted((c for key, c in captions.items() if key not in skipped), key=str)  # a skipped image's caption says nothing new
+    orphans = sorted((c for key, c in captions.items() if key not in skipped and key not in read), key=str)  # a skipped image's caption says nothing new
     warnings += [Issue(file=str(c), code="orphan-caption", reason="caption without an image of the same name: ignored", verdict="ignored")
                  for c in orphans]
+    warnings += _shared_stems(records, captions)
     warnings += _folder_notes(folders, repeats)
     return DatasetReport(
         root=str(root), source=source or str(root), resolution=resolution, images=records,
@@ -171,7 +173,8 @@ def _image_problem(check: ImageCheck, duplicate_of: str | None) -> tuple[str, st
 def _image_warnings(name: str, check: ImageCheck, bucket: Bucket) -> list[Issue]:
     found = []
     if check.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        why = f"high-bit-depth image (mode {check.mode}): converted to 8-bit RGB, which may clip it; export it as 8-bit"
+        why = (f"high-bit-depth image (mode {check.mode}): scaled down to 8-bit RGB, so the extra depth is not trained; "
+               "export it as 8-bit to control the conversion")
         found.append(Issue(file=name, code="high-bit-depth", reason=why, verdict="converted"))
     elif check.mode not in ("RGB", "L"):
         why = _MODE_NOTES.get(check.mode, f"mode {check.mode}: converted to RGB")
@@ -208,10 +211,33 @@ def _folder_notes(folders: dict[str, list[int]], default: int) -> list[Issue]:
     return notes
 
 
-def _caption_for(root: Path, image: PurePosixPath, captions: dict, warnings: list[Issue]) -> str:
-    """The caption text for an image (popped from `captions`), warning on anything the trainer mishandles."""
+def _shared_stems(records: list[ImageRecord], captions: dict) -> list[Issue]:
+    """One note per stem that several trained images share (img0.png + img0.jpg): they share its caption too."""
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for record in records:
+        path = PurePosixPath(record.path)
+        groups[(path.parent.as_posix(), path.stem)].append(record.path)
+    notes = []
+    for key, names in sorted(groups.items()):
+        if len(names) < 2:
+            continue
+        caption = captions.get(key)
+        gets = f"all get the caption {caption.as_posix()} (as kohya does)" if caption else "all train with an empty caption"
+        why = f"{' and '.join(names)} share the name {key[1]!r}: {gets}; rename one to give it its own caption"
+        notes.append(Issue(file=names[0], code="shared-stem", reason=why, verdict="trained"))
+    return notes
+
+
+def _caption_for(root: Path, image: PurePosixPath, captions: dict, read: dict, warnings: list[Issue]) -> str:
+    """The caption text for an image, warning (once per caption file) on anything the trainer mishandles.
+
+    Images sharing a stem (img0.png, img0.jpg) share img0.txt, as in kohya: the text is read once into `read`.
+    """
     name = image.as_posix()
-    path = captions.pop((image.parent.as_posix(), image.stem), None)
+    key = (image.parent.as_posix(), image.stem)
+    if key in read:
+        return read[key]
+    path = captions.get(key)
     if path is None:
         why = "no caption file (.txt of the same name): trains with an empty caption"
         warnings.append(Issue(file=name, code="no-caption", reason=why, verdict="trained"))
@@ -229,6 +255,7 @@ def _caption_for(root: Path, image: PurePosixPath, captions: dict, warnings: lis
     if tokens > MAX_CAPTION_TOKENS:
         why = f"caption is about {tokens} tokens (an estimate; no tokenizer offline): the text encoder reads {MAX_CAPTION_TOKENS}, the rest is cut"
         warnings.append(Issue(file=path.as_posix(), code="long-caption", reason=why, verdict="trained"))
+    read[key] = text
     return text
 
 

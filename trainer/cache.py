@@ -54,13 +54,31 @@ class TrainingCache:
 def load_image(path: Path, bucket: tuple[int, int]) -> torch.Tensor:
     """Pixels (3, H, W) in [-1, 1]: RGB with alpha flattened on white, resized to cover the bucket, center-cropped."""
     width, height = bucket
+
+    def _to_8bit(img: Image.Image) -> Image.Image:
+        """An 8-bit copy of a 16-bit or 32-bit grey image, scaled, since Pillow's convert() clips values above 255 to white.
+
+        16-bit modes divide by 257 (65535 -> 255); mode I (how 16-bit files may open) scales by the range its values
+        really use; mode F is taken as 0..1 when its values fit, else scaled like mode I.
+        """
+        if not (img.mode.startswith("I") or img.mode == "F"):
+            return img
+        values = np.asarray(img).astype(np.float64)
+        if img.mode.startswith("I;16"):
+            top = 65535.0
+        else:
+            high = float(values.max(initial=0.0))
+            top = 1.0 if img.mode == "F" and high <= 1.0 else 255.0 if high <= 255 else 65535.0 if high <= 65535 else high
+        scaled = np.clip(values * (255.0 / top), 0, 255)
+        return Image.fromarray(np.rint(scaled).astype(np.uint8))  # uint8 2-D: mode L
+
     with Image.open(path) as img:
         img.load()
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             rgba = img.convert("RGBA")
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             img = Image.alpha_composite(white, rgba)
-        img = img.convert("RGB")
+        img = _to_8bit(img).convert("RGB")
         scale = max(width / img.width, height / img.height)
         size = (max(width, round(img.width * scale)), max(height, round(img.height * scale)))
         img = img.resize(size, Image.Resampling.LANCZOS)

@@ -104,3 +104,26 @@ def test_task_in_a_flow_creates_the_artifact(prefect_harness, good_folder: Path,
 
     artifacts = asyncio.run(latest())
     assert artifacts and "1 images will be trained" in artifacts[0].data
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "allowed"),
+    [("--resolution", "0", "256 to 2048"), ("--resolution", "-5", "256 to 2048"), ("--resolution", "100", "256 to 2048"),
+     ("--resolution", "4096", "256 to 2048"), ("--repeats", "-2", "1 to 1000"), ("--repeats", "0", "1 to 1000"),
+     ("--repeats", "1001", "1 to 1000")],
+)
+def test_validate_flags_have_the_same_bounds_as_train(good_folder: Path, tmp_path: Path, capsys, flag: str, value: str, allowed: str):
+    """--resolution 0 crashed with ZeroDivisionError; negatives printed nonsense buckets and sample counts."""
+    from anima_lora_flow.cli import main
+
+    assert main(["validate", str(good_folder), "--work-dir", str(tmp_path / "w"), flag, value]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"error: {flag} {value} is out of range; use a value from {allowed} (as train does)\n"
+    assert "Traceback" not in captured.err and captured.out == ""
+
+
+def test_validate_accepts_the_bounds_themselves(good_folder: Path, tmp_path: Path):
+    from anima_lora_flow.cli import main
+
+    for argv in (["--resolution", "256", "--repeats", "1"], ["--resolution", "2048", "--repeats", "1000"]):
+        assert main(["validate", str(good_folder), "--work-dir", str(tmp_path / "w"), *argv]) == 0

@@ -153,3 +153,13 @@ def test_damaged_zip_is_an_error(tmp_path: Path):
     archive.write_bytes(bytes(data))
     with pytest.raises(DatasetError, match="damaged"):
         safe_extract(archive, tmp_path / "out")
+
+
+def test_zip_with_the_same_entry_twice_is_refused_not_silently_halved(tmp_path: Path):
+    archive = tmp_path / "dupnames.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("img0.png", png_bytes())
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            zf.writestr("img0.png", png_bytes((256, 256)))
+    with pytest.raises(DatasetError, match="dupnames.zip holds the same file name twice; re-create the archive"):
+        prepare_dataset(str(archive), tmp_path / "work")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import http.server
 import io
+import logging
+import os
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -42,6 +45,14 @@ def zip_bytes() -> bytes:
         (FILE_ID, (FILE_ID, False)),
         ("https://example.com/file/d/abc/view", None),
         ("my_dataset", None),
+        ("1BxiMVs0XRA5nFMdKvBdBZjgmUUqptlbs74OgvE2upms", ("1BxiMVs0XRA5nFMdKvBdBZjgmUUqptlbs74OgvE2upms", False)),
+        ("my_anime_character_dataset_v2", None),  # long folder names are words, not ids
+        ("My_Anime_Character_Dataset_V2", None),
+        ("training-images-2024-final-cut", None),
+        ("1abcdefghijklmnopqrstuvwxyz012", None),  # no upper-case letter
+        ("AbCdEfGhIjKlMnOpQrStUvWxYz", None),  # no digit
+        ("1AbCdEfGhIjKlMnOpQrStUvWxYz" * 3, None),  # over 60 characters
+        ("some/1AbCdEfGhIjKlMnOpQrStUvWxYz012345", None),  # a path, not an id
     ],
 )
 def test_parse_drive_link(text: str, expected):
@@ -197,3 +208,126 @@ def test_fsspec_memory_zip_and_folder(memory_fs, tmp_path: Path):
 def test_unknown_protocol_names_the_fix(tmp_path: Path):
     with pytest.raises(DatasetError, match="install the filesystem's package"):
         fetch.download_fsspec("nosuchproto://bucket/x.zip", tmp_path)
+
+
+def test_mistyped_long_folder_name_is_not_found_not_a_drive_download(tmp_path: Path, monkeypatch, capsys):
+    """The user meant a local folder: the answer is 'check the path', with no Drive download and no sharing hint."""
+    from anima_lora_flow.cli import main
+
+    def no_drive(**kwargs):
+        raise AssertionError("a folder name must not be downloaded from Google Drive")
+
+    monkeypatch.setattr(gdown, "download", no_drive)
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", "my_anime_character_dataset_v2", "--work-dir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert "'my_anime_character_dataset_v2' not found: no such folder or file; check the path" in err
+    assert "Anyone with the link" not in err and err.count("\n") == 1
+
+
+def test_real_looking_bare_id_still_goes_to_drive(tmp_path: Path, monkeypatch):
+    calls = []
+
+    def fake_download(*, id, output, quiet, resume, retries):
+        calls.append(id)
+        path = Path(output) / "set.zip"
+        path.write_bytes(zip_bytes())
+        return str(path)
+
+    monkeypatch.setattr(gdown, "download", fake_download)
+    assert prepare_dataset(FILE_ID, tmp_path / "work").trainable_count == 1 and calls == [FILE_ID]
+
+
+# --- a real `python -m http.server`: HEAD, Last-Modified, Content-Type by extension ---------------------
+
+
+@pytest.fixture
+def static_site(tmp_path: Path):
+    """A folder served by http.server's SimpleHTTPRequestHandler, as `python -m http.server` serves it."""
+    site = tmp_path / "site"
+    site.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(site), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    yield site, f"http://127.0.0.1:{httpd.server_port}", httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _zip_of(count: int) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(count):
+            zf.writestr(f"img{i}.png", png_bytes((320 + 8 * i, 256)))
+            zf.writestr(f"img{i}.txt", "1girl")
+    return buf.getvalue()
+
+
+def test_changed_file_on_the_server_is_downloaded_again(static_site, tmp_path: Path):
+    """The URL's cached copy was reused forever: replacing data.zip on the server must change what is trained."""
+    site, base, _ = static_site
+    (site / "data.zip").write_bytes(_zip_of(2))
+    os.utime(site / "data.zip", (1_700_000_000, 1_700_000_000))
+    assert prepare_dataset(f"{base}/data.zip", tmp_path / "work").trainable_count == 2
+    assert prepare_dataset(f"{base}/data.zip", tmp_path / "work").trainable_count == 2  # unchanged: reused
+
+    (site / "data.zip").write_bytes(_zip_of(6))
+    os.utime(site / "data.zip", (1_700_000_100, 1_700_000_100))
+    assert prepare_dataset(f"{base}/data.zip", tmp_path / "work").trainable_count == 6
+
+
+def test_unchanged_file_is_not_downloaded_twice(static_site, tmp_path: Path):
+    site, base, _ = static_site
+    (site / "data.zip").write_bytes(_zip_of(1))
+    dest = download_http(f"{base}/data.zip", tmp_path / "dl" / "data.zip")
+    before = dest.stat().st_mtime_ns
+    assert download_http(f"{base}/data.zip", dest) == dest and dest.stat().st_mtime_ns == before
+
+
+def test_unreachable_server_uses_the_cached_copy_with_a_notice(static_site, tmp_path: Path, caplog):
+    site, base, httpd = static_site
+    (site / "data.zip").write_bytes(_zip_of(2))
+    assert prepare_dataset(f"{base}/data.zip", tmp_path / "work").trainable_count == 2
+    httpd.shutdown()
+    httpd.server_close()
+    with caplog.at_level(logging.WARNING, logger="anima_lora_flow.dataset"):
+        assert prepare_dataset(f"{base}/data.zip", tmp_path / "work").trainable_count == 2
+    notices = [r.getMessage() for r in caplog.records]
+    assert len(notices) == 1 and "using the copy downloaded 20" in notices[0] and "cannot be reached" in notices[0]
+
+
+@pytest.mark.parametrize("page", ["", "share.html"])
+def test_url_of_a_web_page_says_so_not_corrupt_archive(static_site, tmp_path: Path, capsys, page: str):
+    """Pasting a share page (or a directory listing) is the common mistake; the answer names the direct link."""
+    from anima_lora_flow.cli import main
+
+    site, base, _ = static_site
+    (site / "share.html").write_text("<!DOCTYPE html><html><body>Download data.zip</body></html>")
+    assert main(["validate", f"{base}/{page}", "--work-dir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert f"{base}/{page} returned a web page (text/html), not an archive; use the file's direct download link" in err
+    assert "corrupt" not in err and err.count("\n") == 1
+
+
+def test_mislabelled_web_page_is_still_named_a_web_page(serve, tmp_path: Path):
+    """A server that sends HTML as application/octet-stream: the saved file is recognised as a page, not a bad zip."""
+    server = serve(b"<!doctype html>\n<html><body>sign in</body></html>")
+    with pytest.raises(DatasetError, match=r"set.zip is a web page \(HTML\), not an archive; use the file's direct download link"):
+        prepare_dataset(server.url, tmp_path / "work")
+
+
+def test_unresolvable_host_fails_at_once_without_retries(tmp_path: Path, capsys):
+    """A DNS failure cannot heal during a backoff: one try, one line, exit 2 (it took 30 s of retries)."""
+    from anima_lora_flow.cli import main
+
+    started = time.monotonic()
+    assert main(["validate", "http://example.invalid/ds.zip", "--work-dir", str(tmp_path / "w")]) == 2
+    assert time.monotonic() - started < 5
+    assert capsys.readouterr().err == "error: cannot resolve host 'example.invalid'; check the URL and the internet connection\n"

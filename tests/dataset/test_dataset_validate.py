@@ -204,3 +204,34 @@ def test_text_report_groups_like_findings_and_markdown_lists_them(messy: Path):
     markdown = report.to_markdown()
     assert "| `z_dup.png` | skipped | same content as good.png: trained once, not twice |" in markdown
     assert "## Buckets at 768px" in markdown
+
+
+def test_images_sharing_a_stem_share_its_caption_with_a_warning(tmp_path: Path):
+    """img0.png + img0.jpg + img0.txt: one image was reported 'no caption file' although img0.txt exists."""
+    write_image(tmp_path / "img0.png", size=(320, 256)), write_image(tmp_path / "img0.jpg", size=(256, 320))
+    write_caption(tmp_path / "img0.txt", "1girl, smile")
+    write_image(tmp_path / "img1.png"), write_caption(tmp_path / "img1.txt", "solo")
+    report = validate_folder(tmp_path)
+    assert {i.path: i.caption for i in report.images} == {"img0.jpg": "1girl, smile", "img0.png": "1girl, smile", "img1.png": "solo"}
+    assert [w for w in report.warnings if w.code == "no-caption"] == [] and not any(w.code == "orphan-caption" for w in report.warnings)
+    shared = [w for w in report.warnings if w.code == "shared-stem"]
+    assert [(w.file, w.verdict, w.reason) for w in shared] == [(
+        "img0.jpg", "trained",
+        "img0.jpg and img0.png share the name 'img0': all get the caption img0.txt (as kohya does); rename one to give it its own caption",
+    )]
+    text = report.to_text()
+    assert "no caption file" not in text and "share the name 'img0'" in text
+
+
+def test_caption_warnings_are_given_once_for_a_shared_caption(tmp_path: Path):
+    write_image(tmp_path / "a.png"), write_image(tmp_path / "a.webp", fmt="WEBP")
+    write_caption(tmp_path / "a.txt", "")
+    report = validate_folder(tmp_path)
+    assert [w.file for w in report.warnings if w.code == "empty-caption"] == ["a.txt"]
+    assert [w.code for w in report.warnings if w.file.startswith("a.")].count("shared-stem") == 1
+
+
+def test_high_bit_depth_warning_tells_the_truth(tmp_path: Path):
+    write_image(tmp_path / "deep.png", mode="I;16"), write_caption(tmp_path / "deep.txt")
+    (warning,) = [w for w in validate_folder(tmp_path).warnings if w.code == "high-bit-depth"]
+    assert "scaled down to 8-bit RGB" in warning.reason and "clip" not in warning.reason

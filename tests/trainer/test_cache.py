@@ -48,3 +48,25 @@ def test_load_image_flattens_alpha_on_white_and_covers_bucket(tmp_path):
     assert torch.allclose(pixels, torch.ones_like(pixels))  # fully transparent -> white -> +1
     Image.new("RGB", (50, 200), (0, 0, 0)).save(tmp_path / "black.jpg")
     assert torch.allclose(load_image(tmp_path / "black.jpg", (64, 64)), -torch.ones(3, 64, 64))
+
+
+def test_load_image_scales_16_bit_grey_instead_of_clipping_to_white(tmp_path):
+    """A 16-bit PNG at 40000/65535 is mid-grey (40000/257 = 156), not the solid white Pillow's convert gives."""
+    path = tmp_path / "sixteen.png"
+    Image.fromarray(np.full((80, 80), 40000, np.uint16)).save(path)
+    assert Image.open(path).mode.startswith("I")  # really a 16-bit file, as a scanner or HDR export writes it
+    grey = (load_image(path, (64, 64)) + 1.0) * 127.5
+    assert torch.allclose(grey, torch.full_like(grey, 156.0), atol=0.6)
+
+
+def test_load_image_scales_every_deep_grey_mode(tmp_path):
+    for mode in ("I;16", "I;16B", "I;16L"):  # TIFF keeps each byte order as written
+        Image.new(mode, (64, 64), 65535).save(tmp_path / "white.tif")
+        assert Image.open(tmp_path / "white.tif").mode.startswith("I;16")
+        assert torch.allclose(load_image(tmp_path / "white.tif", (64, 64)), torch.ones(3, 64, 64))
+    Image.new("I", (64, 64), 20000).save(tmp_path / "deep.tif")  # mode I holding 16-bit values
+    grey = (load_image(tmp_path / "deep.tif", (64, 64)) + 1.0) * 127.5
+    assert torch.allclose(grey, torch.full_like(grey, 78.0), atol=0.6)
+    Image.new("I", (64, 64), 200).save(tmp_path / "shallow.tif")  # mode I holding 8-bit values stays as is
+    grey = (load_image(tmp_path / "shallow.tif", (64, 64)) + 1.0) * 127.5
+    assert torch.allclose(grey, torch.full_like(grey, 200.0), atol=0.6)
