@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ValidationError
+from pydantic_core import PydanticUndefined
 
 from .config import TrainingConfig, load_config_file
 from .dataset.commands import add_validate_parser
@@ -56,7 +57,7 @@ def add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] =
         flag = "--" + name.replace("_", "-")
         annotation = _unwrap_optional(field.annotation)
         help_text = field.description
-        if field.default is not None and not field.is_required() and field.default != []:
+        if field.default not in (None, [], PydanticUndefined) and not field.is_required():  # default_factory: no default shown
             help_text = f"{help_text} [default: {field.default}]"
         kwargs: dict[str, Any] = {"dest": name, "default": None, "help": help_text}
         if annotation is bool:
@@ -94,7 +95,7 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainingConfig:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "config"
         flag = "--" + where.replace("_", "-") if where in TrainingConfig.model_fields else where
-        raise BadInput(f"{flag}: {first['msg']}") from exc
+        raise BadInput(f"{flag}: {first['msg'].removeprefix('Value error, ')}") from exc
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -108,11 +109,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def preflight(config: TrainingConfig) -> None:
     """Cheap checks of a user's input before a Prefect server is started (the flow repeats them)."""
-    from .storage import resolve_location
+    from .storage import ensure_local_folder, resolve_storage
     from .tasks.preflight import check_supported
 
     check_supported(config)
-    resolve_location(config.storage)
+    resolve_storage(config.storage)
+    ensure_local_folder(config.resolved_work_dir(), "--work-dir")
 
 
 def run_flow(config: TrainingConfig, *, dry_run: bool = False) -> dict:
@@ -155,8 +157,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from .dataset.intake import prepare_dataset
     from .planner.commands import run_plan
+    from .tasks.preflight import check_supported
 
     config = config_from_args(args, dataset=args.source)
+    check_supported(config)  # the plan refuses what train would refuse
     report = prepare_dataset(
         config.dataset, config.resolved_work_dir(), resolution=config.resolution,
         min_bucket_reso=config.min_bucket_reso, max_bucket_reso=config.max_bucket_reso,
@@ -205,10 +209,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more, got {text!r}")
     return value
+
+
+_positive_int.__name__ = "a positive whole number"  # argparse names the type in its message
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,9 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     except (BadInput, UserInputError) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except NotBuiltError as exc:
+    except NotBuiltError as exc:  # the user asked for something this version cannot do: bad input, not a crash
         print(f"error: not built yet: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted: the trainer was stopped; run the same command again to resume", file=sys.stderr)
         return 130

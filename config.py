@@ -116,7 +116,7 @@ class TrainingConfig(BaseModel):
     lr_scheduler_num_cycles: int = Field(1, ge=1, description="Restarts of cosine_with_restarts.")
     lr_warmup_steps: int = Field(100, ge=0, description="Warm-up steps; clamped to a tenth of the run when the run is short.")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0 disables).")
-    seed: int = Field(42, description="Seed for data order, noise and LoRA initialisation.")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed for data order, noise and LoRA initialisation.")
 
     # --- Diffusion objective ------------------------------------------------------------------
     timestep_sampling: TimestepSampling = Field("sigmoid", description="How the noise level is drawn each step.")
@@ -169,6 +169,25 @@ class TrainingConfig(BaseModel):
     )
     sample_every_n_epochs: int = Field(0, ge=0, description="Render sample images every N epochs (0: off).")
     sample_prompts: list[str] = Field(default_factory=list, description="Prompts for sample images.")
+
+    @field_validator("betas")
+    @classmethod
+    def _check_betas(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in value):
+            raise ValueError(f"each Adam beta must be at least 0 and below 1 (e.g. 0.9 0.99), got {value[0]:g} {value[1]:g}")
+        return value
+
+    @field_validator("attention_backend")
+    @classmethod
+    def _check_attention_backend(cls, value: str) -> str:
+        if value == "native":
+            return value
+        from diffusers.models.attention_dispatch import AttentionBackendName  # noqa: PLC0415 - heavy, and only for non-defaults
+
+        names = sorted(b.value for b in AttentionBackendName)
+        if value not in names:
+            raise ValueError(f"unknown attention backend {value!r}; use native, or one of: {', '.join(names)}")
+        return value
 
     @field_validator("project_name")
     @classmethod

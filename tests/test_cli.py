@@ -68,4 +68,38 @@ def test_config_file_and_flags(tmp_path):
 
 def test_demo_rejects_zero_epochs(capsys):
     code, _, err = _run(["demo", "--epochs", "0"], capsys)
-    assert code == 2 and "must be 1 or more" in err
+    assert code == 2 and "--epochs: must be a whole number of 1 or more, got '0'" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--betas", "2", "3"], "--betas: each Adam beta must be at least 0 and below 1"),
+        (["--seed", "99999999999999999999"], "--seed: Input should be less than or equal to 4294967295"),
+        (["--attention-backend", "bogus"], "--attention-backend: unknown attention backend 'bogus'; use native, or one of:"),
+        (["--timestep-sampling", "flux_shift"], "not built yet: --timestep-sampling flux_shift"),
+    ],
+)
+def test_settings_that_would_fail_in_training_are_refused_by_plan_with_exit_2(tmp_path, capsys, flags, says):
+    # Found by a new-user test: these passed `plan` and failed only at training step 0, after the download.
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "a.txt").write_text("1girl")
+    from PIL import Image
+
+    Image.new("RGB", (512, 512)).save(folder / "a.png")
+    assert main(["plan", str(folder), "--work-dir", str(tmp_path / "w"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {says}") and "Value error" not in err
+
+
+def test_help_shows_no_pydantic_placeholder(capsys):
+    assert main(["train", "--help"]) == 0
+    assert "PydanticUndefined" not in capsys.readouterr().out
+
+
+def test_storage_that_is_a_file_is_refused_before_anything_starts(tmp_path, capsys):
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    code = main(["train", "--dataset", str(tmp_path), "--storage", str(a_file), "--work-dir", str(tmp_path / "w")])
+    assert code == 2 and f"{a_file} is a file, not a folder; pass a folder" in capsys.readouterr().err
