@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import UserInputError
+from ..trainer.process import pid_alive
 from .runstore import RunStore
 
 LOCK_FILE = "LOCK.json"
@@ -109,22 +110,10 @@ def _why_free(holder: dict, now: float, stale_s: float) -> str | None:
         pid = int(holder.get("pid") or 0)
         if pid == os.getpid():
             return "an earlier run of this same process"
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return f"its process {pid} on this machine is gone"
     age = now - float(holder.get("heartbeat", 0))
     return f"no heartbeat for {age:.0f} s" if age > stale_s else None
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _write(store: RunStore, record: dict) -> None:

@@ -38,6 +38,19 @@ def signal_group(proc: subprocess.Popen, sig: int) -> bool:
         return False
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one of another user counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def group_alive(pgid: int) -> bool:
     """Whether any non-zombie process is left in the group (zombies hold no memory or GPU)."""
     try:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..errors import UserInputError
 from ..trainer.data_parallel import free_port
+from ..trainer.process import pid_alive
 
 PID_FILE = "anima-ui-server.json"  # not Prefect's own server.pid, which `prefect server start -b` owns
 LOG_FILE = "anima-ui-server.log"
@@ -286,13 +287,7 @@ def _reap(pid: int) -> None:
 
 def _alive(pid: int) -> bool:
     _reap(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def _kill_group(pid: int, grace_s: float = 10) -> None:
