@@ -145,6 +145,10 @@ def _print_result(config: TrainingConfig, result: dict, *, as_json: bool) -> Non
         return
     from .ui.summary import summary_text
 
+    if result.get("outcome") == "dry-run" and result.get("plan"):
+        from .planner.plan import Plan
+
+        print(Plan.model_validate(result["plan"]).to_text())  # what --dry-run promises: the plan, then the summary
     print(summary_text(config, result))
 
 

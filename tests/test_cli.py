@@ -103,3 +103,17 @@ def test_storage_that_is_a_file_is_refused_before_anything_starts(tmp_path, caps
     a_file.write_text("x")
     code = main(["train", "--dataset", str(tmp_path), "--storage", str(a_file), "--work-dir", str(tmp_path / "w")])
     assert code == 2 and f"{a_file} is a file, not a folder; pass a folder" in capsys.readouterr().err
+
+
+def test_dry_run_prints_the_plan_table(capsys):
+    from anima_lora_flow.cli import _print_result
+    from anima_lora_flow.config import TrainingConfig
+    from anima_lora_flow.planner.plan import make_plan
+    from anima_lora_flow.platforms.detect import detect_platform
+
+    config = TrainingConfig(dataset="d")
+    plan = make_plan(config, {(768, 768): 30}, detect_platform({}, gpu=lambda: None), gpu="T4")
+    _print_result(config, {"outcome": "dry-run", "run_id": "r", "trainable_images": 30,
+                           "plan": plan.model_dump(mode="json")}, as_json=False)  # fmt: skip
+    out = capsys.readouterr().out
+    assert out.startswith("Plan for my_lora") and "Steps     300 (" in out and "Decision" in out
