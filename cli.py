@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import types
 import typing
@@ -50,7 +51,8 @@ def _unwrap_optional(annotation):
 def add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
     """One kebab-case flag per TrainingConfig field; unset flags leave the file/default value alone."""
     group = parser.add_argument_group("training settings (defaults: the seed notebook's)")
-    group.add_argument("--config", metavar="FILE", help="read settings from a .toml or .json file; flags override it")
+    group.add_argument("--config", metavar="FILE", help="read settings from a .toml or .json file, one top-level key per "
+                       "setting with underscores (network_dim = 8); flags override it")
     for name, field in TrainingConfig.model_fields.items():
         if name in skip:
             continue
@@ -58,7 +60,8 @@ def add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] =
         annotation = _unwrap_optional(field.annotation)
         help_text = field.description
         if field.default not in (None, [], PydanticUndefined) and not field.is_required():  # default_factory: no default shown
-            help_text = f"{help_text} [default: {field.default}]"
+            shown = " ".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
+            help_text = f"{help_text} [default: {shown}]"  # a tuple as typed on the command line, not its repr
         kwargs: dict[str, Any] = {"dest": name, "default": None, "help": help_text}
         if annotation is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -67,7 +70,7 @@ def add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] =
         elif typing.get_origin(annotation) is tuple:
             kwargs.update(nargs=2, type=float, metavar=("B1", "B2"))
         elif typing.get_origin(annotation) is list:
-            kwargs.update(action="append", metavar="TEXT")
+            kwargs.update(action="append", metavar="TEXT", help=f"{help_text} Repeat the flag for more.")
         elif annotation in (int, float):
             kwargs.update(type=annotation, metavar=annotation.__name__.upper())
         else:
@@ -76,26 +79,30 @@ def add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] =
 
 
 def config_from_args(args: argparse.Namespace, **overrides) -> TrainingConfig:
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
+    config_file = getattr(args, "config", None)
+    from_file: dict[str, Any] = {}
+    if config_file:
         try:
-            values.update(load_config_file(args.config))
+            from_file = load_config_file(config_file)
         except (OSError, ValueError) as exc:
             raise BadInput(str(exc)) from exc
-    for name in TrainingConfig.model_fields:
-        value = getattr(args, name, None)
-        if value is not None:
-            values[name] = value
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    from_flags = {name: getattr(args, name) for name in TrainingConfig.model_fields if getattr(args, name, None) is not None}
+    from_flags.update({k: v for k, v in overrides.items() if v is not None})
+    values = {**from_file, **from_flags}
     if "dataset" not in values:
-        raise BadInput("no dataset given: pass --dataset PATH_OR_URL (a folder, a .zip, a Drive link or a URL)")
+        in_file = f", or write dataset = \"...\" in {config_file}" if config_file else ""
+        raise BadInput(f"no dataset given: pass --dataset PATH_OR_URL (a folder, a .zip, a Drive link or a URL){in_file}")
     try:
         return TrainingConfig(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        flag = "--" + where.replace("_", "-") if where in TrainingConfig.model_fields else where
-        raise BadInput(f"{flag}: {first['msg'].removeprefix('Value error, ')}") from exc
+        message = first["msg"].removeprefix("Value error, ")
+        field = str(first["loc"][0]) if first["loc"] else ""
+        if field not in TrainingConfig.model_fields:  # a cross-field check: its message names the flags
+            raise BadInput(message) from exc
+        if field in from_file and field not in from_flags:  # blame the line the user wrote, not a flag never typed
+            raise BadInput(f"{config_file}: {field}: {message}") from exc
+        raise BadInput(f"--{field.replace('_', '-')}: {message}") from exc
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -109,12 +116,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def preflight(config: TrainingConfig) -> None:
     """Cheap checks of a user's input before a Prefect server is started (the flow repeats them)."""
+    from .dataset.fetch import classify_source
     from .storage import ensure_local_folder, resolve_storage
     from .tasks.preflight import check_supported
 
     check_supported(config)
-    resolve_storage(config.storage)
+    resolve_storage(config.storage)  # first: it mounts Drive, where the dataset may live
     ensure_local_folder(config.resolved_work_dir(), "--work-dir")
+    classify_source(config.dataset)  # a mistyped local path fails here, not after the server start
 
 
 def run_flow(config: TrainingConfig, *, dry_run: bool = False) -> dict:
@@ -124,19 +133,46 @@ def run_flow(config: TrainingConfig, *, dry_run: bool = False) -> dict:
     configure_prefect_environment()
     # Before prefect is imported: it reads PREFECT_API_URL then. Our server survives a Ctrl-C.
     with server_for_this_command():
-        from .flows.train_lora import train_lora  # noqa: PLC0415 - prefect is imported only after its settings
+        from prefect.logging.handlers import APILogWorker  # noqa: PLC0415 - prefect is imported only after its settings
 
+        from .flows.train_lora import train_lora  # noqa: PLC0415
+
+        # Prefect's console handler sits on the root logger; its API handler sits on the run loggers,
+        # so filtering the root's stream handlers leaves the UI's record of the failure whole.
         for handler in logging.getLogger().handlers:
-            handler.addFilter(_no_traceback_for_user_errors)
-        return train_lora(config=config, dry_run=dry_run)
+            if isinstance(handler, logging.StreamHandler):
+                handler.addFilter(_no_console_echo_of_user_errors)
+        try:
+            return train_lora(config=config, dry_run=dry_run)
+        finally:
+            # The server stops when this block ends: logs still queued would fail with "Error logging to API".
+            APILogWorker.drain_all(timeout=5)
 
 
-def _no_traceback_for_user_errors(record: logging.LogRecord) -> bool:
-    """A user's mistake is one line on the console, not a Prefect traceback (the UI keeps the full record)."""
+_FAILED_STATE = re.compile(r"encountered an exception:? (\w+):")
+
+
+def _user_error_names() -> set[str]:
+    names, todo = set(), [UserInputError, NotBuiltError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return names
+
+
+def _no_console_echo_of_user_errors(record: logging.LogRecord) -> bool:
+    """A user's mistake is the CLI's one `error:` line; Prefect's copies of it stay in the UI only.
+
+    Prefect reports a failure up to three times (the exception, the task's and the flow's final
+    state); the state records carry no exception object, only the error's class name in the text.
+    """
     exc = record.exc_info[1] if record.exc_info else None
     if isinstance(exc, (UserInputError, NotBuiltError)):
-        record.exc_info, record.exc_text = None, None
-    return True
+        return False
+    message = record.getMessage()
+    failed = _FAILED_STATE.search(message) if message.startswith("Finished in state Failed") else None
+    return not (failed and failed.group(1) in _user_error_names())
 
 
 def _print_result(config: TrainingConfig, result: dict, *, as_json: bool) -> None:
@@ -181,10 +217,20 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import demo_config
+    from .runner.resume import ResumeRefusedError
 
-    config = demo_config(Path(args.work_dir) if args.work_dir else None, storage=args.storage, epochs=args.epochs)
+    config = demo_config(
+        Path(args.work_dir) if args.work_dir else None, storage=args.storage, epochs=args.epochs, restart=args.restart
+    )
     print(f"demo: tiny random Anima model and {config.dataset} (generated); storage {config.storage}")
-    result = run_flow(config)
+    try:
+        result = run_flow(config)
+    except ResumeRefusedError as exc:
+        # The runner's advice names train's flags; demo has no --project-name, and its own --restart.
+        reason = str(exc).split("; run again with --restart")[0]
+        elsewhere = "another --work-dir and --storage" if args.storage else "another --work-dir"
+        raise BadInput(f"{reason}; run `anima-lora demo --restart` to start over (old states are archived), "
+                       f"or pass {elsewhere}") from exc
     _print_result(config, result, as_json=args.json)
     return EXIT_OK
 
@@ -225,11 +271,31 @@ def _positive_int(text: str) -> int:
 _positive_int.__name__ = "a positive whole number"  # argparse names the type in its message
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {text!r}")
+    return value
+
+
+class _SubcommandParser(argparse.ArgumentParser):
+    """Refuses an unknown flag itself, so the error shows this command's usage, not `anima-lora COMMAND ...`."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:  # a subcommand takes every remaining argument: leftovers are mistakes, not the parent's
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anima-lora", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands", parser_class=_SubcommandParser)
 
     train = sub.add_parser("train", help="train a LoRA (resumes automatically from --storage)",
                            description="Run the whole flow: validate, plan, download models, train, sync, publish.")
@@ -254,25 +320,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train a tiny LoRA on a generated dataset (CPU is enough)",
                           description="Generate a tiny random Anima model and a small dataset, then run the full flow.")
-    demo.add_argument("--work-dir", help="where the generated model, dataset, caches and runs go (default: ./anima-demo)")
-    demo.add_argument("--storage", help="run store root (default: <work-dir>/runs)")
-    demo.add_argument("--epochs", type=_positive_int, default=None, help="epochs to train (default 2)")
+    demo.add_argument("--work-dir", metavar="DIR",
+                      help="where the generated model, dataset, caches and runs go (default: ./anima-demo)")
+    demo.add_argument("--storage", metavar="PATH_OR_URL", help="run store root (default: <work-dir>/runs)")
+    demo.add_argument("--epochs", type=_positive_int, default=None, metavar="N", help="epochs to train (default 2)")
+    demo.add_argument("--restart", action="store_true",
+                      help="archive the demo's saved states and train from step 0 (needed after changing --epochs)")
     demo.add_argument("--json", action="store_true", help="print the result as JSON")
     demo.set_defaults(func=cmd_demo)
 
     status = sub.add_parser("status", help="show a project's states, checkpoints and runs in storage")
-    status.add_argument("project", metavar="PROJECT")
-    status.add_argument("--storage", required=True, help="the storage root used for training")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("project", metavar="PROJECT", help="the --project-name used for training (default my_lora)")
+    status.add_argument("--storage", required=True, metavar="PATH_OR_URL", help="the storage root used for training")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.set_defaults(func=cmd_status)
 
     doctor = sub.add_parser("doctor", help="what this machine offers and what the flow will do about it")
-    doctor.add_argument("--storage", help="also check this storage root")
-    doctor.add_argument("--json", action="store_true")
+    doctor.add_argument("--storage", metavar="PATH_OR_URL", help="also check this storage root")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     doctor.set_defaults(func=cmd_doctor)
 
-    ui = sub.add_parser("ui", help="start a local Prefect server with its UI and point runs at it")
-    ui.add_argument("--port", type=int, default=4200)
+    ui = sub.add_parser("ui", help="start a local Prefect server with its UI and point runs at it",
+                        description="Start a local Prefect server with its UI; train runs started afterwards show up there.")
+    ui.add_argument("--port", type=_port, default=4200, help="port for the UI and its API (default 4200)")
     ui.add_argument("--stop", action="store_true", help="stop the server started earlier")
     ui.set_defaults(func=cmd_ui)
     return parser

@@ -6,6 +6,7 @@ metadata and the resume fingerprint are all derived from `TrainingConfig`. Secre
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .errors import UserInputError
 
 BaseModelName = Literal["anima-base-v1.0", "anima-preview3-base", "anima-preview", "anima-preview2"]
 Optimizer = Literal["adamw8bit", "adamw", "adafactor"]
@@ -205,12 +208,21 @@ class TrainingConfig(BaseModel):
             raise ValueError("must not be empty")
         return value.strip()
 
+    @field_validator("bucket_reso_steps")
+    @classmethod
+    def _check_bucket_steps(cls, value: int) -> int:
+        if value % 16:
+            raise ValueError(f"must be a multiple of 16 (Anima needs it), got {value}")
+        return value
+
     @model_validator(mode="after")
     def _check_buckets(self) -> "TrainingConfig":
-        if self.bucket_reso_steps % 16:
-            raise ValueError(f"bucket_reso_steps must be a multiple of 16 (Anima needs it), got {self.bucket_reso_steps}")
+        # Flag names: a cross-field error has no single key to blame, and most users typed flags.
         if self.min_bucket_reso > self.resolution or self.max_bucket_reso < self.resolution:
-            raise ValueError("resolution must lie between min_bucket_reso and max_bucket_reso")
+            raise ValueError(
+                f"--resolution {self.resolution} must lie between --min-bucket-reso {self.min_bucket_reso} "
+                f"and --max-bucket-reso {self.max_bucket_reso}; change one of them"
+            )
         return self
 
     # --- Derived values -------------------------------------------------------------------------
@@ -255,19 +267,59 @@ def diff_training_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML or JSON config file into a dict of field values (validated by the caller)."""
+    """Read a TOML or JSON config file into a dict of field values (validated by the caller).
+
+    Every error names the file: the user may not connect a bad key with the --config flag.
+
+    Raises:
+        FileNotFoundError: no such file.
+        UserInputError: not .toml/.json, unparsable, sections instead of top-level keys, or unknown keys.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json":
-        data = json.loads(text)
-    elif path.suffix.lower() == ".toml":
-        import tomllib  # noqa: PLC0415
+        raise FileNotFoundError(f"config file not found: {path}; check the --config path")
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".json"):
+        raise UserInputError(f"config file must end in .toml or .json: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+        if suffix == ".json":
+            data = json.loads(text)
+        else:
+            import tomllib  # noqa: PLC0415
 
-        data = tomllib.loads(text)
-    else:
-        raise ValueError(f"config file must end in .toml or .json: {path}")
+            data = tomllib.loads(text)
+    except UnicodeDecodeError as exc:
+        raise UserInputError(f"{path}: not UTF-8 text; save the file as UTF-8") from exc
+    except ValueError as exc:  # TOMLDecodeError and JSONDecodeError both say where the syntax breaks
+        raise UserInputError(f"{path}: not valid {suffix[1:].upper()}: {exc}; fix that line") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"config file must hold a table of settings: {path}")
+        raise UserInputError(f"{path}: the file must hold settings as keys at the top level, such as network_dim = 8")
+    tables = [key for key, value in data.items() if isinstance(value, dict)]
+    if tables:  # no setting takes a table: a [section] header means the keys are nested one level too deep
+        shown = f"[{tables[0]}]" if suffix == ".toml" else repr(tables[0])
+        raise UserInputError(
+            f"{path}: {shown} is a table; the file must hold settings at the top level (network_dim = 8), "
+            "without table headers"
+        )
+    unknown = [key for key in data if key not in TrainingConfig.model_fields]
+    if unknown:
+        hints = [_unknown_key(key) for key in unknown]
+        if any(hint is None for hint in hints):
+            names = ", ".join(repr(key) for key, hint in zip(unknown, hints) if hint is None)
+            hints = [hint for hint in hints if hint] + [
+                f"unknown setting{'s' if ',' in names else ''} {names}; the keys are the flags of `anima-lora train --help` with underscores, "
+                "as in network_dim"
+            ]
+        raise UserInputError(f"{path}: {'; '.join(hints)}")
     return data
+
+
+def _unknown_key(key: str) -> str | None:
+    """The likely intended setting for a key that is none, or None when nothing comes close."""
+    fields = list(TrainingConfig.model_fields)
+    underscored = key.replace("-", "_")
+    if underscored in fields:
+        return f"unknown setting {key!r}; keys use underscores: {underscored}"
+    close = difflib.get_close_matches(underscored, fields, n=1)
+    return f"unknown setting {key!r} (did you mean {close[0]!r}?)" if close else None

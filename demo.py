@@ -33,7 +33,9 @@ def make_demo_dataset(dest: Path, n_images: int = 6, seed: int = 0) -> Path:
     return dest
 
 
-def demo_config(work_dir: Path | None = None, *, storage: str | None = None, epochs: int | None = None) -> TrainingConfig:
+def demo_config(
+    work_dir: Path | None = None, *, storage: str | None = None, epochs: int | None = None, restart: bool = False
+) -> TrainingConfig:
     """Build (once) the tiny model and dataset, and return a config that trains on them in minutes on CPU."""
     from .trainer.tiny import build_tiny_model  # noqa: PLC0415 - pulls in torch and diffusers
 
@@ -63,4 +65,5 @@ def demo_config(work_dir: Path | None = None, *, storage: str | None = None, epo
         gradient_checkpointing=False,
         save_every_n_epochs=1,
         save_state_every_minutes=0,
+        restart=restart,
     )

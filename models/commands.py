@@ -26,11 +26,16 @@ def add_models_parser(subparsers) -> None:
     commands = parser.add_subparsers(dest="models_command", required=True, metavar="{download,list,verify}")
     for name, text in _HELP.items():
         sub = commands.add_parser(name, help=text, description=text)
-        sub.add_argument("--base-model", default="anima-base-v1.0", choices=list(registry.BASE_MODELS))
-        sub.add_argument("--backend", default="native", choices=["native", "sd-scripts"])
-        sub.add_argument("--cache-dir", type=Path, default=None, help="folder for the downloads (default: the HF cache)")
+        sub.add_argument("--base-model", default="anima-base-v1.0", choices=list(registry.BASE_MODELS),
+                         help="the model train's --base-model names (default: anima-base-v1.0)")
+        sub.add_argument("--backend", default="native", choices=["native", "sd-scripts"],
+                         help="the trainer the files are for, as train's --trainer: native takes a Diffusers folder, "
+                              "sd-scripts single files (default: native)")
+        sub.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
+                         help="folder for the downloads (default: the HF cache)")
         sub.add_argument(
-            "--durable-cache", default=None, help="durable copy (e.g. /content/drive/MyDrive/anima-models) to reuse"
+            "--durable-cache", default=None, metavar="PATH_OR_URL",
+            help="durable copy (e.g. /content/drive/MyDrive/anima-models) to reuse; train's --models-cache",
         )
         sub.set_defaults(func=run_models)
 

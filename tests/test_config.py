@@ -86,3 +86,44 @@ def test_config_files(tmp_path):
     assert TrainingConfig(**load_config_file(js)).repeats == 2
     with pytest.raises(ValueError, match=".toml or .json"):
         load_config_file(tmp_path / "c.yaml") if (tmp_path / "c.yaml").write_text("x") else None
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ('dataset = "/d"\nnetwrk_dim = 8\n', "c.toml: unknown setting 'netwrk_dim' (did you mean 'network_dim'?)"),
+        ("network-dim = 8\n", "c.toml: unknown setting 'network-dim'; keys use underscores: network_dim"),
+        ("foo_bar = 3\n", "c.toml: unknown setting 'foo_bar'; the keys are the flags of `anima-lora train --help`"),
+        ("[training]\nnetwork_dim = 8\n", "c.toml: [training] is a table; the file must hold settings at the top level"),
+        ('dataset = "/d"\n[x\n', "c.toml: not valid TOML: Expected ']'"),
+    ],
+)
+def test_config_file_errors_name_the_file(tmp_path, monkeypatch, text, says):
+    from anima_lora_flow.errors import UserInputError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.toml").write_text(text)
+    with pytest.raises(UserInputError) as info:
+        load_config_file("c.toml")
+    assert str(info.value).startswith(says)
+
+
+def test_json_config_errors_name_the_file(tmp_path):
+    bad = tmp_path / "c.json"
+    bad.write_text('{"training": {"network_dim": 8}}')
+    with pytest.raises(ValueError, match=r"c.json: 'training' is a table"):
+        load_config_file(bad)
+    bad.write_text('{"a": ')
+    with pytest.raises(ValueError, match=r"c.json: not valid JSON"):
+        load_config_file(bad)
+    bad.write_text("[1]")
+    with pytest.raises(ValueError, match=r"c.json: the file must hold settings as keys at the top level"):
+        load_config_file(bad)
+
+
+def test_bucket_errors_point_at_the_setting():
+    with pytest.raises(ValidationError) as info:
+        TrainingConfig(dataset="d", bucket_reso_steps=40)
+    assert info.value.errors()[0]["loc"] == ("bucket_reso_steps",)
+    with pytest.raises(ValidationError, match="--resolution 512 must lie between --min-bucket-reso 1024 and --max-bucket-reso"):
+        TrainingConfig(dataset="d", resolution=512, min_bucket_reso=1024)
