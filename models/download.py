@@ -185,12 +185,12 @@ def validate_models_dir(models_dir: str | Path) -> ModelPaths:
     """
     root = Path(models_dir).expanduser()
     if not root.is_dir():
-        raise ModelInputError(f"models_dir {root} does not exist; point it at a Diffusers-format Anima folder")
+        raise ModelInputError(f"--models-dir {root} does not exist; point it at a Diffusers-format Anima folder")
     missing = [s for s in registry.DIFFUSERS_SUBFOLDERS if not (root / s).is_dir()]
     if missing:
         raise ModelInputError(
-            f"models_dir {root} lacks {', '.join(m + '/' for m in missing)}; point it at a Diffusers-format Anima folder "
-            f"(like {registry.DIFFUSERS_REPO}) or unset it to download one"
+            f"--models-dir {root} lacks {', '.join(m + '/' for m in missing)}; point it at a Diffusers-format Anima folder "
+            f"(like {registry.DIFFUSERS_REPO}) or leave out --models-dir to download one"
         )
     return ModelPaths(diffusers_dir=root)
 

@@ -217,7 +217,7 @@ def classify(
     if _offline_mode(exc):
         return ModelInputError(
             f"{what}: HF_HUB_OFFLINE is set and the file is not in the local cache; unset HF_HUB_OFFLINE "
-            "or set models_dir to a local copy"
+            "or train from a local Diffusers-format copy with `anima-lora train --models-dir DIR`"
         ), False
     if isinstance(exc, HfHubHTTPError) and exc.response is not None:
         status = exc.response.status_code
@@ -229,7 +229,7 @@ def classify(
     if names & _CONNECT_NAMES and first_contact:
         return ModelInputError(
             f"cannot reach {hub.url}: check the internet connection (on Kaggle switch Internet on in the "
-            "notebook settings), or set models_dir to a local copy"
+            "notebook settings), or train from a local Diffusers-format copy with `anima-lora train --models-dir DIR`"
         ), True
     if names & _TRANSIENT_NAMES or isinstance(exc, LocalEntryNotFoundError) or _consistency_error(exc):
         return ModelNetworkError(

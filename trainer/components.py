@@ -28,7 +28,7 @@ def check_models_dir(models_dir: Path) -> Path:
     if missing:
         raise FileNotFoundError(
             f"{models_dir} is not a Diffusers-format Anima folder: missing {', '.join(missing)} "
-            "(set models_dir to a folder made by the models stage or by trainer.tiny.build_tiny_model)"
+            "(pass --models-dir a Diffusers-format Anima folder, or leave it out to download one)"
         )
     return models_dir
 
