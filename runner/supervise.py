@@ -124,6 +124,8 @@ def _apply(event: Event, outcome: Outcome, syncer: CheckpointSyncer | None) -> N
     kind = event.event
     if kind == "plan":
         outcome.total_steps = event.get("total_steps", outcome.total_steps)
+        # A resumed run has done these steps already, even if it stops before its first step event.
+        outcome.step = max(outcome.step, int(event.get("start_step") or 0))
     elif kind == "step":
         outcome.step = int(event.get("step", outcome.step))
         outcome.total_steps = event.get("total", outcome.total_steps)
@@ -134,11 +136,17 @@ def _apply(event: Event, outcome: Outcome, syncer: CheckpointSyncer | None) -> N
             outcome.losses.append((outcome.step, outcome.last_loss))
     elif kind == "checkpoint" and syncer is not None:
         if event.get("kind") == "state":
-            syncer.submit_state(event["path"], step=int(event.get("step", 0)), epoch=event.get("epoch"))
+            # What the next run needs to tell "resume" from "already complete" and to name the epoch.
+            facts = {"total_steps": event.get("total_steps") or outcome.total_steps,
+                     "step_in_epoch": event.get("step_in_epoch"), "epochs": event.get("epochs")}
+            syncer.submit_state(event["path"], step=int(event.get("step", 0)), epoch=event.get("epoch"),
+                                facts={k: v for k, v in facts.items() if v is not None})
         elif event.get("kind") == "lora" and _is_epoch_lora(event.get("path", "")):
             syncer.submit_lora(event["path"], epoch=event.get("epoch"), step=int(event.get("step", 0)))
     elif kind == "stopped":
         outcome.stopped = True
+        # Step events come every LOG_EVERY steps: the step the state was saved at may be newer.
+        outcome.step = max(outcome.step, int(event.get("step") or 0))
         # The supervisor's own reason (the deadline) says more than the trainer's ("SIGTERM").
         outcome.stop_reason = outcome.stop_reason or event.get("reason")
     elif kind == "done":

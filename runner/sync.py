@@ -28,6 +28,7 @@ class _Upload:
     epoch: int | None = None
     dest: str | None = None
     attempts: int = 0
+    facts: dict[str, Any] = field(default_factory=dict)  # a state's own manifest fields
 
 
 @dataclass
@@ -78,9 +79,9 @@ class CheckpointSyncer:
         name = self.store.checkpoint_name(epoch)
         self._put(_Upload("lora", Path(path), step=step, epoch=epoch, dest=f"checkpoints/{name}"))
 
-    def submit_state(self, path: str | Path, *, step: int, epoch: int | None) -> None:
+    def submit_state(self, path: str | Path, *, step: int, epoch: int | None, facts: dict[str, Any] | None = None) -> None:
         self._newest_state_step = max(self._newest_state_step, step)
-        self._put(_Upload("state", Path(path), step=step, epoch=epoch))
+        self._put(_Upload("state", Path(path), step=step, epoch=epoch, facts=dict(facts or {})))
 
     def submit_file(self, path: str | Path, dest: str) -> None:
         self._put(_Upload("file", Path(path), dest=dest))
@@ -154,7 +155,7 @@ class CheckpointSyncer:
         if item.kind == "state":
             self.store.publish_state(
                 item.path, item.step, epoch=item.epoch or 0, fingerprint=self.fingerprint,
-                extra=self.state_extra, keep_last=self.keep_last_states,
+                extra={**self.state_extra, **item.facts}, keep_last=self.keep_last_states,
             )
             self.status.durable_step = max(self.status.durable_step, item.step)
             self._prune_local_state(item.path)

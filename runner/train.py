@@ -20,6 +20,7 @@ from ..errors import NotBuiltError
 from ..storage.drive import remount_on_drop
 from ..storage.runstore import RunStore
 from ..trainer.events import Event
+from ..trainer.files import kohya_name
 from ..trainer.process import start_process_group
 from .resume import ResumePoint, find_resume_point, state_extra
 from .supervise import EXIT_STOPPED, Outcome, supervise
@@ -27,7 +28,14 @@ from .sync import CheckpointSyncer
 
 
 class TrainingFailedError(RuntimeError):
-    """The trainer exited with an error; the message carries its last words and the log's place."""
+    """The trainer exited with an error; the message carries its last words and the log's place.
+
+    `result` is the failed session (the step it reached, its total), for the run history.
+    """
+
+    def __init__(self, message: str, result: "SessionResult | None" = None):
+        super().__init__(message)
+        self.result = result
 
 
 @dataclass
@@ -46,6 +54,7 @@ class SessionResult:
     unsynced_steps: int = 0
     losses: list[tuple[int, float]] = field(default_factory=list)
     resume_note: str = ""
+    already_complete: bool = False  # the saved state was the last step: nothing was trained or rewritten
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,11 +86,17 @@ def run_training_session(
     """Resume from storage, train in a subprocess, sync as checkpoints land, publish the final LoRA."""
     fingerprint = config.fingerprint(dataset_fingerprint)
     fields = config.training_fields()
+    # Written here, not when storage is mounted: a run refused for its dataset or plan leaves no config behind.
+    store.write_json(f"configs/{run_id}/config.json", config.model_dump(mode="json"))
     resume = find_resume_point(
         store, fingerprint=fingerprint, training_fields=fields, dataset_fingerprint=dataset_fingerprint,
         download_to=work_dir / "resume", restart=config.restart,
     )
     log(resume.describe())
+    if resume.complete:
+        finished = _already_complete(store, resume, fingerprint, run_id, log)
+        if finished is not None:
+            return finished
     run_dir = work_dir / "runs" / run_id
     output_dir = run_dir / "output"
     events_path = run_dir / "events.jsonl"
@@ -105,8 +120,41 @@ def run_training_session(
         _upload_log(store, log_path, run_id, log)
     result = _session_result(run_id, outcome, resume, syncer, store, flushed)
     if result.outcome == "failed":
-        raise TrainingFailedError(_failure_message(outcome, log_path))
+        raise TrainingFailedError(_failure_message(outcome, log_path), result)
     return result
+
+
+def _already_complete(store: RunStore, resume: ResumePoint, fingerprint: str, run_id: str, log) -> SessionResult | None:
+    """The result of a run whose saved state is its last step and whose final LoRA is in storage; None
+    when that LoRA must be written again from the state (missing, unreadable, or another run's)."""
+    rel = f"checkpoints/{store.checkpoint_name()}"
+    meta = store.lora_metadata(rel)
+    if meta is None and not store.exists(rel):
+        log(f"training is complete but its final LoRA is missing from storage: writing it again from the state "
+            f"at step {resume.step} (no training)")
+        return None
+    if meta is None or not _lora_of(meta, fingerprint, resume.step):
+        # Not this state's LoRA (or not a LoRA at all): kept in the archive, never overwritten.
+        moved = store.archive([r for r in (rel, kohya_name(rel)) if store.exists(r)])
+        log(f"the final LoRA in storage is not the one of the state at step {resume.step}: moved it to "
+            f"{moved[rel]}; writing it again from the state (no training)")
+        return None
+    path = store.path(rel)
+    log(f"its final LoRA is in storage: {path}. Nothing to train or write; --restart trains again from step 0 "
+        "and moves this run's states and LoRAs to archive/")
+    return SessionResult(
+        run_id=run_id, outcome="completed", steps_done=resume.step, total_steps=resume.total_steps,
+        start_step=resume.step, final_lora=path, lora_bytes=store.fs.size(path), resume_note=resume.describe(),
+        already_complete=True,
+    )
+
+
+def _lora_of(meta: dict[str, str], fingerprint: str, step: int) -> bool:
+    """Whether a final LoRA's metadata says it was exported from this run's state at `step`. The native
+    trainer records its config fingerprint and step; a LoRA without them (sd-scripts) is taken as is."""
+    if "ss_config_fingerprint" not in meta:
+        return True
+    return meta["ss_config_fingerprint"] == fingerprint and meta.get("ss_steps") in (None, str(step))
 
 
 def sd_scripts_command(config: TrainingConfig, spec: dict, *, output_dir: Path, resume: ResumePoint, run_dir: Path,

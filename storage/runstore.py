@@ -8,8 +8,10 @@ is written last. Readers ignore temporary names and states without a manifest.
 Layout:
     configs/<run-id>/...            config.json, training.toml, dataset.toml
     checkpoints/<project>-<epoch:06d>.safetensors, <project>.safetensors
-    state/<step:09d>/...            + manifest.json (step, epoch, fingerprint, files with sha256)
+    state/<step:09d>/...            + manifest.json (step, epoch = epochs finished, fingerprint, files with
+                                    sha256; from the native trainer also step_in_epoch, epochs, total_steps)
     state/LATEST                    the step of the newest published state
+    archive/<folder>-<time>/        what --restart moved aside (states, checkpoints); never deleted
     logs/<run-id>.log, samples/, plan.json, runs.jsonl
 """
 
@@ -32,6 +34,7 @@ CHUNK = 4 * 1024 * 1024
 PART_MARK = ".part-"
 MANIFEST = "manifest.json"
 LATEST = "LATEST"
+ARCHIVE = "archive"
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,12 @@ class StateInfo:
 
     @property
     def epoch(self) -> int | None:
+        """Epochs finished when the state was saved (0-based index of the epoch in progress)."""
         return self.manifest.get("epoch")
+
+    @property
+    def total_steps(self) -> int | None:
+        return self.manifest.get("total_steps")
 
 
 def sha256_file(path: str | Path) -> str:
@@ -285,6 +293,52 @@ class RunStore:
             if self.exists(f"checkpoints/{kohya_name(name)}"):  # its kohya-format copy goes with it
                 self.fs.rm(self.path("checkpoints", kohya_name(name)))
         return doomed
+
+    def lora_metadata(self, rel: str) -> dict[str, str] | None:
+        """The `__metadata__` of a safetensors file in the store ({} without one), read from its header
+        alone; None when the file is missing or is not safetensors."""
+        try:
+            with self.fs.open(self.path(rel), "rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                if not 0 < size <= 100 * 1024 * 1024:  # the format caps its header at 100 MB
+                    return None
+                header = json.loads(fh.read(size))
+        except (OSError, ValueError):
+            return None
+        meta = header.get("__metadata__") if isinstance(header, dict) else None
+        return meta if isinstance(meta, dict) else {}
+
+    # --- archive ------------------------------------------------------------------------------
+    def archive(self, rels: list[str], stamp: str | None = None) -> dict[str, str]:
+        """Move folders or files of this project under archive/, kept whole; return {rel: new path}.
+
+        `state` goes to `archive/state-<stamp>`, `checkpoints/x.safetensors` to
+        `archive/checkpoints-<stamp>/x.safetensors`. The stamp (the time, to the second) gets a suffix
+        when a folder of that name exists already, so an archive is never moved into or over another.
+        """
+        present = [rel.strip("/") for rel in rels if self.exists(rel.strip("/"))]
+        if not present:
+            return {}
+        stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
+        tops = {rel.split("/", 1)[0] for rel in present}
+        suffix, n = stamp, 1
+        while any(self.exists(f"{ARCHIVE}/{top}-{suffix}") for top in tops):
+            n += 1
+            suffix = f"{stamp}-{n}"
+        moved = {}
+        for rel in present:
+            top, _, rest = rel.partition("/")
+            dest = self.path(ARCHIVE, f"{top}-{suffix}", rest)
+            self.fs.makedirs(dest.rsplit("/", 1)[0], exist_ok=True)
+            if self.location.is_local:
+                os.replace(self.path(rel), dest)  # one rename: never a half-moved folder
+            else:
+                # copy, then delete: an interruption leaves both copies, never neither
+                self.fs.mv(self.path(rel), dest, recursive=True)
+            moved[rel] = dest
+        self.fs.invalidate_cache(self.root)
+        self.fs.invalidate_cache(self.path(ARCHIVE))
+        return moved
 
     # --- run history --------------------------------------------------------------------------
     def append_run(self, record: dict[str, Any]) -> None:

@@ -11,7 +11,8 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from anima_lora_flow.dataset.items import TrainItem
+from anima_lora_flow.errors import UserInputError
 
 from .components import TextStack, build_text_stack, build_vae, component_identity, latent_stats, release_memory
 
@@ -38,6 +40,8 @@ class CacheStats:
     latents_reused: int = 0
     texts_encoded: int = 0
     texts_reused: int = 0
+    latents_repaired: int = 0  # cached or fresh entries with NaN/inf, encoded again in fp32
+    texts_repaired: int = 0
 
 
 @dataclass
@@ -135,46 +139,122 @@ def build_cache(
     """Load every item's latent and context from the cache, encoding (and storing) only the missing ones.
 
     The VAE and the text stack are loaded only if something is missing and freed before returning.
+    Every entry is checked for NaN/inf as it is loaded or made: one would poison every step that draws
+    it. Such an entry is encoded again once in fp32 (an old fp16 encode overflows; fp32 does not);
+    if that is still not finite the image or caption is refused, by name.
+
+    Raises:
+        UserInputError: an image or caption that does not encode to finite numbers even in fp32.
     """
     root = Path(work_dir) / "cache"
     stats = CacheStats()
     vae_id = component_identity(models_dir, "vae")
     text_id = component_identity(models_dir, *TEXT_MODULES)
 
-    latent_paths = [root / "latents" / f"{latent_key(item, vae_id)}.safetensors" for item in items]
-    missing = [i for i, path in enumerate(latent_paths) if not path.is_file()]
-    if missing:
-        vae = build_vae(models_dir, device, dtype)
+    @contextmanager
+    def vae_encoder(run_dtype: torch.dtype):
+        vae = build_vae(models_dir, device, run_dtype)
         mean, std = (torch.tensor(v, device=device) for v in latent_stats(models_dir))
-        for i in missing:
-            latent = encode_latent(vae, load_image(items[i].image_path, items[i].bucket), mean, std)
-            _save_tensor(latent_paths[i], latent)
-        del vae
-        release_memory()
-    stats.latents_encoded, stats.latents_reused = len(missing), len(items) - len(missing)
+        try:
+            yield lambda i: encode_latent(vae, load_image(items[i].image_path, items[i].bucket), mean, std)
+        finally:
+            del vae
+            release_memory()
+
+    def bad_image(i: int) -> UserInputError:
+        return UserInputError(
+            f"{items[i].image_path} encodes to NaN/inf latents even in fp32, so it cannot be trained; "
+            "re-save it as an 8-bit RGB PNG or JPEG, or remove it from the dataset"
+        )
+
+    latent_paths = [root / "latents" / f"{latent_key(item, vae_id)}.safetensors" for item in items]
+    latents, (stats.latents_encoded, stats.latents_reused, stats.latents_repaired) = _load_or_encode(
+        latent_paths, dtype, vae_encoder, bad_image, [str(item.image_path) for item in items]
+    )
 
     captions = ["", *dict.fromkeys(item.caption for item in items)]
-    text_paths = {c: root / "text" / f"{text_key(c, text_id)}.safetensors" for c in captions}
-    missing_text = [c for c, path in text_paths.items() if not path.is_file()]
-    if missing_text:
-        text = build_text_stack(models_dir, device, dtype)
-        for caption in missing_text:
-            _save_tensor(text_paths[caption], encode_caption(text, caption))
-        context_length = text.max_length
-        text.free()
-    else:
-        context_length = _conditioner_length(models_dir)
-    stats.texts_encoded, stats.texts_reused = len(missing_text), len(captions) - len(missing_text)
+
+    @contextmanager
+    def text_encoder(run_dtype: torch.dtype):
+        text = build_text_stack(models_dir, device, run_dtype)
+        try:
+            yield lambda i: encode_caption(text, captions[i])
+        finally:
+            text.free()
+
+    def bad_caption(i: int) -> UserInputError:
+        if not captions[i]:
+            return UserInputError(
+                "the empty caption (used for caption dropout) encodes to NaN/inf even in fp32: the text encoder "
+                "files look damaged; run `anima-lora models verify`"
+            )
+        images = [str(item.image_path) for item in items if item.caption == captions[i]]
+        return UserInputError(
+            f"the caption of {images[0]}{f' (and {len(images) - 1} more)' if len(images) > 1 else ''} "
+            f"encodes to NaN/inf even in fp32: {captions[i][:80]!r}; edit that caption or remove the image"
+        )
+
+    text_paths = [root / "text" / f"{text_key(c, text_id)}.safetensors" for c in captions]
+    texts, (stats.texts_encoded, stats.texts_reused, stats.texts_repaired) = _load_or_encode(
+        text_paths, dtype, text_encoder, bad_caption, [f"caption {c[:40]!r}" for c in captions]
+    )
     log.debug("caches: %s", stats)
 
-    contexts = {c: _load_tensor(path) for c, path in text_paths.items()}
+    contexts = dict(zip(captions, texts))
     return TrainingCache(
-        latents=[_load_tensor(p) for p in latent_paths],
+        latents=latents,
         contexts=[contexts[item.caption] for item in items],
         empty_context=contexts[""],
-        context_length=context_length,
+        context_length=_conditioner_length(models_dir),
         stats=stats,
     )
+
+
+def _load_or_encode(
+    paths: list[Path],
+    dtype: torch.dtype,
+    encoder: Callable[[torch.dtype], AbstractContextManager[Callable[[int], torch.Tensor]]],
+    refuse: Callable[[int], Exception],
+    names: list[str],
+) -> tuple[list[torch.Tensor], tuple[int, int, int]]:
+    """Each path's tensor, loaded when cached and finite, else encoded; (tensors, (encoded, reused, repaired))."""
+    tensors: list[torch.Tensor | None] = [None] * len(paths)
+    again = []  # encoded in fp32, once
+    for i, path in enumerate(paths):
+        if path.is_file():
+            tensor = _load_tensor(path)
+            if _finite(tensor):
+                tensors[i] = tensor
+                continue
+            log.warning("%s: its cached entry %s holds NaN/inf; encoding it again in fp32", names[i], path)
+            again.append(i)
+    missing = [i for i, tensor in enumerate(tensors) if tensor is None and i not in again]
+    reused = len(paths) - len(missing) - len(again)
+    if missing:
+        with encoder(dtype) as encode:
+            for i in missing:
+                tensor = encode(i)
+                if _finite(tensor):
+                    _save_tensor(paths[i], tensor)
+                    tensors[i] = tensor
+                elif dtype == torch.float32:
+                    raise refuse(i)  # fp32 again would give the same numbers
+                else:
+                    log.warning("%s: encoding in %s gave NaN/inf; encoding it again in fp32", names[i], dtype)
+                    again.append(i)
+    if again:
+        with encoder(torch.float32) as encode:
+            for i in again:
+                tensor = encode(i)
+                if not _finite(tensor):
+                    raise refuse(i)
+                _save_tensor(paths[i], tensor)  # replaces the poisoned entry for every later run
+                tensors[i] = tensor
+    return tensors, (len(missing), reused, len(again))  # type: ignore[return-value]
+
+
+def _finite(tensor: torch.Tensor) -> bool:
+    return bool(torch.isfinite(tensor).all())
 
 
 def _conditioner_length(models_dir: Path) -> int:

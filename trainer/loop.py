@@ -314,7 +314,9 @@ def save_full_state(s: Session) -> str:
     }
     save_state(folder, p, adapter_state_dict(s.accelerator.unwrap_model(s.model)), training_state)
     prune_states(folder.parent, s.cfg.keep_last_states)
-    emit(s.sink, "checkpoint", kind="state", path=str(folder), step=p.global_step, epoch=p.epoch)
+    # epoch counts finished epochs; step_in_epoch tells an epoch's end from its middle for the resume line.
+    emit(s.sink, "checkpoint", kind="state", path=str(folder), step=p.global_step, epoch=p.epoch,
+         step_in_epoch=p.step_in_epoch, epochs=s.cfg.max_train_epochs, total_steps=p.total_steps)  # fmt: skip
     return s.last_state
 
 

@@ -15,6 +15,7 @@ import torch
 
 from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.dataset.items import TrainItem
+from anima_lora_flow.ui.progress import epoch_position
 
 from .cache import build_cache
 from .components import build_transformer, check_models_dir, speed_up_transformer
@@ -31,7 +32,17 @@ from .loop import (
     train,
     weight_dtype,
 )
-from .state import OPTIMIZER_KEY, RNG_KEY, SCALER_KEY, SCHEDULER_KEY, TrainingProgress, check_resume, load_state, restore_rng
+from .state import (
+    OPTIMIZER_KEY,
+    PROGRESS_FILE,
+    RNG_KEY,
+    SCALER_KEY,
+    SCHEDULER_KEY,
+    TrainingProgress,
+    check_resume,
+    load_state,
+    restore_rng,
+)
 
 __all__ = ["TrainJob", "TrainResult", "run_training", "plan_steps"]
 
@@ -91,7 +102,8 @@ def run_training(
     log.addHandler(forward)
     try:
         plan = plan_steps(items, cfg)
-        emit(sink, "plan", **plan, resume_state=job.resume_state)
+        # The step the state holds, so a resumed run's bar starts there and not at 0.
+        emit(sink, "plan", **plan, resume_state=job.resume_state, start_step=_saved_step(job.resume_state))
         session = build_session(job, cfg, items, models_dir, plan["total_steps"])
         session.sink, session.show_progress = sink, show_progress
         session.stop_requested = stop_requested or (lambda: False)
@@ -113,8 +125,10 @@ def build_session(job: TrainJob, cfg: TrainingConfig, items: list[TrainItem], mo
         cache_dtype = torch.float32 if dtype == torch.float16 else dtype
         cache = build_cache(items, models_dir, Path(job.work_dir), accelerator.device, cache_dtype)
     st = cache.stats
-    log.info("caches: %d latents reused, %d encoded; %d captions reused, %d encoded",
-             st.latents_reused, st.latents_encoded, st.texts_reused, st.texts_encoded)  # fmt: skip
+    log.info("caches: %d latents reused, %d encoded; %d captions reused, %d encoded%s",
+             st.latents_reused, st.latents_encoded, st.texts_reused, st.texts_encoded,
+             f"; {st.latents_repaired} latents and {st.texts_repaired} captions encoded again in fp32 (NaN/inf)"
+             if st.latents_repaired or st.texts_repaired else "")  # fmt: skip
     sampler = build_sampler(items, cfg.batch_size, cfg.micro_batches_per_step, cfg.seed)
     model = build_lora_model(build_transformer(models_dir, dtype, cfg.gradient_checkpointing), cfg.network_dim, cfg.network_alpha, cfg.seed)
     # The optimizer needs the LoRA parameters; the scheduler needs the optimizer and the step count.
@@ -150,8 +164,18 @@ def _restore(folder, cfg, fingerprint, accelerator, model, optimizer, scheduler,
     if accelerator.scaler is not None and training_state[SCALER_KEY] is not None:
         accelerator.scaler.load_state_dict(training_state[SCALER_KEY])
     restore_rng(training_state[RNG_KEY], generator, accelerator.process_index)
-    log.info("resumed from %s at step %d (epoch %d)", folder, progress.global_step, progress.epoch + 1)
+    log.info("resumed from %s at step %d of %d (%s)", folder, progress.global_step, progress.total_steps,
+             epoch_position(progress.epoch, progress.step_in_epoch, cfg.max_train_epochs))  # fmt: skip
     return progress
+
+
+def _saved_step(resume_state: str | None) -> int:
+    if not resume_state:
+        return 0
+    try:
+        return int(json.loads((Path(resume_state) / PROGRESS_FILE).read_text())["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0  # _restore reads the same file and says what is wrong with it
 
 
 def _seed_everything(seed: int) -> None:

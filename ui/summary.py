@@ -13,6 +13,10 @@ def format_bytes(n: int) -> str:
     return f"{n} B"
 
 
+def _known(value) -> str:
+    return "-" if value is None else str(value)
+
+
 def summary_markdown(config: TrainingConfig, result: dict, store_root: str) -> str:
     outcome = result.get("outcome", "?")
     lines = [
@@ -20,12 +24,15 @@ def summary_markdown(config: TrainingConfig, result: dict, store_root: str) -> s
         "",
         "| | |",
         "|---|---|",
-        f"| steps | {result.get('steps_done')} of {result.get('total_steps')} (started at {result.get('start_step', 0)}) |",
+        f"| steps | {_known(result.get('steps_done'))} of {_known(result.get('total_steps'))} "
+        f"(started at {result.get('start_step', 0)}) |",
         f"| last loss | {result.get('last_loss') if result.get('last_loss') is not None else '-'} |",
         f"| speed | {result.get('sec_per_step') or '-'} s/step |",
         f"| storage | `{store_root}` |",
         f"| final LoRA | `{result.get('final_lora') or '-'}` |",
     ]
+    if result.get("already_complete"):
+        lines += ["", "Training was already complete: nothing was trained and the final LoRA was left as it was."]
     if outcome == "stopped":
         lines += ["", f"Stopped to save the session ({result.get('stop_reason')}). "
                       "Run the same cell or command again in a new session to continue from the saved state."]
@@ -38,7 +45,9 @@ def summary_text(config: TrainingConfig, result: dict) -> str:
     outcome = result.get("outcome")
     if outcome == "dry-run":
         return _dry_run_text(config, result)
-    head = f"{config.project_name}: {outcome}, {result.get('steps_done')}/{result.get('total_steps')} steps"
+    if result.get("already_complete"):
+        outcome = "already complete, nothing trained"
+    head = f"{config.project_name}: {outcome}, {_known(result.get('steps_done'))}/{_known(result.get('total_steps'))} steps"
     if result.get("sec_per_step"):
         head += f" at {result['sec_per_step']:.2f} s/step"
     lines = [head]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from anima_lora_flow.config import TrainingConfig
@@ -68,6 +70,65 @@ def test_restart_archives_instead_of_deleting(store, tmp_path):
     cfg = TrainingConfig(dataset="x")
     _publish(store, tmp_path, 10, cfg)
     point = _find(store, TrainingConfig(dataset="x", learning_rate=3e-4), tmp_path, restart=True)
-    assert point.state is None and "moved to" in point.skipped[0]
+    assert point.state is None and "states moved to" in point.notes[0]
+    assert "moved to" in point.describe()
     assert store.list_states() == []
     assert store.listdir("archive")
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_restart_moves_the_earlier_loras_aside_too(where, tmp_path, memory_fs):
+    store = RunStore(resolve_location(str(tmp_path / "runs") if where == "local" else "memory://runs"), "p")
+    cfg = TrainingConfig(dataset="x")
+    _publish(store, tmp_path, 10, cfg)
+    for name, payload in (("p-000001.safetensors", b"epoch one"), ("p.safetensors", b"final"),
+                          ("p.kohya.safetensors", b"kohya")):
+        store.write_bytes(f"checkpoints/{name}", payload)
+
+    first = _find(store, cfg, tmp_path, restart=True)
+    moved = dict(note.split(" moved to ") for note in first.notes)
+    assert set(moved) == {"--restart: the earlier states", "--restart: the earlier checkpoints"}
+    kept = moved["--restart: the earlier checkpoints"].removesuffix(" (nothing deleted)")
+    assert kept.rsplit("/", 1)[1].startswith("checkpoints-")
+    with store.fs.open(f"{kept}/p.safetensors", "rb") as fh:
+        assert fh.read() == b"final"
+    assert store.list_checkpoints() == [] and store.list_states() == []
+
+    # A second restart within the same second never moves into (or over) the first archive.
+    (tmp_path / "again").mkdir()
+    _publish(store, tmp_path / "again", 5, cfg)
+    store.write_bytes("checkpoints/p.safetensors", b"second final")
+    stamp = kept.rsplit("checkpoints-", 1)[1]
+    again = store.archive(["state", "checkpoints"], stamp=stamp)
+    assert again["checkpoints"] == f"{kept}-2" and again["state"].endswith(f"state-{stamp}-2")
+    with store.fs.open(f"{kept}/p.safetensors", "rb") as fh:
+        assert fh.read() == b"final"
+    with store.fs.open(f"{kept}-2/p.safetensors", "rb") as fh:
+        assert fh.read() == b"second final"
+    assert sorted(store.listdir("archive")) == sorted(
+        [kept.rsplit("/", 1)[1], f"{kept.rsplit('/', 1)[1]}-2", f"state-{stamp}", f"state-{stamp}-2"])
+
+
+def test_the_resume_line_names_epochs_one_based(store, tmp_path):
+    cfg = TrainingConfig(dataset="x", max_train_epochs=10)
+    folder = tmp_path / "s39"
+    folder.mkdir()
+    (folder / "adapter.safetensors").write_bytes(b"w")
+    # What the trainer reports for a stop at step 39 with 12 steps per epoch: 3 epochs finished, 3 steps into the 4th.
+    store.publish_state(folder, 39, epoch=3, fingerprint=cfg.fingerprint("d"),
+                        extra={**state_extra(cfg.training_fields(), "d"), "step_in_epoch": 3, "total_steps": 120})
+    point = _find(store, cfg, tmp_path)
+    assert point.describe() == "resuming from the state saved at step 39 of 120, in epoch 4 of 10"
+    assert not point.complete
+
+
+def test_a_state_from_before_total_steps_is_judged_by_its_progress_file(store, tmp_path):
+    """Manifests written before they held total_steps: the native state's progress.json says it is the last step."""
+    cfg = TrainingConfig(dataset="x", max_train_epochs=2)
+    folder = tmp_path / "s24"
+    folder.mkdir()
+    (folder / "progress.json").write_text(json.dumps({"global_step": 24, "epoch": 2, "step_in_epoch": 0, "total_steps": 24}))
+    store.publish_state(folder, 24, epoch=2, fingerprint=cfg.fingerprint("d"), extra=state_extra(cfg.training_fields(), "d"))
+    point = _find(store, cfg, tmp_path)
+    assert point.complete and point.total_steps == 24
+    assert point.describe() == "training is already complete: the state saved at step 24 of 24, after epoch 2 of 2 is its last"

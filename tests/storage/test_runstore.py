@@ -117,3 +117,28 @@ def test_runs_jsonl_appends(store):
     store.append_run({"run": 1, "outcome": "stopped"})
     store.append_run({"run": 2, "outcome": "completed"})
     assert [r["run"] for r in store.runs()] == [1, 2]
+
+
+def test_lora_metadata_is_read_from_the_header(store, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "lora.safetensors"
+    save_file({"w": torch.ones(2)}, str(path), metadata={"ss_steps": "24", "ss_config_fingerprint": "f"})
+    store.publish_file(path, "checkpoints/proj.safetensors")
+    assert store.lora_metadata("checkpoints/proj.safetensors") == {"ss_steps": "24", "ss_config_fingerprint": "f"}
+    store.write_bytes("checkpoints/broken.safetensors", b"not a safetensors file")
+    assert store.lora_metadata("checkpoints/broken.safetensors") is None
+    assert store.lora_metadata("checkpoints/missing.safetensors") is None
+
+
+def test_archive_moves_one_file_into_a_stamped_folder_and_nothing_when_absent(store):
+    store.write_bytes("checkpoints/proj.safetensors", b"final")
+    store.write_bytes("checkpoints/proj-000001.safetensors", b"epoch")
+    moved = store.archive(["checkpoints/proj.safetensors", "checkpoints/nothing.safetensors"], stamp="T")
+    assert moved == {"checkpoints/proj.safetensors": store.path("archive", "checkpoints-T", "proj.safetensors")}
+    assert store.list_checkpoints() == ["proj-000001.safetensors"]
+    assert store.listdir("archive/checkpoints-T") == ["proj.safetensors"]
+    with store.fs.open(moved["checkpoints/proj.safetensors"], "rb") as fh:
+        assert fh.read() == b"final"
+    assert store.archive(["state"]) == {}

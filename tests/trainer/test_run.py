@@ -133,3 +133,24 @@ def test_nan_training_stops_without_overwriting_good_states(job, tmp_path, tiny_
     states = sorted(p.name for p in (tmp_path / "nan" / "state").iterdir())
     assert states == ["step_00000001"]  # the NaN weights were never written, the good state never pruned
     assert not list((tmp_path / "nan").glob("*.safetensors"))
+
+
+def test_events_and_the_resume_line_name_epochs_one_based(job):
+    """3 steps per epoch, 2 epochs: a stop at step 4 is in epoch 2; a resume of the last state is after epoch 2 of 2."""
+    events = []
+    calls = iter(range(1, 100))
+    first = run_training(job("epochs"), events.append, stop_requested=lambda: next(calls) >= 4)
+    states = [e for e in events if e.event == "checkpoint" and e["kind"] == "state"]
+    assert [(e["step"], e["epoch"], e["step_in_epoch"], e["epochs"], e["total_steps"]) for e in states] == [
+        (3, 1, 0, 2, 6), (4, 1, 1, 2, 6)]  # epoch counts finished epochs; step_in_epoch tells end from middle
+
+    resumed = []
+    done = run_training(job("epochs", resume=first.state), resumed.append)
+    assert resumed[0].event == "plan" and resumed[0]["start_step"] == 4  # the bar starts at 4/6, not 0/6
+    lines = [e["message"] for e in resumed if e.event == "log"]
+    assert any(line.endswith("at step 4 of 6 (in epoch 2 of 2)") for line in lines), lines
+
+    again = []
+    run_training(job("epochs", resume=done.state), again.append)
+    assert any(e["message"].endswith("at step 6 of 6 (after epoch 2 of 2)") for e in again if e.event == "log")
+    assert not [e for e in again if e.event == "step"]  # nothing trained: the state was the last step
