@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import re
-import socket
 import shutil
 import time
 from dataclasses import dataclass
@@ -16,9 +15,9 @@ from typing import Literal
 from urllib.parse import parse_qs, urlparse
 
 import requests
-from urllib3.exceptions import NameResolutionError
 
 from anima_lora_flow.dataset.report import DatasetError
+from anima_lora_flow.storage.location import install_hint, unknown_protocol, unreachable_reason
 
 SourceKind = Literal["folder", "file", "drive-file", "drive-folder", "http", "fsspec"]
 
@@ -28,6 +27,7 @@ _DRIVE_HOSTS = {"drive.google.com", "docs.google.com", "drive.usercontent.google
 _DRIVE_ID = re.compile(r"^(?=[^A-Z]*[A-Z])(?=[^a-z]*[a-z])(?=\D*\d)(?!.*(?:(?:[A-Z]?[a-z]{3,}|[A-Z]{3,})[_-]){2})[A-Za-z0-9_-]{25,60}$")
 _LOOSE_ID = re.compile(r"^[A-Za-z0-9_-]{25,}$")  # could be a Drive id the strict check refused: name the share link
 _CHUNK = 1 << 16  # small enough that a cut connection leaves most bytes for the resume
+_DRIVE_STAMP = ".anima-download.json"  # hidden: neither validated nor taken for the one archive of a folder
 _DRIVE_HINT = (
     "open its sharing settings and choose 'Anyone with the link', or copy it into your own Drive "
     "(and mount Drive and pass the /content/drive/... path)"
@@ -39,6 +39,20 @@ log = logging.getLogger("anima_lora_flow.dataset")
 
 class FetchError(ConnectionError):
     """A download failed for a reason that may go away (network, server busy): worth a retry."""
+
+
+class UnreachableError(DatasetError):
+    """The source's host cannot be reached (name not resolved, connection refused): a retry will not help."""
+
+    def __init__(self, url: str, reason: str):
+        super().__init__(f"{reason}: check the URL and the network")
+        self.url, self.reason = url, reason
+
+
+def unreachable_error(url: str, exc: BaseException) -> UnreachableError | None:
+    """UnreachableError when `exc` (or what it wraps) says `url`'s host cannot be reached, else None."""
+    reason = unreachable_reason(url, exc)
+    return UnreachableError(url, reason) if reason else None
 
 
 @dataclass(frozen=True)
@@ -118,8 +132,9 @@ def download_http(url: str, dest: Path, *, attempts: int = 5, backoff: float = 2
     cannot be asked, the copy is used with a one-line notice.
 
     Raises:
-        DatasetError: the server refuses the URL (404, 401, 403...), its host name does not resolve, or
-            it answers with a web page instead of a file: retrying will not help.
+        DatasetError: the server refuses the URL (404, 401, 403...), its host cannot be reached (name
+            not resolved, connection refused), or it answers with a web page instead of a file:
+            retrying will not help.
         FetchError: the network kept failing after `attempts` tries with exponential backoff.
     """
     if dest.is_file() and _cached_copy_is_current(url, dest, timeout):
@@ -136,8 +151,9 @@ def download_http(url: str, dest: Path, *, attempts: int = 5, backoff: float = 2
             _stamp_path(dest).write_text(json.dumps(stamp))
             return dest
         except (requests.RequestException, FetchError) as exc:
-            if _is_name_resolution_error(exc):  # DNS does not heal in seconds: say so now, without retries
-                raise _unresolved(url) from exc
+            unreachable = unreachable_error(url, exc)
+            if unreachable:  # DNS or a closed port does not heal during a backoff: say so now
+                raise unreachable from exc
             last = exc
             if attempt + 1 < attempts:
                 time.sleep(backoff * 2**attempt)
@@ -187,8 +203,9 @@ def _cached_copy_is_current(url: str, dest: Path, timeout: float) -> bool:
     try:
         remote = _remote_validators(url, min(timeout, 15))
     except (requests.RequestException, FetchError) as exc:
-        reason = f"cannot resolve host {urlparse(url).hostname!r}" if _is_name_resolution_error(exc) else "the server cannot be reached"
-        log.warning("%s: using the copy downloaded %s (%s)", url, saved.get("downloaded_at", "earlier"), reason)
+        reason = unreachable_reason(url, exc) or type(exc).__name__
+        log.warning("%s: using the copy downloaded %s, as the server cannot be reached (%s)",
+                    url, saved.get("downloaded_at", "earlier"), reason)
         return True
     if remote is None:  # the server refuses a check (404, 403...): the real download will say why
         return False
@@ -234,25 +251,6 @@ def _read_stamp(dest: Path) -> dict:
         return {}
 
 
-def _is_name_resolution_error(exc: BaseException | None) -> bool:
-    """True when the host name did not resolve (urllib3 wraps socket.gaierror a few causes deep)."""
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, (NameResolutionError, socket.gaierror)):
-            return True
-        if any(isinstance(arg, BaseException) and _is_name_resolution_error(arg) for arg in getattr(exc, "args", ())):
-            return True
-        reason = getattr(exc, "reason", None)
-        if isinstance(reason, BaseException) and _is_name_resolution_error(reason):
-            return True
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return False
-
-
-def _unresolved(url: str) -> DatasetError:
-    return DatasetError(f"cannot resolve host {urlparse(url).hostname!r}; check the URL and the internet connection")
-
-
 def _check_status(resp: requests.Response, url: str) -> None:
     code = resp.status_code
     if code in (200, 206):
@@ -270,25 +268,90 @@ def _check_status(resp: requests.Response, url: str) -> None:
 def download_drive(file_id: str, dest_dir: Path, *, folder: bool = False) -> Path:
     """Download a Drive file (returns its path) or folder (returns `dest_dir`) with gdown, resuming.
 
+    Drive cannot be asked whether a file changed, so a finished download in `dest_dir` is reused as
+    it is; each reuse logs a warning naming the copy, when it was downloaded, and the folder to delete
+    for a fresh download. When Drive cannot be reached, a finished copy is used with the same notice.
+
     Raises:
-        DatasetError: the file is private, over its download quota, or missing (one sentence, with the fix).
+        DatasetError: the file is private, over its download quota, or missing, or Google Drive cannot
+            be reached and no copy was downloaded before (one sentence, with the fix).
         FetchError: the network failed.
     """
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    stamp = _read_json(dest_dir / _DRIVE_STAMP)
+    before = {p.name: p.stat().st_mtime_ns for p in dest_dir.iterdir() if p.is_file()}
+    what = f"Google Drive {'folder' if folder else 'file'} {file_id}"
+    try:
+        got = _gdown(file_id, dest_dir, folder)
+    except UnreachableError as exc:
+        cached = _finished_drive_copy(dest_dir, stamp, folder)
+        if cached is None:
+            raise
+        log.warning("%s: using the copy downloaded %s in %s, as Google Drive cannot be reached (%s)",
+                    what, stamp.get("downloaded_at", "earlier"), dest_dir, exc.reason)
+        return cached
+    reused = got.name in before and got.is_file() and got.stat().st_mtime_ns == before[got.name]
+    if folder and stamp:
+        log.warning("%s: files already in %s (downloaded %s) were reused and only new ones fetched; "
+                    "Drive files are not checked for updates: delete that folder to download them all again",
+                    what, dest_dir, stamp.get("downloaded_at", "earlier"))
+    elif reused:
+        when = stamp.get("downloaded_at") if stamp.get("file") == got.name else _iso(got.stat().st_mtime)
+        log.warning("%s: using the copy downloaded %s (%s); Drive files are not checked for updates: "
+                    "delete %s to download it again", what, when, got, dest_dir)
+        stamp = {"file": got.name, "downloaded_at": when}
+    else:
+        stamp = {"file": None if folder else got.name, "downloaded_at": _iso(time.time())}
+    (dest_dir / _DRIVE_STAMP).write_text(json.dumps(stamp))
+    return got
+
+
+def _gdown(file_id: str, dest_dir: Path, folder: bool) -> Path:
+    """One quick try, then gdown's own retries only for failures that may heal (not DNS, not a refusal)."""
     import gdown  # noqa: PLC0415  (imports bs4 and friends; only Drive sources need it)
 
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    url = f"https://drive.google.com/uc?id={file_id}"
+    # gdown never retries a folder's listing, so a folder fails fast anyway and keeps its per-file retries.
+    for retries in ((3,) if folder else (0, 3)):
+        try:
+            if folder:
+                gdown.download_folder(id=file_id, output=str(dest_dir), quiet=True, resume=True, retries=retries)
+                return dest_dir
+            out = gdown.download(id=file_id, output=str(dest_dir) + "/", quiet=True, resume=True, retries=retries)
+            if not out:
+                raise translate_gdown_error(RuntimeError("no file"), file_id)
+            return Path(out)
+        except (gdown.exceptions.DownloadError, requests.RequestException) as exc:  # FileURLRetrievalError is a DownloadError
+            unreachable = unreachable_error(url, exc)
+            if unreachable:
+                raise unreachable from exc
+            if isinstance(exc, gdown.exceptions.DownloadError):
+                raise translate_gdown_error(exc, file_id) from exc
+            if retries:
+                raise FetchError(f"Google Drive download of {file_id} failed ({exc}); check the connection and retry") from exc
+    raise AssertionError("unreachable: the last try returns or raises")
+
+
+def _finished_drive_copy(dest_dir: Path, stamp: dict, folder: bool) -> Path | None:
+    """The copy an earlier download finished (its stamp says so), or None."""
+    if not stamp:
+        return None
+    if folder:
+        return dest_dir
+    name = stamp.get("file")
+    return dest_dir / name if name and (dest_dir / name).is_file() else None
+
+
+def _read_json(path: Path) -> dict:
     try:
-        if folder:
-            gdown.download_folder(id=file_id, output=str(dest_dir), quiet=True, resume=True, retries=3)
-            return dest_dir
-        out = gdown.download(id=file_id, output=str(dest_dir) + "/", quiet=True, resume=True, retries=3)
-    except gdown.exceptions.DownloadError as exc:  # FileURLRetrievalError is a DownloadError
-        raise translate_gdown_error(exc, file_id) from exc
-    except requests.RequestException as exc:
-        raise FetchError(f"Google Drive download of {file_id} failed ({exc}); check the connection and retry") from exc
-    if not out:
-        raise translate_gdown_error(RuntimeError("no file"), file_id)
-    return Path(out)
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
 
 
 def translate_gdown_error(exc: BaseException, file_id: str) -> DatasetError:
@@ -310,14 +373,33 @@ def download_fsspec(url: str, dest_dir: Path) -> Path:
     """Copy a file or folder at an fsspec URL into `dest_dir`; return the local file or folder.
 
     Raises:
-        DatasetError: the protocol is unknown, its package is missing, or nothing is at the URL.
+        DatasetError: the URL scheme is unknown, its package is missing, its host cannot be reached,
+            or nothing is at the URL.
     """
+    unknown = unknown_protocol(url)
+    if unknown:
+        raise DatasetError(
+            f"unknown URL scheme '{unknown}://'; use a local path, http(s)://, a Google Drive link, gs://, s3:// or hf://"
+        )
+    try:
+        return _copy_fsspec(url, dest_dir)
+    except ImportError as exc:
+        raise DatasetError(f"cannot open {url}: {exc}; {install_hint(url)}") from exc
+    except ValueError as exc:  # DatasetError is a ValueError too: keep its own message
+        if isinstance(exc, DatasetError):
+            raise
+        raise DatasetError(f"cannot open {url}: {exc}; check the URL") from exc
+    except Exception as exc:  # some filesystems connect when created (ftp), others on first use (hf, gs, s3)
+        unreachable = unreachable_error(url, exc)
+        if unreachable is None:
+            raise
+        raise unreachable from exc
+
+
+def _copy_fsspec(url: str, dest_dir: Path) -> Path:
     import fsspec  # noqa: PLC0415
 
-    try:
-        fs, path = fsspec.url_to_fs(url)
-    except (ImportError, ValueError) as exc:
-        raise DatasetError(f"cannot open {url}: {exc}; install the filesystem's package (e.g. gcsfs, s3fs)") from exc
+    fs, path = fsspec.url_to_fs(url)
     if not fs.exists(path):
         raise DatasetError(f"{url} does not exist; check the URL")
     dest_dir.mkdir(parents=True, exist_ok=True)

@@ -1,12 +1,21 @@
-"""Resolve a location string (local path, /content/drive/..., gs://, s3://, hf://, memory://) to fsspec."""
+"""Resolve a location string (local path, /content/drive/..., gs://, s3://, hf://, memory://) to fsspec.
+
+Also the one place that tells "this host cannot be reached" apart from other failures, for the dataset
+download and the run store alike, whatever library (requests, httpx, aiohttp, ftplib) raised it.
+"""
 
 from __future__ import annotations
 
+import errno
+import socket
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+from fsspec.registry import known_implementations, registry
 
 from ..errors import UserInputError
 from .drive import ensure_drive_mounted, is_drive_path
@@ -36,7 +45,8 @@ def resolve_location(location: str, *, mount_drive: bool = True, **storage_optio
     """Turn a user's location string into (filesystem, root path).
 
     Raises:
-        UserInputError: the string is empty or names an fsspec protocol that is not installed.
+        UserInputError: the string is empty, its URL scheme is unknown or its package is not installed,
+            or its host cannot be reached (for filesystems that connect when created, such as ftp://).
         DriveUnavailableError: a Drive path outside Colab, or the mount failed.
     """
     text = (location or "").strip()
@@ -47,13 +57,20 @@ def resolve_location(location: str, *, mount_drive: bool = True, **storage_optio
         if is_drive_path(path) and mount_drive:
             ensure_drive_mounted(path)
         return Location(LocalFileSystem(), path, text)
+    unknown = unknown_protocol(text)
+    if unknown:
+        raise UserInputError(f"cannot open storage {text!r}: unknown URL scheme '{unknown}://'; use a folder, gs://, s3:// or hf://")
     try:
         fs, root = fsspec.url_to_fs(text, **storage_options)
-    except (ImportError, ValueError) as exc:
-        protocol = text.split("://", 1)[0]
-        hint = {"gs": "gcs", "gcs": "gcs", "s3": "s3"}.get(protocol)
-        extra = f"; install it with: pip install 'anima-lora-flow[{hint}]'" if hint else ""
-        raise UserInputError(f"cannot open storage {text!r}: {exc}{extra}") from exc
+    except ImportError as exc:
+        raise UserInputError(f"cannot open storage {text!r}: {exc}; {install_hint(text)}") from exc
+    except ValueError as exc:
+        raise UserInputError(f"cannot open storage {text!r}: {exc}; check the URL") from exc
+    except Exception as exc:  # some filesystems (ftp, sftp) connect as they are created
+        message = unreachable_message(text, exc)
+        if message is None:
+            raise
+        raise UserInputError(message) from exc
     return Location(fs, root.rstrip("/") or root, text)
 
 
@@ -61,8 +78,8 @@ def resolve_storage(location: str) -> Location:
     """resolve_location for the run store, refusing places that cannot keep it.
 
     Raises:
-        UserInputError: memory:// (gone when the process ends), or a local path that is a file or
-            cannot be created; one line saying what to pass instead.
+        UserInputError: memory:// (gone when the process ends), a local path that is a file or
+            cannot be created, or a URL whose host cannot be reached; one line saying what to do instead.
     """
     loc = resolve_location(location)
     protocols = loc.fs.protocol if isinstance(loc.fs.protocol, tuple) else (loc.fs.protocol,)
@@ -72,18 +89,158 @@ def resolve_storage(location: str) -> Location:
             "pass a folder or a URL such as gs://bucket/runs"
         )
     if loc.is_local:
-        ensure_local_folder(loc.root, "--storage")
+        ensure_local_folder(loc.root, "--storage", instead="a folder or a URL such as gs://bucket/runs")
+    else:
+        _check_reachable(loc)
     return loc
 
 
-def ensure_local_folder(path: str | Path, flag: str) -> Path:
-    """Create `path` (and parents) or raise UserInputError saying why it cannot be a folder."""
+def _check_reachable(loc: Location) -> None:
+    """Ask the store one cheap question now, so an unreachable host stops the run before it starts.
+
+    Only an unreachable host is judged here: any other failure (credentials, permissions) is met again,
+    and handled, where the store is first written.
+    """
+    try:
+        loc.fs.exists(loc.root)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        message = unreachable_message(loc.url, exc)
+        if message is not None:
+            raise UserInputError(message) from exc
+
+
+def ensure_local_folder(path: str | Path, flag: str, *, instead: str = "a folder") -> Path:
+    """Create `path` (and parents) or raise UserInputError saying why it cannot be a folder.
+
+    `instead` is what the message tells the user to pass (a flag that also takes URLs says so).
+    """
     path = Path(path).expanduser()
     blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker == path:
+        raise UserInputError(f"{flag} {path} is a file, not a folder; pass {instead}")
     if blocker is not None:
-        raise UserInputError(f"{flag} {path}: {blocker} is a file, not a folder; pass a folder")
+        raise UserInputError(f"{flag} {path}: {blocker} is a file, not a folder; pass {instead}")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserInputError(f"{flag} {path}: cannot create this folder ({exc.strerror or exc}); pass a writable folder") from exc
     return path
+
+
+# --- URL schemes and unreachable hosts (shared with dataset/fetch.py) ------------------------------
+
+_EXTRAS = {"gs": "gcs", "gcs": "gcs", "s3": "s3", "s3a": "s3"}  # protocols this package has an extra for
+# Schemes whose netloc is a host name; for gs://, s3://, hf:// it is a bucket or a repo type instead.
+_HOST_SCHEMES = frozenset({"http", "https", "ftp", "sftp", "ssh", "smb", "webdav", "dav"})
+_UNREACHABLE_ERRNOS = {errno.ENETUNREACH: "network unreachable", errno.EHOSTUNREACH: "host unreachable"}
+
+
+def unknown_protocol(url: str) -> str | None:
+    """The first protocol of `url` (chains like zip::s3:// included) that fsspec has never heard of, else None.
+
+    A known protocol whose package is missing is not unknown: opening it says which package to install.
+    """
+    for part in url.split("::"):
+        if "://" in part:
+            protocol = part.split("://", 1)[0].lower()
+            if protocol not in known_implementations and protocol not in registry:
+                return protocol
+    return None
+
+
+def install_hint(url: str) -> str:
+    """What to install for the protocol of `url` (a known fsspec protocol whose package is missing)."""
+    protocol = url.split("://", 1)[0].lower()
+    extra = _EXTRAS.get(protocol)
+    if extra:
+        return f"install it with: pip install 'anima-lora-flow[{extra}]'"
+    package = known_implementations.get(protocol, {}).get("class", "").split(".")[0]
+    return f"install its package ({package})" if package else "install the filesystem's package"
+
+
+@dataclass(frozen=True)
+class Unreachable:
+    """Why a host could not be reached, and the host and port when the error names them."""
+
+    reason: str
+    host: str | None = None
+    port: int | None = None
+
+
+def unreachable(exc: BaseException) -> Unreachable | None:
+    """Unreachable(...) when `exc`, or any error it wraps, says the host's name did not resolve, the
+    connection was refused or no route leads there; None for anything else.
+
+    requests hides the socket error under urllib3's MaxRetryError.reason, httpx under __cause__,
+    aiohttp under .os_error, fsspec under __context__: all of these are walked.
+    """
+    reason, host, port = None, None, None
+    todo, seen = deque([exc]), set()
+    while todo and len(seen) < 32:
+        current = todo.popleft()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        named = _host_of(current)
+        if named[0]:  # the innermost wins: behind a proxy, the refusing host is the proxy, not the target
+            host, port = named
+        reason = reason or _reason_of(current)
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None), getattr(current, "os_error", None)]
+        linked += list(getattr(current, "args", ()))
+        linked += list(getattr(current, "exceptions", ()) or ())  # ExceptionGroup
+        todo.extend(e for e in linked if isinstance(e, BaseException))
+    return Unreachable(reason, host, port) if reason else None
+
+
+def unreachable_reason(url: str, exc: BaseException) -> str | None:
+    """"cannot reach host 'x' (name not resolved)" for `url`, or None when `exc` is not about reaching a host."""
+    found = unreachable(exc)
+    if found is None:
+        return None
+    host, port = found.host, found.port
+    if host is None:
+        parsed = urlparse(url)
+        if parsed.scheme.lower() in _HOST_SCHEMES and parsed.hostname:
+            host, port = parsed.hostname, parsed.port
+    if host and port and found.reason != "name not resolved":  # a refusal is the port's; a name has none
+        host = f"{host}:{port}"
+    where = f"host {host!r}" if host else f"the server for {url!r}"
+    return f"cannot reach {where} ({found.reason})"
+
+
+def unreachable_message(url: str, exc: BaseException) -> str | None:
+    """The one-line error for an unreachable host, with its fix; None when `exc` is about something else."""
+    reason = unreachable_reason(url, exc)
+    return f"{reason}: check the URL and the network" if reason else None
+
+
+def _reason_of(exc: BaseException) -> str | None:
+    if isinstance(exc, socket.gaierror):
+        return "name not resolved"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, OSError) and exc.errno in _UNREACHABLE_ERRNOS:
+        return _UNREACHABLE_ERRNOS[exc.errno]
+    return None
+
+
+def _host_of(exc: BaseException) -> tuple[str | None, int | None]:
+    """The host and port an exception names: urllib3's connection, requests' and httpx's request, aiohttp's key."""
+    conn = getattr(exc, "conn", None)  # urllib3 NewConnectionError
+    if isinstance(getattr(conn, "host", None), str):
+        return conn.host, getattr(conn, "port", None)
+    try:
+        request = getattr(exc, "request", None)
+    except RuntimeError:  # httpx, for an error raised without a request
+        request = None
+    url = getattr(request, "url", None)
+    if isinstance(url, str):  # requests' PreparedRequest
+        parsed = urlparse(url)
+        return parsed.hostname, parsed.port
+    if url is not None and isinstance(getattr(url, "host", None), str):  # httpx.URL
+        return url.host or None, url.port
+    host = getattr(exc, "host", None)  # aiohttp ClientConnectorError
+    if isinstance(host, str) and host:
+        port = getattr(exc, "port", None)
+        return host, port if isinstance(port, int) else None
+    return None, None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import importlib.util
 import io
 import logging
 import os
@@ -205,9 +206,20 @@ def test_fsspec_memory_zip_and_folder(memory_fs, tmp_path: Path):
         prepare_dataset("memory://nothing/here.zip", tmp_path / "work")
 
 
-def test_unknown_protocol_names_the_fix(tmp_path: Path):
-    with pytest.raises(DatasetError, match="install the filesystem's package"):
-        fetch.download_fsspec("nosuchproto://bucket/x.zip", tmp_path)
+def test_unknown_scheme_names_the_schemes_that_work(tmp_path: Path, capsys):
+    from anima_lora_flow.cli import main
+
+    assert main(["validate", "nosuchproto://bucket/x.zip", "--work-dir", str(tmp_path / "w")]) == 2
+    assert capsys.readouterr().err == (
+        "error: unknown URL scheme 'nosuchproto://'; use a local path, http(s)://, a Google Drive link, gs://, s3:// or hf://\n"
+    )
+
+
+def test_known_scheme_without_its_package_says_what_to_install(tmp_path: Path):
+    if importlib.util.find_spec("gcsfs") is not None:
+        pytest.skip("gcsfs is installed here")
+    with pytest.raises(DatasetError, match=r"cannot open gs://bucket/x.zip: .*gcsfs.*; install it with: pip install 'anima-lora-flow\[gcs\]'"):
+        fetch.download_fsspec("gs://bucket/x.zip", tmp_path)
 
 
 def test_mistyped_long_folder_name_is_not_found_not_a_drive_download(tmp_path: Path, monkeypatch, capsys):
@@ -330,4 +342,4 @@ def test_unresolvable_host_fails_at_once_without_retries(tmp_path: Path, capsys)
     started = time.monotonic()
     assert main(["validate", "http://example.invalid/ds.zip", "--work-dir", str(tmp_path / "w")]) == 2
     assert time.monotonic() - started < 5
-    assert capsys.readouterr().err == "error: cannot resolve host 'example.invalid'; check the URL and the internet connection\n"
+    assert capsys.readouterr().err == "error: cannot reach host 'example.invalid' (name not resolved): check the URL and the network\n"
