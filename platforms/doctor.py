@@ -1,4 +1,10 @@
-"""`anima-lora doctor`: what the flow detects here, and what it will do about each finding."""
+"""`anima-lora doctor`: what the flow detects here, and what it will do about each finding.
+
+Exit codes: 0 when the storage is usable or none was given to check; 2 when the --storage given is
+unusable (bad input, with train's own message). A missing or unusable GPU is marked `!!` but still
+exits 0: it describes this machine rather than a mistake in the command, and doctor must be able to
+run on a CPU machine to say so.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,12 @@ import shutil
 import uuid
 from dataclasses import asdict, dataclass
 
+from ..errors import UserInputError
 from .detect import detect_platform
 
 SECRET_NAMES = ("HF_TOKEN", "PREFECT_API_KEY")
+EXIT_OK = 0
+EXIT_BAD_STORAGE = 2  # the project's exit code for bad input
 
 
 @dataclass
@@ -50,17 +59,25 @@ def check_gpu(platform) -> Finding:
 
 
 def check_storage(location: str) -> Finding:
-    from ..storage import resolve_location  # noqa: PLC0415
+    """Can train keep its run in `location`? The same checks as train (resolve_storage), then a real write."""
+    from ..storage import resolve_storage  # noqa: PLC0415
+    from ..storage.location import unreachable_message  # noqa: PLC0415
 
     try:
-        loc = resolve_location(location)
+        loc = resolve_storage(location)
+    except UserInputError as exc:  # a file, memory://, Drive off Colab, an unknown scheme, an unreachable host
+        return Finding("storage", str(exc), "train stops with this same message; fix it or pass another --storage", ok=False)
+    try:
         probe = loc.join(f".anima-doctor-{uuid.uuid4().hex[:8]}")
         loc.fs.makedirs(loc.root, exist_ok=True)
         loc.fs.pipe_file(probe, b"ok")
         loc.fs.rm(probe)
     except Exception as exc:  # noqa: BLE001 - every backend's failure is a finding, not a crash
-        return Finding("storage", f"{location}: not writable ({type(exc).__name__}: {exc})",
-                       "training would stop before it starts; fix access or pick another --storage", ok=False)
+        why = unreachable_message(location, exc) or (
+            exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+        )
+        return Finding("storage", f"{location}: not writable ({why})",
+                       "train would stop before it starts; fix its access rights or pass another --storage", ok=False)
     free = ""
     if loc.is_local:
         usage = shutil.disk_usage(loc.root)
@@ -96,6 +113,7 @@ def collect(storage: str | None = None) -> tuple[object, list[Finding]]:
 
 
 def run_doctor(args) -> int:
+    """Print the findings; return 2 when the --storage given is unusable, else 0 (see the module docstring)."""
     _, findings = collect(getattr(args, "storage", None))
     if getattr(args, "json", False):
         print(json.dumps([asdict(f) for f in findings], indent=2))
@@ -103,4 +121,4 @@ def run_doctor(args) -> int:
         for f in findings:
             mark = "ok " if f.ok else "!! "
             print(f"{mark}{f.topic:9} {f.found}\n             -> {f.action}")
-    return 0 if all(f.ok or f.topic == "gpu" for f in findings) else 1
+    return EXIT_BAD_STORAGE if any(f.topic == "storage" and not f.ok for f in findings) else EXIT_OK
