@@ -22,6 +22,7 @@ MIN_IMAGE_SIDE = 64  # below this an image carries no detail even in the smalles
 MAX_IMAGE_PIXELS = 8192 * 8192  # larger ones are decompression bombs or need downscaling first
 MAX_CAPTION_TOKENS = 512  # the Qwen3 text encoder's limit (qwen3_max_token_length)
 UPSCALE_WARNING = 2.0  # images enlarged more than this to fill their bucket train blurry
+CROP_WARNING = 0.30  # share of an image the bucket's centre crop may cut before the subject is likely gone
 # Image files the trainers do not load: skipped, with a conversion hint.
 UNSUPPORTED_IMAGES = frozenset({".gif", ".tif", ".tiff", ".avif", ".jxl", ".heic", ".heif", ".svg", ".ico", ".psd", ".jfif"})
 _KOHYA_FOLDER = re.compile(r"^(\d+)_(.+)$")
@@ -181,11 +182,24 @@ def _image_warnings(name: str, check: ImageCheck, bucket: Bucket) -> list[Issue]
         found.append(Issue(file=name, code=f"mode-{check.mode}", reason=why, verdict="converted"))
     if check.frames > 1:
         found.append(Issue(file=name, code="animated", reason=f"animated ({check.frames} frames): only the first is trained", verdict="trained"))
-    scale = max(bucket[0] / check.width, bucket[1] / check.height)
+    scale, lost = bucket_fit(check.width, check.height, bucket)
     if scale > UPSCALE_WARNING:
         why = f"{check.width}x{check.height} is upscaled {scale:.1f}x to its {bucket[0]}x{bucket[1]} bucket and may train blurry"
         found.append(Issue(file=name, code="upscaled", reason=why, verdict="trained"))
+    if lost > CROP_WARNING:
+        why = (f"{check.width}x{check.height} is cropped to its {bucket[0]}x{bucket[1]} bucket, losing {lost:.0%} of the image; "
+               "crop or pad it to a less extreme aspect ratio")
+        found.append(Issue(file=name, code="cropped", reason=why, verdict="trained"))
     return found
+
+
+def bucket_fit(width: int, height: int, bucket: Bucket) -> tuple[float, float]:
+    """(scale, share cut away) when the image is fitted to `bucket` as trainer/cache.py load_image does it:
+    resized to cover the bucket, rounded to whole pixels, then centre-cropped to it.
+    """
+    scale = max(bucket[0] / width, bucket[1] / height)
+    covered = (max(bucket[0], round(width * scale)), max(bucket[1], round(height * scale)))
+    return scale, 1 - (bucket[0] * bucket[1]) / (covered[0] * covered[1])
 
 
 def folder_repeats(relpath: PurePosixPath, default: int) -> tuple[int, str | None]:

@@ -10,6 +10,7 @@ from anima_lora_flow.dataset.intake import prepare_dataset
 from anima_lora_flow.dataset.report import DatasetError
 from anima_lora_flow.dataset.validate import (
     MAX_CAPTION_TOKENS,
+    bucket_fit,
     estimate_tokens,
     folder_repeats,
     read_caption,
@@ -131,6 +132,40 @@ def test_small_image_warns_about_upscaling(tmp_path: Path):
     report = validate_folder(tmp_path, resolution=768)
     assert report.trainable_count == 1
     assert "upscaled 7.7x" in report.warnings[0].reason
+
+
+def test_extreme_aspect_ratio_warns_how_much_the_bucket_crop_cuts(tmp_path: Path):
+    """64x4000 at 768 px lands in the narrowest bucket, 256x2304: the centre crop keeps 14% of it."""
+    write_image(tmp_path / "a.png", size=(64, 4000)), write_caption(tmp_path / "a.txt")
+    report = validate_folder(tmp_path, resolution=768)
+    assert tuple(report.images[0].bucket) == (256, 2304)
+    [cropped] = [w for w in report.warnings if w.code == "cropped"]
+    assert cropped.verdict == "trained" and cropped.reason == (
+        "64x4000 is cropped to its 256x2304 bucket, losing 86% of the image; crop or pad it to a less extreme aspect ratio"
+    )
+    at_256 = validate_folder(tmp_path, resolution=256)  # one square bucket only: almost all of it is cut
+    assert "64x4000 is cropped to its 256x256 bucket, losing 98% of the image" in at_256.to_text()
+
+
+def test_crop_share_follows_the_trainers_resize_and_centre_crop():
+    assert bucket_fit(1024, 1024, (768, 768)) == (0.75, 0.0)
+    scale, lost = bucket_fit(1200, 600, (1024, 576))  # 2:1 in a 16:9 bucket: the sides are cut
+    assert scale == 0.96 and lost == pytest.approx(1 - (1024 * 576) / (1152 * 576))
+
+
+def test_common_shapes_do_not_warn_about_cropping(tmp_path: Path):
+    for name, size in {"wide.png": (1920, 1080), "tall.png": (600, 1400), "square.png": (900, 900), "long.png": (512, 1800)}.items():
+        write_image(tmp_path / name, size=size), write_caption(tmp_path / name.replace(".png", ".txt"))
+    report = validate_folder(tmp_path, resolution=768)
+    assert [w for w in report.warnings if w.code == "cropped"] == []
+
+
+def test_many_cropped_images_are_one_group_in_the_report(tmp_path: Path):
+    for i in range(4):
+        write_image(tmp_path / f"strip{i}.png", size=(64 + i, 4000)), write_caption(tmp_path / f"strip{i}.txt")
+    text = validate_folder(tmp_path, resolution=768).to_text()
+    assert "[trained] 4 files, e.g. strip0.png: 64x4000 is cropped to its 256x2304 bucket, losing 86% of the image" in text
+    assert "      strip0.png, strip1.png, strip2.png, strip3.png" in text
 
 
 def test_fingerprint_follows_content_not_location(tmp_path: Path):
