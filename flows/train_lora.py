@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 from prefect import flow, get_run_logger
@@ -81,7 +82,7 @@ def _download_and_train(config: TrainingConfig, report, plan, run_id: str, start
             "run_id": run_id, "flow_run_id": str(flow_run.get_id() or ""), "started": started, "ended": time.time(),
             "outcome": result.get("outcome"), "steps_done": result.get("steps_done"),
             "total_steps": result.get("total_steps"), "trainer": config.trainer,
-        })
+        }, error=sys.exc_info()[1])  # the exception ending the run, if any: `status` shows it as the reason
     if result.get("sec_per_step"):
         # The measured rate replaces the table's estimate, so the next session plans with it.
         store_json_task(config, "plan.json", refine(plan, result["sec_per_step"], result.get("steps_done") or 0)

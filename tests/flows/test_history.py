@@ -53,6 +53,6 @@ def test_status_lists_states_checkpoints_and_runs(tmp_path, capsys):
     store.append_run({"run_id": "r1", "outcome": "stopped", "steps_done": 12, "total_steps": 24, "started": 0})
     assert main(["status", "p", "--storage", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "step      12 epoch 1  ok" in out and "p-000001.safetensors" in out and "stopped" in out
+    assert "step      12  1 epoch done  ok" in out and "p-000001.safetensors" in out and "stopped" in out
     assert main(["status", "p", "--storage", str(tmp_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["latest"] == 12
