@@ -37,6 +37,16 @@ def assign_bucket(width: int, height: int, buckets: list[Bucket]) -> Bucket:
     return min(buckets, key=lambda b: (abs(b[0] / b[1] - ratio), -(b[0] * b[1])))
 
 
+def cover_size(width: int, height: int, bucket: Bucket) -> tuple[float, tuple[int, int]]:
+    """(scale, resized size) of an image resized to cover `bucket` before its centre crop.
+
+    The trainer's image loader and the validator's crop warning both use it, so what the
+    validator says is cut away is what training really cuts away.
+    """
+    scale = max(bucket[0] / width, bucket[1] / height)
+    return scale, (max(bucket[0], round(width * scale)), max(bucket[1], round(height * scale)))
+
+
 def batches_per_epoch(samples_per_bucket: Mapping[Bucket, int] | Iterable[int], batch_size: int) -> int:
     """Micro-batches in one epoch: each bucket's samples (images x repeats) split into batches."""
     counts = samples_per_bucket.values() if isinstance(samples_per_bucket, Mapping) else samples_per_bucket

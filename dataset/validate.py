@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
-from anima_lora_flow.dataset.buckets import Bucket, assign_bucket, make_buckets
+from anima_lora_flow.dataset.buckets import Bucket, assign_bucket, cover_size, make_buckets
 from anima_lora_flow.dataset.formats import is_caption, is_image, is_junk
 from anima_lora_flow.dataset.report import DatasetReport, ImageRecord, Issue, bucket_histogram, fingerprint
 
@@ -194,11 +194,10 @@ def _image_warnings(name: str, check: ImageCheck, bucket: Bucket) -> list[Issue]
 
 
 def bucket_fit(width: int, height: int, bucket: Bucket) -> tuple[float, float]:
-    """(scale, share cut away) when the image is fitted to `bucket` as trainer/cache.py load_image does it:
+    """(scale, share cut away) when the image is fitted to `bucket` as the trainer fits it (cover_size):
     resized to cover the bucket, rounded to whole pixels, then centre-cropped to it.
     """
-    scale = max(bucket[0] / width, bucket[1] / height)
-    covered = (max(bucket[0], round(width * scale)), max(bucket[1], round(height * scale)))
+    scale, covered = cover_size(width, height, bucket)
     return scale, 1 - (bucket[0] * bucket[1]) / (covered[0] * covered[1])
 
 

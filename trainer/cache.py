@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from anima_lora_flow.dataset.buckets import cover_size
 from anima_lora_flow.dataset.items import TrainItem
 from anima_lora_flow.errors import UserInputError
 
@@ -83,8 +84,7 @@ def load_image(path: Path, bucket: tuple[int, int]) -> torch.Tensor:
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             img = Image.alpha_composite(white, rgba)
         img = _to_8bit(img).convert("RGB")
-        scale = max(width / img.width, height / img.height)
-        size = (max(width, round(img.width * scale)), max(height, round(img.height * scale)))
+        _, size = cover_size(img.width, img.height, bucket)
         img = img.resize(size, Image.Resampling.LANCZOS)
         left, top = (size[0] - width) // 2, (size[1] - height) // 2
         img = img.crop((left, top, left + width, top + height))
