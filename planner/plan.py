@@ -245,6 +245,8 @@ def _overrun_action(on_overrun: str, durable: bool) -> Literal["stop", "resume",
     return on_overrun  # type: ignore[return-value]
 
 
+OLDEST_CAPABILITY = (7, 0)  # PyTorch's cu12.8+ wheels dropped Pascal (sm_60) and older
+
 # Where the GPU switch is on each notebook platform (a CPU session cannot train the real model).
 NO_GPU_FIX = {
     "colab": "Runtime > Change runtime type > T4 GPU",
@@ -259,6 +261,12 @@ def _decide(plan: Plan, config: TrainingConfig, gpu: GpuInfo | None) -> tuple[De
             f"{gpu.name} ({gpu.sm}) cannot run this PyTorch build (kernels for {', '.join(gpu.arch_list)}); "
             "pick another GPU (on Kaggle: T4 x2 or L4) or install a PyTorch build that supports it"
         )
+    if gpu is not None and plan.gpu_source == "named" and gpu.capability and gpu.capability < OLDEST_CAPABILITY:
+        # The same refusal a detected one gets (gpu.usable), without a torch on this machine to ask.
+        return "stop", (
+            f"{gpu.name} ({gpu.sm}) has no kernels in the CUDA 12.8+ PyTorch builds that Colab, Kaggle and this "
+            f"package install; pick a T4 or newer (on Kaggle: {NO_GPU_FIX['kaggle']})"
+        )
     if gpu is None and plan.gpu_source == "none" and plan.platform_kind in NO_GPU_FIX and not config.models_dir:
         return "stop", f"this {plan.platform_kind} session has no GPU: {NO_GPU_FIX[plan.platform_kind]}, then run again"
     if config.num_gpus > 1 and plan.gpu_source != "named" and config.num_gpus > (gpu.count if gpu else 0):
@@ -270,7 +278,7 @@ def _decide(plan: Plan, config: TrainingConfig, gpu: GpuInfo | None) -> tuple[De
     if plan.sessions_needed is None:
         return "stop", (
             f"a session of {plan.session_limit_hours} h is too short for setup and a checkpoint; "
-            "raise session_budget_hours or train on a machine without a session limit"
+            "raise --session-budget-hours or train on a machine without a session limit"
         )
     reason = (
         f"{plan.steps.total_steps - plan.steps_done} steps at ~{plan.sec_per_step:.3g} s/step need {plan.train_hours:.1f} h, "

@@ -24,7 +24,7 @@ def rows(plan: "Plan") -> list[tuple[str, str]]:
         ("Time", time),
         ("Session", _session(plan)),
         ("Memory", _memory(plan)),
-        ("Storage", "durable (survives the session)" if plan.storage_durable else "lost with this session"),
+        ("Storage", _storage(plan)),
         ("Decision", plan.decision + (f": {plan.reason}" if plan.reason else "")),
     ]
 
@@ -57,12 +57,28 @@ def to_markdown(plan: "Plan") -> str:
 def _session(plan: "Plan") -> str:
     if plan.session_hours_left is None:
         return "no session limit"
-    head = f"{plan.session_hours_left:.1f} h left of {plan.session_limit_hours:g} h"
+    head = f"{_hours(plan.session_hours_left)} left of {_hours(plan.session_limit_hours)}"
     if plan.fits is None:
         return head
     if plan.fits:
         return f"{head}; fits in this session"
-    return f"{head}; needs {plan.sessions_needed or '?'} sessions"
+    if not plan.sessions_needed:
+        return f"{head}; too short for setup and a checkpoint"
+    return f"{head}; needs {plan.sessions_needed} sessions"
+
+
+def _storage(plan: "Plan") -> str:
+    if plan.storage_durable:
+        return "durable (survives the session)"
+    if plan.gpu_source == "named" and plan.platform_kind not in ("colab", "kaggle"):
+        # Planned here for a Colab/Kaggle GPU: judged by their disk rules, since that is where it would run.
+        return "this machine's disk: kept here, but lost with a Colab/Kaggle session"
+    return "lost with this session"
+
+
+def _hours(hours: float) -> str:
+    """Short sessions in minutes: "0.0 h" of a 0.01 h budget says nothing."""
+    return f"{hours * 60:.0f} min" if hours < 0.1 else f"{hours:.1f} h"
 
 
 def _memory(plan: "Plan") -> str:

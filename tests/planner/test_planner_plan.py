@@ -193,6 +193,20 @@ class TestNamedGpuSession:
         assert plan_for(config(storage="/content/drive/MyDrive/r"), local(None), gpu="T4").storage_durable
         assert plan_for(config(storage="/content/runs"), local(None), gpu="RTX 4090").storage_durable
 
+    def test_a_local_folder_planned_for_a_notebook_gpu_says_where_it_is_lost(self):
+        text = plan_for(config(storage="/tmp/runs"), local(None), gpu="T4").to_text()
+        assert "kept here, but lost with a Colab/Kaggle session" in text
+
+    def test_named_p100_is_refused_like_a_detected_one(self):
+        plan = plan_for(config(), local(None), gpu="P100")
+        assert plan.decision == "stop" and "sm_60" in plan.reason and "T4 x2" in plan.reason
+        assert plan_for(config(), local(None), gpu="T4").decision == "ok"
+
+    def test_a_session_too_short_for_setup_reads_in_minutes(self):
+        plan = plan_for(config(session_budget_hours=0.01), local(None), gpu="T4")
+        assert plan.decision == "stop" and "--session-budget-hours" in plan.reason
+        assert "1 min left of 1 min; too short for setup and a checkpoint" in plan.to_text()
+
 
 class TestDataParallel:
     T4X2 = GpuInfo(name="Tesla T4", memory_gib=14.7, capability=(7, 5), arch_list=["sm_75"], count=2)
