@@ -7,6 +7,7 @@ download and the run store alike, whatever library (requests, httpx, aiohttp, ft
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from collections import deque
 from dataclasses import dataclass
@@ -124,6 +125,9 @@ def ensure_local_folder(path: str | Path, flag: str, *, instead: str = "a folder
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserInputError(f"{flag} {path}: cannot create this folder ({exc.strerror or exc}); pass a writable folder") from exc
+    # An existing folder on a read-only mount passes mkdir; access() says EROFS even to root.
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserInputError(f"{flag} {path} is not writable (read-only or not yours); pass a writable folder")
     return path
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from anima_lora_flow.storage import resolve_location
@@ -49,3 +51,17 @@ def test_run_store_refuses_places_that_cannot_keep_it(tmp_path, memory_fs):
     assert a_file.read_text() == "x"  # never touched
     loc = resolve_storage(str(tmp_path / "new" / "runs"))
     assert (tmp_path / "new" / "runs").is_dir() and loc.is_local
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a mode-555 folder; a read-only mount needs privileges")
+def test_a_folder_that_cannot_be_written_is_refused_up_front(tmp_path):
+    from anima_lora_flow.storage import resolve_storage
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        with pytest.raises(UserInputError, match="is not writable .*; pass a writable folder"):
+            resolve_storage(str(locked))
+    finally:
+        locked.chmod(0o755)
