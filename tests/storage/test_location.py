@@ -55,6 +55,7 @@ def test_run_store_refuses_places_that_cannot_keep_it(tmp_path, memory_fs):
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a mode-555 folder; a read-only mount needs privileges")
 def test_a_folder_that_cannot_be_written_is_refused_up_front(tmp_path):
+    from anima_lora_flow.errors import UserInputError
     from anima_lora_flow.storage import resolve_storage
 
     locked = tmp_path / "locked"
