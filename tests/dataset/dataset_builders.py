@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -39,3 +40,13 @@ def png_claiming_size(width: int, height: int) -> bytes:
     crc = zlib.crc32(bytes(data[ihdr + 4 : ihdr + 8 + 13]))
     data[ihdr + 21 : ihdr + 25] = struct.pack(">I", crc)
     return bytes(data)
+
+
+def captioned_zip(count: int) -> bytes:
+    """A zip of `count` captioned PNGs of distinct sizes, so two counts never give the same bytes."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(count):
+            zf.writestr(f"img{i}.png", png_bytes((320 + 8 * i, 256)))
+            zf.writestr(f"img{i}.txt", "1girl")
+    return buf.getvalue()

@@ -6,12 +6,10 @@ a Drive answer is needed, gdown is replaced by a function that does what gdown d
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import shutil
 import socket
-import zipfile
 from pathlib import Path
 
 import gdown
@@ -20,27 +18,18 @@ import pytest
 from anima_lora_flow.dataset.fetch import UnreachableError, is_transient
 from anima_lora_flow.dataset.intake import prepare_dataset
 
-from dataset_builders import png_bytes
+from dataset_builders import captioned_zip, png_bytes
 
 DRIVE_ID = "1AbCdEfGhIjKlMnOpQrStUvWxYz012345"
 STAMP = ".anima-download.json"
 WHEN = "2024-01-02T03:04:05+00:00"
 
 
-def zip_of(count: int) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for i in range(count):
-            zf.writestr(f"img{i}.png", png_bytes((320 + 8 * i, 256)))
-            zf.writestr(f"img{i}.txt", "1girl")
-    return buf.getvalue()
-
-
 def seed(work: Path, count: int, *, stamp: bool = True) -> Path:
     """The cache folder as an earlier download left it: the zip, and the stamp saying when it finished."""
     folder = work / "downloads" / f"drive-{DRIVE_ID}"
     folder.mkdir(parents=True)
-    (folder / "set.zip").write_bytes(zip_of(count))
+    (folder / "set.zip").write_bytes(captioned_zip(count))
     if stamp:
         (folder / STAMP).write_text(json.dumps({"file": "set.zip", "downloaded_at": WHEN}))
     return folder
@@ -78,7 +67,7 @@ def notices(caplog) -> list[str]:
 
 def test_reused_copy_names_itself_its_date_and_the_folder_to_delete(tmp_path: Path, monkeypatch, caplog):
     folder = seed(tmp_path / "work", 2)
-    monkeypatch.setattr(gdown, "download", gdown_like(zip_of(5)))  # Drive now holds 5 images
+    monkeypatch.setattr(gdown, "download", gdown_like(captioned_zip(5)))  # Drive now holds 5 images
     with caplog.at_level(logging.WARNING, logger="anima_lora_flow.dataset"):
         assert prepare_dataset(DRIVE_ID, tmp_path / "work").trainable_count == 2
     assert notices(caplog) == [
@@ -89,7 +78,7 @@ def test_reused_copy_names_itself_its_date_and_the_folder_to_delete(tmp_path: Pa
 
 def test_deleting_the_named_folder_downloads_the_new_file(tmp_path: Path, monkeypatch, caplog):
     folder = seed(tmp_path / "work", 2)
-    download = gdown_like(zip_of(5))
+    download = gdown_like(captioned_zip(5))
     monkeypatch.setattr(gdown, "download", download)
     shutil.rmtree(folder)  # what the notice tells the user to do
     with caplog.at_level(logging.WARNING, logger="anima_lora_flow.dataset"):
@@ -101,7 +90,7 @@ def test_deleting_the_named_folder_downloads_the_new_file(tmp_path: Path, monkey
 
 def test_copy_from_before_stamps_is_dated_by_its_file(tmp_path: Path, monkeypatch, caplog):
     folder = seed(tmp_path / "work", 2, stamp=False)
-    monkeypatch.setattr(gdown, "download", gdown_like(zip_of(5)))
+    monkeypatch.setattr(gdown, "download", gdown_like(captioned_zip(5)))
     with caplog.at_level(logging.WARNING, logger="anima_lora_flow.dataset"):
         prepare_dataset(DRIVE_ID, tmp_path / "work")
     [notice] = notices(caplog)

@@ -22,7 +22,7 @@ from anima_lora_flow.dataset.intake import prepare_dataset
 from anima_lora_flow.dataset.report import DatasetError
 from anima_lora_flow.errors import UserInputError
 
-from dataset_builders import png_bytes
+from dataset_builders import captioned_zip, png_bytes
 
 FILE_ID = "1AbCdEfGhIjKlMnOpQrStUvWxYz012345"
 
@@ -273,31 +273,22 @@ def static_site(tmp_path: Path):
     httpd.server_close()
 
 
-def _zip_of(count: int) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for i in range(count):
-            zf.writestr(f"img{i}.png", png_bytes((320 + 8 * i, 256)))
-            zf.writestr(f"img{i}.txt", "1girl")
-    return buf.getvalue()
-
-
 def test_changed_file_on_the_server_is_downloaded_again(static_site, tmp_path: Path):
     """The URL's cached copy was reused forever: replacing data.zip on the server must change what is trained."""
     site, base, _ = static_site
-    (site / "data.zip").write_bytes(_zip_of(2))
+    (site / "data.zip").write_bytes(captioned_zip(2))
     os.utime(site / "data.zip", (1_700_000_000, 1_700_000_000))
     assert prepare_dataset(f"{base}/data.zip", tmp_path / "work").trainable_count == 2
     assert prepare_dataset(f"{base}/data.zip", tmp_path / "work").trainable_count == 2  # unchanged: reused
 
-    (site / "data.zip").write_bytes(_zip_of(6))
+    (site / "data.zip").write_bytes(captioned_zip(6))
     os.utime(site / "data.zip", (1_700_000_100, 1_700_000_100))
     assert prepare_dataset(f"{base}/data.zip", tmp_path / "work").trainable_count == 6
 
 
 def test_unchanged_file_is_not_downloaded_twice(static_site, tmp_path: Path):
     site, base, _ = static_site
-    (site / "data.zip").write_bytes(_zip_of(1))
+    (site / "data.zip").write_bytes(captioned_zip(1))
     dest = download_http(f"{base}/data.zip", tmp_path / "dl" / "data.zip")
     before = dest.stat().st_mtime_ns
     assert download_http(f"{base}/data.zip", dest) == dest and dest.stat().st_mtime_ns == before
@@ -305,7 +296,7 @@ def test_unchanged_file_is_not_downloaded_twice(static_site, tmp_path: Path):
 
 def test_unreachable_server_uses_the_cached_copy_with_a_notice(static_site, tmp_path: Path, caplog):
     site, base, httpd = static_site
-    (site / "data.zip").write_bytes(_zip_of(2))
+    (site / "data.zip").write_bytes(captioned_zip(2))
     assert prepare_dataset(f"{base}/data.zip", tmp_path / "work").trainable_count == 2
     httpd.shutdown()
     httpd.server_close()
