@@ -291,10 +291,23 @@ class _SubcommandParser(argparse.ArgumentParser):
         return namespace, extras
 
 
+def package_version() -> str:
+    """The installed distribution's version; a checkout run without an install falls back to __version__."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("anima-lora-flow")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anima-lora", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands", parser_class=_SubcommandParser)
 
     train = sub.add_parser("train", help="train a LoRA (resumes automatically from --storage)",
