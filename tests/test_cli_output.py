@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import re
 from importlib.metadata import version
 
+import pytest
+
 from anima_lora_flow.cli import main
+from anima_lora_flow.demo import make_demo_dataset
+from anima_lora_flow.planner.gpus import GPU_SPECS
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_demo_dataset(tmp_path_factory.mktemp("data") / "dataset")
 
 
 def test_version_prints_the_installed_package_version(capsys):
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"anima-lora {version('anima-lora-flow')}"
+
+
+@pytest.mark.parametrize("gpu", [spec.name for spec in GPU_SPECS if spec.name != "P100"])  # a P100 plan is refused
+def test_plan_for_every_listed_gpu_has_a_speed_row(gpu, dataset, tmp_path, capsys):
+    code = main(["plan", str(dataset), "--gpu", gpu, "--work-dir", str(tmp_path / "w")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    speed = next(line for line in out.splitlines() if line.strip().startswith("Speed"))
+    assert re.search(r"Speed\s+[\d.]+ s/step \((measured|estimated)\)", speed), speed
+    assert "not in the speed table" not in out
