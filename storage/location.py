@@ -133,7 +133,9 @@ def ensure_local_folder(path: str | Path, flag: str, *, instead: str = "a folder
 
 # --- URL schemes and unreachable hosts (shared with dataset/fetch.py) ------------------------------
 
-_EXTRAS = {"gs": "gcs", "gcs": "gcs", "s3": "s3", "s3a": "s3"}  # protocols this package has an extra for
+# The packages of this package's [gcs] and [s3] extras. A hint names the package, not the extra: this
+# package is not on PyPI, so `pip install 'anima-lora-flow[gcs]'` would look for it in the wrong index.
+_EXTRA_PACKAGES = {"gs": "gcsfs", "gcs": "gcsfs", "s3": "s3fs", "s3a": "s3fs"}
 # Schemes whose netloc is a host name; for gs://, s3://, hf:// it is a bucket or a repo type instead.
 _HOST_SCHEMES = frozenset({"http", "https", "ftp", "sftp", "ssh", "smb", "webdav", "dav"})
 _UNREACHABLE_ERRNOS = {errno.ENETUNREACH: "network unreachable", errno.EHOSTUNREACH: "host unreachable"}
@@ -155,9 +157,8 @@ def unknown_protocol(url: str) -> str | None:
 def install_hint(url: str) -> str:
     """What to install for the protocol of `url` (a known fsspec protocol whose package is missing)."""
     protocol = url.split("://", 1)[0].lower()
-    extra = _EXTRAS.get(protocol)
-    if extra:
-        return f"install it with: pip install 'anima-lora-flow[{extra}]'"
+    if protocol in _EXTRA_PACKAGES:
+        return f"install it with: pip install {_EXTRA_PACKAGES[protocol]}"
     package = known_implementations.get(protocol, {}).get("class", "").split(".")[0]
     return f"install its package ({package})" if package else "install the filesystem's package"
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import re
 from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 
 from anima_lora_flow.cli import main
 from anima_lora_flow.demo import make_demo_dataset
 from anima_lora_flow.planner.gpus import GPU_SPECS
+
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -30,3 +33,11 @@ def test_plan_for_every_listed_gpu_has_a_speed_row(gpu, dataset, tmp_path, capsy
     speed = next(line for line in out.splitlines() if line.strip().startswith("Speed"))
     assert re.search(r"Speed\s+[\d.]+ s/step \((measured|estimated)\)", speed), speed
     assert "not in the speed table" not in out
+
+
+@pytest.mark.parametrize("url", ["gs://bucket/runs", "s3://bucket/runs"])
+def test_install_hints_are_the_readme_install_lines(url):
+    from anima_lora_flow.storage.location import install_hint
+
+    command = install_hint(url).split("install it with: ", 1)[1]
+    assert f"`{command}`" in README.read_text(), command

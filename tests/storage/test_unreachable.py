@@ -113,7 +113,7 @@ def test_known_scheme_without_its_package_says_what_to_install():
 
     if importlib.util.find_spec("s3fs") is not None:
         pytest.skip("s3fs is installed here")
-    with pytest.raises(UserInputError, match=r"cannot open storage 's3://bucket/runs': .*s3fs.*pip install 'anima-lora-flow\[s3\]'"):
+    with pytest.raises(UserInputError, match=r"cannot open storage 's3://bucket/runs': .*s3fs.*pip install s3fs"):
         resolve_location("s3://bucket/runs")
 
 
