@@ -7,7 +7,6 @@ import json
 import logging
 import re
 import sys
-import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -15,7 +14,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 from pydantic_core import PydanticUndefined
 
-from .config import TrainingConfig, load_config_file
+from .config import TrainingConfig, canonical_choice, load_config_file, unwrap_optional
 from .dataset.commands import add_validate_parser
 from .models.commands import add_models_parser
 from .errors import NotBuiltError, UserInputError
@@ -39,15 +38,6 @@ class BadInput(Exception):
 
 
 # --- config flags -----------------------------------------------------------------------------
-def _unwrap_optional(annotation):
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return annotation
-
-
 def add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
     """One kebab-case flag per TrainingConfig field; unset flags leave the file/default value alone."""
     group = parser.add_argument_group("training settings (defaults: the seed notebook's)")
@@ -57,7 +47,7 @@ def add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] =
         if name in skip:
             continue
         flag = "--" + name.replace("_", "-")
-        annotation = _unwrap_optional(field.annotation)
+        annotation = unwrap_optional(field.annotation)
         help_text = field.description
         if field.default not in (None, [], PydanticUndefined) and not field.is_required():  # default_factory: no default shown
             shown = " ".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
@@ -66,7 +56,8 @@ def add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] =
         if annotation is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(annotation) is Literal:
-            kwargs["choices"] = list(typing.get_args(annotation))
+            choices = typing.get_args(annotation)
+            kwargs.update(choices=list(choices), type=_choice_of(choices))  # AdamW8bit and adamw8bit alike
         elif typing.get_origin(annotation) is tuple:
             kwargs.update(nargs=2, type=float, metavar=("B1", "B2"))
         elif typing.get_origin(annotation) is list:
@@ -76,6 +67,26 @@ def add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] =
         else:
             kwargs["metavar"] = "TEXT"
         group.add_argument(flag, **kwargs)
+
+
+def _choice_of(choices: tuple[str, ...]):
+    def choice(text: str) -> str:
+        return canonical_choice(choices, text)
+
+    return choice
+
+
+def _problem(error: dict) -> str:
+    """Pydantic's message for one error, with the value a config file gave when its type was wrong."""
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] in ("int_type", "float_type", "bool_type", "string_type"):
+        given = error["input"]
+        message += f", got {json.dumps(given) if isinstance(given, (bool, int, float, str)) else repr(given)}"
+        if error["type"] == "bool_type":
+            message += " (write true or false, without quotes)"
+        elif isinstance(given, str) and error["type"] != "string_type":
+            message += " (write the number without quotes)"
+    return message
 
 
 def config_from_args(args: argparse.Namespace, **overrides) -> TrainingConfig:
@@ -96,7 +107,7 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainingConfig:
         return TrainingConfig(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
-        message = first["msg"].removeprefix("Value error, ")
+        message = _problem(first)
         field = str(first["loc"][0]) if first["loc"] else ""
         if field not in TrainingConfig.model_fields:  # a cross-field check: its message names the flags
             raise BadInput(message) from exc

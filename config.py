@@ -9,12 +9,15 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import os
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .errors import UserInputError
 
@@ -28,7 +31,16 @@ Precision = Literal["auto", "bf16", "fp16", "no"]
 TrainerBackend = Literal["native", "sd-scripts"]
 OnOverrun = Literal["auto", "stop", "resume", "proceed"]
 
-_PROJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# The project name becomes folder and file names (<name>-000001.safetensors) on Windows, macOS, Linux
+# and Google Drive, so it keeps to what all of them accept.
+PROJECT_NAME_MAX = 100
+_PROJECT_NAME_CHARS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_WINDOWS_RESERVED = frozenset({"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))})
+PROJECT_NAME_RULE = (
+    f"a project name is 1 to {PROJECT_NAME_MAX} letters, digits, '.', '_' or '-', starts with a letter or digit, "
+    "has no '..', does not end in '.', is not a reserved Windows name (CON, PRN, AUX, NUL, COM0-9, LPT0-9) "
+    "and leaves out .safetensors"
+)
 
 # Fields that change what is trained. Everything else (where things live, how long a session is,
 # how the run is shown) may differ between a run and its resume.
@@ -58,7 +70,9 @@ _RUN_PLACEMENT_FIELDS = frozenset(
 class TrainingConfig(BaseModel):
     """Settings for one Anima LoRA run. Defaults are those of the Colab notebook this tool replaces."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: a config file's `restart = "yes"` or `network_dim = true` is a mistake to report, not a
+    # value to coerce (an int still fits a float field). CLI flags arrive already typed by argparse.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
     # --- Project and data -----------------------------------------------------------------
     project_name: str = Field(
@@ -173,6 +187,24 @@ class TrainingConfig(BaseModel):
     sample_every_n_epochs: int = Field(0, ge=0, description="Render sample images every N epochs (0: off).")
     sample_prompts: list[str] = Field(default_factory=list, description="Prompts for sample images.")
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _normalise(cls, value: Any, info: ValidationInfo) -> Any:
+        """Choices in their canonical spelling, finite floats, and betas as a pair from a list."""
+        annotation = unwrap_optional(cls.model_fields[info.field_name].annotation)
+        if typing.get_origin(annotation) is Literal:
+            return canonical_choice(typing.get_args(annotation), value)
+        if annotation is float and isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {value}")
+        if typing.get_origin(annotation) is tuple:  # betas: JSON, TOML and argparse all give a list
+            if not isinstance(value, (list, tuple)) or len(value) != 2:
+                raise ValueError(f"needs two numbers, such as [0.9, 0.99], got {value!r}")
+            for item in value:
+                if isinstance(item, float) and not math.isfinite(item):
+                    raise ValueError(f"must be two finite numbers, got {item}")
+            return tuple(value)
+        return value
+
     @field_validator("betas")
     @classmethod
     def _check_betas(cls, value: tuple[float, float]) -> tuple[float, float]:
@@ -183,6 +215,7 @@ class TrainingConfig(BaseModel):
     @field_validator("attention_backend")
     @classmethod
     def _check_attention_backend(cls, value: str) -> str:
+        value = value.strip().lower()  # every diffusers backend name is lower case
         if value == "native":
             return value
         from diffusers.models.attention_dispatch import AttentionBackendName  # noqa: PLC0415 - heavy, and only for non-defaults
@@ -195,10 +228,9 @@ class TrainingConfig(BaseModel):
     @field_validator("project_name")
     @classmethod
     def _check_project_name(cls, value: str) -> str:
-        if not _PROJECT_NAME.match(value):
-            raise ValueError(
-                f"project_name {value!r} must start with a letter or digit and use only letters, digits, '.', '_' and '-'"
-            )
+        problem = project_name_problem(value)
+        if problem:
+            raise ValueError(f"{_shown(value)} {problem}; {PROJECT_NAME_RULE}")
         return value
 
     @field_validator("dataset", "storage")
@@ -250,6 +282,48 @@ class TrainingConfig(BaseModel):
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def project_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a project's files everywhere, or None when it can."""
+    if len(name) > PROJECT_NAME_MAX:
+        return f"is {len(name)} characters long, over the limit of {PROJECT_NAME_MAX}"
+    if not name or not _PROJECT_NAME_CHARS.match(name[0]):
+        return "does not start with a letter or digit"
+    bad = next((c for c in name if not _PROJECT_NAME_CHARS.match("a" + c)), None)
+    if bad is not None:
+        return f"contains {bad!r}"
+    if ".." in name:
+        return "contains '..'"
+    if name.endswith("."):  # Windows drops a trailing dot, so name. and name would be one folder
+        return "ends in '.'"
+    if name.lower().endswith(".safetensors"):
+        return "ends in .safetensors, which is added to each LoRA file"
+    if name.split(".")[0].upper() in _WINDOWS_RESERVED:  # reserved on Windows with any extension
+        return "is a reserved file name on Windows"
+    return None
+
+
+def _shown(value: str) -> str:
+    return repr(value) if len(value) <= 40 else repr(value[:37] + "...")
+
+
+def canonical_choice(choices: tuple[str, ...], value: Any) -> Any:
+    """The choice `value` names, ignoring case and surrounding blanks; anything else unchanged (to be refused)."""
+    if isinstance(value, str):
+        for choice in choices:
+            if value.strip().lower() == choice.lower():
+                return choice
+    return value
+
+
+def unwrap_optional(annotation: Any) -> Any:
+    """X for `X | None`, else the annotation itself."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
 def cache_root() -> Path:
     """Local (never durable) folder for downloads, extracted datasets and caches."""
     base = os.environ.get("ANIMA_LORA_CACHE") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -282,16 +356,21 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if suffix not in (".toml", ".json"):
         raise UserInputError(f"config file must end in .toml or .json: {path}")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # Windows editors start UTF-8 files with a BOM
         if suffix == ".json":
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
         else:
             import tomllib  # noqa: PLC0415
 
             data = tomllib.loads(text)
     except UnicodeDecodeError as exc:
         raise UserInputError(f"{path}: not UTF-8 text; save the file as UTF-8") from exc
+    except _DuplicateKey as exc:
+        raise UserInputError(f"{path}: {exc.args[0]} is set twice; keep one of them") from exc
     except ValueError as exc:  # TOMLDecodeError and JSONDecodeError both say where the syntax breaks
+        key = _toml_overwritten_key(text, str(exc)) if suffix == ".toml" else None
+        if key:
+            raise UserInputError(f"{path}: {key} is set twice; keep one of them") from exc
         raise UserInputError(f"{path}: not valid {suffix[1:].upper()}: {exc}; fix that line") from exc
     if not isinstance(data, dict):
         raise UserInputError(f"{path}: the file must hold settings as keys at the top level, such as network_dim = 8")
@@ -313,6 +392,31 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             ]
         raise UserInputError(f"{path}: {'; '.join(hints)}")
     return data
+
+
+class _DuplicateKey(ValueError):
+    """A JSON object names one key twice (json keeps the last silently)."""
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
+def _toml_overwritten_key(text: str, error: str) -> str | None:
+    """The key of a TOML "Cannot overwrite a value (at line N, ...)" error: tomllib does not name it."""
+    found = re.match(r"Cannot overwrite a value \(at line (\d+),", error)
+    if not found:
+        return None
+    lines = text.splitlines()
+    line_no = int(found.group(1))
+    if not 1 <= line_no <= len(lines) or "=" not in lines[line_no - 1]:
+        return None
+    return lines[line_no - 1].split("=", 1)[0].strip() or None
 
 
 def _unknown_key(key: str) -> str | None:

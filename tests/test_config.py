@@ -127,3 +127,95 @@ def test_bucket_errors_point_at_the_setting():
     assert info.value.errors()[0]["loc"] == ("bucket_reso_steps",)
     with pytest.raises(ValidationError, match="--resolution 512 must lie between --min-bucket-reso 1024 and --max-bucket-reso"):
         TrainingConfig(dataset="d", resolution=512, min_bucket_reso=1024)
+
+
+# --- every float finite (issue 17 item 9) ---------------------------------------------------------
+@pytest.mark.parametrize("field", ["network_alpha", "sigmoid_scale", "discrete_flow_shift", "learning_rate",
+                                   "weight_decay", "max_grad_norm", "session_budget_hours"])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_every_float_must_be_finite(field, value):
+    with pytest.raises(ValidationError, match="must be a finite number"):
+        TrainingConfig(dataset="d", **{field: value})
+
+
+def test_betas_must_be_finite():
+    with pytest.raises(ValidationError, match="finite"):
+        TrainingConfig(dataset="d", betas=(0.9, float("nan")))
+
+
+# --- no coercion between booleans, numbers and strings (issue 17 item 10) -----------------------------
+@pytest.mark.parametrize(
+    "bad",
+    [{"network_dim": True}, {"network_dim": 8.0}, {"network_dim": "8"}, {"learning_rate": "1e-4"},
+     {"learning_rate": True}, {"restart": "yes"}, {"restart": 1}, {"gradient_checkpointing": "false"},
+     {"project_name": 5}, {"sample_prompts": "a cat"}],
+)
+def test_values_keep_their_type(bad):
+    with pytest.raises(ValidationError):
+        TrainingConfig(dataset="d", **bad)
+    with pytest.raises(ValidationError):  # the flow's parameters arrive as a JSON dict
+        TrainingConfig.model_validate({"dataset": "d", **bad})
+
+
+def test_an_int_fits_a_float_field_and_a_list_fits_betas():
+    cfg = TrainingConfig.model_validate({"dataset": "d", "network_alpha": 16, "learning_rate": 1, "betas": [0.9, 0.999]})
+    assert cfg.network_alpha == 16.0 and cfg.learning_rate == 1.0 and cfg.betas == (0.9, 0.999)
+
+
+@pytest.mark.parametrize("betas", [[0.9], [0.9, 0.99, 0.999], 0.9])
+def test_betas_need_two_numbers(betas):
+    with pytest.raises(ValidationError, match=r"needs two numbers, such as \[0.9, 0.99\]"):
+        TrainingConfig(dataset="d", betas=betas)
+
+
+@pytest.mark.parametrize(
+    ("field", "typed", "canonical"),
+    [("optimizer", "AdamW8bit", "adamw8bit"), ("optimizer", "AdamW", "adamw"), ("lr_scheduler", "Cosine", "cosine"),
+     ("mixed_precision", "BF16", "bf16"), ("timestep_sampling", "Sigmoid", "sigmoid"),
+     ("trainer", "SD-Scripts", "sd-scripts"), ("on_overrun", " Resume ", "resume"), ("attention_backend", "Native", "native")],
+)
+def test_choices_ignore_case_and_keep_the_canonical_spelling(field, typed, canonical):
+    assert getattr(TrainingConfig(dataset="d", **{field: typed}), field) == canonical
+
+
+def test_unknown_choice_is_still_refused():
+    with pytest.raises(ValidationError, match="Input should be"):
+        TrainingConfig(dataset="d", optimizer="lion")
+
+
+def test_a_utf8_bom_is_accepted(tmp_path):
+    for name, text in (("c.toml", "network_dim = 8\n"), ("c.json", '{"network_dim": 8}')):
+        (tmp_path / name).write_text("\ufeff" + text, encoding="utf-8")
+        assert load_config_file(tmp_path / name) == {"network_dim": 8}
+
+
+@pytest.mark.parametrize(("name", "text"), [("c.json", '{"network_dim": 8, "network_dim": 16}'),
+                                            ("c.toml", "network_dim = 8\nnetwork_dim = 16\n")])
+def test_duplicate_keys_are_refused_by_name(tmp_path, name, text):
+    from anima_lora_flow.errors import UserInputError
+
+    (tmp_path / name).write_text(text)
+    with pytest.raises(UserInputError, match=f"{name}: network_dim is set twice; keep one of them"):
+        load_config_file(tmp_path / name)
+
+
+# --- project names valid as file names everywhere (issue 17 item 11) --------------------------------
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [("trailing.", "ends in '.'"), ("name.safetensors", "ends in .safetensors"), ("NAME.SafeTensors", "ends in .safetensors"),
+     ("a..b", "contains '..'"), ("a..", "contains '..'"), ("CON", "reserved file name on Windows"),
+     ("con", "reserved file name on Windows"), ("Com1", "reserved file name on Windows"),
+     ("lpt9.v2", "reserved file name on Windows"), ("COM0", "reserved file name on Windows"), ("nul", "reserved file name on Windows"),
+     ("a" * 300, "is 300 characters long, over the limit of 100"), ("my lora", "contains ' '"),
+     ("-x", "does not start with a letter or digit"), ("", "does not start with a letter or digit")],
+)
+def test_project_names_must_work_as_file_names_everywhere(name, problem):
+    with pytest.raises(ValidationError) as info:
+        TrainingConfig(dataset="d", project_name=name)
+    message = str(info.value)
+    assert problem in message and "a project name is 1 to 100 letters, digits" in message
+
+
+@pytest.mark.parametrize("name", ["my_lora", "v1.2-final", "a" * 100, "console", "COM10", "lpt", "auxiliary.v1"])
+def test_ordinary_project_names_pass(name):
+    assert TrainingConfig(dataset="d", project_name=name).project_name == name
