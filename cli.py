@@ -353,9 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print the result as JSON")
     demo.set_defaults(func=cmd_demo)
 
-    status = sub.add_parser("status", help="show a project's states, checkpoints and runs in storage")
+    status = sub.add_parser("status", help="show the run training now and a project's states, checkpoints and runs")
     status.add_argument("project", metavar="PROJECT", help="the --project-name used for training (default my_lora)")
-    status.add_argument("--storage", required=True, metavar="PATH_OR_URL", help="the storage root used for training")
+    status.add_argument("--storage", default=TrainingConfig.model_fields["storage"].default, metavar="PATH_OR_URL",
+                        help="the storage root used for training (default: train's, %(default)s)")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.set_defaults(func=cmd_status)
 
