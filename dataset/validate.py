@@ -99,15 +99,28 @@ def validate_folder(
 
 
 def _scan(root: Path) -> tuple[list[PurePosixPath], dict[tuple[str, str], PurePosixPath], list[Issue], list[Issue]]:
-    """Sort every file into images, captions (keyed by folder and stem), problems and ignored files."""
+    """Sort every file into images, captions (keyed by folder and stem), problems and ignored files.
+
+    Only regular files whose real path stays inside the root are read: a link may point anywhere
+    (`g0.txt -> /etc/passwd` would become a caption, printed and stored with the run).
+    """
     images, captions, problems, warnings = [], {}, [], []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not is_junk(d) and not d.startswith("."))  # .ipynb_checkpoints, .git
+    real_root = root.resolve()
+    for folder, dirs, files in os.walk(root):  # never descends into linked folders (followlinks=False)
         rel_folder = PurePosixPath(Path(folder).relative_to(root).as_posix())
+        dirs[:] = sorted(d for d in dirs if not is_junk(d) and not d.startswith("."))  # .ipynb_checkpoints, .git
+        for d in [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+            code, why = _unread_entry(Path(folder) / d, real_root, folder=True)
+            problems.append(Issue(file=(rel_folder / d).as_posix() + "/", code=code, reason=why, verdict="skipped"))
+            dirs.remove(d)
         for name in sorted(files):
             rel = rel_folder / name
             suffix = rel.suffix.lower()
             if is_junk(rel) or name.startswith("."):
+                continue
+            unread = _unread_entry(Path(folder) / name, real_root, folder=False)
+            if unread:
+                problems.append(Issue(file=rel.as_posix(), code=unread[0], reason=unread[1], verdict="skipped"))
                 continue
             if is_image(rel):
                 images.append(rel)
@@ -120,6 +133,23 @@ def _scan(root: Path) -> tuple[list[PurePosixPath], dict[tuple[str, str], PurePo
                 why = "not an image or caption the trainer loads: ignored"
                 warnings.append(Issue(file=rel.as_posix(), code="ignored-file", reason=why, verdict="ignored"))
     return images, captions, problems, warnings
+
+
+def _unread_entry(path: Path, real_root: Path, *, folder: bool) -> tuple[str, str] | None:
+    """(code, reason) for an entry that is not read: a link leaving the root, a dangling link, not a regular file."""
+    if folder:  # linked folders are never followed: their files would come from outside or be trained twice
+        inside = path.resolve().is_relative_to(real_root)
+        where = "inside the dataset (its files are read there)" if inside else "outside the dataset folder"
+        return "linked-folder", f"a link to a folder {where}: not followed; copy the folder in instead of linking it"
+    if path.is_symlink():
+        target = path.resolve()
+        if not target.is_relative_to(real_root):
+            return "link-outside", "a link to a file outside the dataset folder: not read; copy the file in instead of linking it"
+        if not target.exists():
+            return "broken-link", "a link to a file that does not exist: not read"
+    if not path.is_file():  # a fifo or device file would block or stream forever on read
+        return "not-a-file", "not a regular file (a pipe, socket or device): not read"
+    return None
 
 
 def _check_all(paths: list[Path]) -> list[ImageCheck]:
