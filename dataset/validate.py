@@ -14,13 +14,18 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
+from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.dataset.buckets import Bucket, assign_bucket, cover_size, make_buckets
 from anima_lora_flow.dataset.formats import is_caption, is_image, is_junk
-from anima_lora_flow.dataset.report import DatasetReport, ImageRecord, Issue, bucket_histogram, fingerprint
+from anima_lora_flow.dataset.report import DatasetError, DatasetReport, ImageRecord, Issue, bucket_histogram, fingerprint
 
 MIN_IMAGE_SIDE = 64  # below this an image carries no detail even in the smallest bucket
 MAX_IMAGE_PIXELS = 8192 * 8192  # larger ones are decompression bombs or need downscaling first
 MAX_CAPTION_TOKENS = 512  # the Qwen3 text encoder's limit (qwen3_max_token_length)
+# A kohya N_name folder obeys the same bound as --repeats (train refuses more).
+MAX_REPEATS = next(r.le for r in TrainingConfig.model_fields["repeats"].metadata if getattr(r, "le", None) is not None)
+# Images x repeats per epoch: the sampler holds one index per sample, and a million is weeks of training.
+MAX_SAMPLES_PER_EPOCH = 1_000_000
 UPSCALE_WARNING = 2.0  # images enlarged more than this to fill their bucket train blurry
 CROP_WARNING = 0.30  # share of an image the bucket's centre crop may cut before the subject is likely gone
 # Image files the trainers do not load: skipped, with a conversion hint.
@@ -62,6 +67,7 @@ def validate_folder(
     """Check every file under `root` (never writing there) and return the report."""
     root = Path(root)
     images, captions, problems, warnings = _scan(root)
+    _check_folder_repeats(images, repeats)
     checks = _check_all([root / p for p in images])
     buckets = make_buckets(resolution, min_bucket_reso, max_bucket_reso, bucket_reso_steps)
     records: list[ImageRecord] = []
@@ -91,6 +97,7 @@ def validate_folder(
                  for c in orphans]
     warnings += _shared_stems(records, captions)
     warnings += _folder_notes(folders, repeats)
+    _check_samples(records)
     return DatasetReport(
         root=str(root), source=source or str(root), resolution=resolution, images=records,
         problems=problems, warnings=warnings, tag_frequency=tag_frequency(r.caption for r in records),
@@ -239,6 +246,41 @@ def folder_repeats(relpath: PurePosixPath, default: int) -> tuple[int, str | Non
         if match:
             return int(match.group(1)), folder.as_posix()
     return default, (folder.as_posix() if folder.parts else None)
+
+
+def _check_folder_repeats(images: list[PurePosixPath], default: int) -> None:
+    """Refuse a kohya folder asking for more repeats than --repeats allows, before any image is decoded.
+
+    Raises:
+        DatasetError: one line naming the folder and the limit.
+    """
+    for relpath in images:
+        times, folder = folder_repeats(relpath, default)
+        if times > MAX_REPEATS:
+            raise DatasetError(
+                f"folder {folder!r} asks for {times} repeats, over the limit of {MAX_REPEATS}; "
+                f"rename it to N_name with N from 1 to {MAX_REPEATS}"
+            )
+
+
+def _check_samples(records: list[ImageRecord]) -> None:
+    """Refuse an epoch of more than MAX_SAMPLES_PER_EPOCH samples, naming the folder that contributes most.
+
+    Raises:
+        DatasetError: one line with the count, the limit and the folder.
+    """
+    total = sum(r.repeats for r in records)
+    if total <= MAX_SAMPLES_PER_EPOCH:
+        return
+    per_folder = Counter()
+    for record in records:
+        per_folder[PurePosixPath(record.path).parent.as_posix()] += record.repeats
+    folder, most = per_folder.most_common(1)[0]
+    folder = "(the top level)" if folder == "." else repr(folder)
+    raise DatasetError(
+        f"the dataset gives {total} samples per epoch (images x repeats), over the limit of {MAX_SAMPLES_PER_EPOCH}; "
+        f"folder {folder} gives {most} of them: lower its repeats (N_name or --repeats) or split the dataset"
+    )
 
 
 def _folder_notes(folders: dict[str, list[int]], default: int) -> list[Issue]:
