@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -37,8 +38,21 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
+def redraws_in_place(file) -> bool:
+    """Whether `file` shows a carriage return as a redraw (a terminal, a Jupyter/Colab cell), not as a new copy."""
+    if getattr(file, "isatty", lambda: False)():
+        return True
+    # A notebook cell's stdout is no tty but renders "\r" in place; a log file or a pipe keeps every copy.
+    return file in (sys.stdout, sys.__stdout__) and "ipykernel" in sys.modules
+
+
 class TrainingProgress:
-    """Renders step events as a single bar: step, loss, s/step, ETA, next save, session time left."""
+    """Renders step events as one progress line: step, loss, s/step, ETA, next save, session time left.
+
+    Where the output redraws in place (a terminal, a notebook cell) it is a tqdm bar. Elsewhere (a log
+    file, a pipe, Kaggle's saved output) every redraw would stay as another copy of the line, so it
+    prints plain lines instead, each step at most once and at most one line per `every_s` seconds.
+    """
 
     def __init__(
         self,
@@ -47,13 +61,21 @@ class TrainingProgress:
         file=None,
         echo: Callable[[str], None] | None = None,
         echo_checkpoints: bool = True,
+        in_place: bool | None = None,
+        every_s: float = 30.0,
+        redraw_s: float = 1.0,
     ):
         self.echo_checkpoints = echo_checkpoints
         self._bar: tqdm | None = None
         self._file = file or sys.stdout
+        self._in_place = redraws_in_place(self._file) if in_place is None else in_place
+        self._every_s, self._redraw_s = every_s, redraw_s
         self._session_left = session_left
-        self._echo = echo or (lambda line: tqdm.write(line, file=self._file))
+        self._echo = echo or self._write
         self._last_step = 0
+        self._total: int | None = None
+        self._printed_step: int | None = None
+        self._printed_at = -math.inf
         self.started = time.monotonic()
 
     def __call__(self, event: Event, _outcome=None) -> None:
@@ -72,24 +94,46 @@ class TrainingProgress:
         elif kind in ("done", "error"):
             self.close()
 
+    def _write(self, line: str) -> None:
+        if self._in_place:
+            tqdm.write(line, file=self._file)  # clears the bar, writes the line, redraws the bar below it
+        else:
+            print(line, file=self._file, flush=True)
+
     def _open(self, total: int, start: int) -> None:
         self.close()
-        self._bar = tqdm(
-            total=total, initial=start, desc="training", unit="step", file=self._file,
-            dynamic_ncols=True, mininterval=1.0, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} {postfix}",
-        )
-        self._last_step = start
+        self._total, self._last_step = total, start
+        if self._in_place:
+            self._bar = tqdm(
+                total=total, initial=start, desc="training", unit="step", file=self._file, dynamic_ncols=True,
+                mininterval=self._redraw_s, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total}{postfix}",
+            )
 
     def _on_step(self, event: Event) -> None:
         step = int(event.get("step", self._last_step))
-        if self._bar is None:
+        if self._total is None:
             self._open(int(event.get("total") or step), step)
-        self._bar.update(max(0, step - self._last_step))
+        if not self._in_place:
+            self._print_step(step, event)
+        else:
+            # The postfix first: update() draws, so the other order shows this step with the last one's numbers.
+            self._bar.set_postfix_str(self.postfix(event), refresh=False)
+            self._bar.update(max(0, step - self._last_step))
         self._last_step = step
-        self._bar.set_postfix_str(self.postfix(event), refresh=False)
+
+    def _print_step(self, step: int, event: Event) -> None:
+        total = int(event.get("total") or self._total or 0)
+        now = time.monotonic()
+        if step == self._printed_step or (now - self._printed_at < self._every_s and step != total):
+            return
+        self._printed_step, self._printed_at = step, now
+        percent = f" ({100 * step // total}%)" if total else ""
+        postfix = self.postfix(event)
+        print(f"training: step {step}/{total or '?'}{percent}{', ' + postfix if postfix else ''}", file=self._file,
+              flush=True)
 
     def postfix(self, event: Event) -> str:
-        total = event.get("total") or (self._bar.total if self._bar else None)
+        total = event.get("total") or self._total
         sec = event.get("sec_per_step")
         parts = []
         if event.get("loss") is not None:
@@ -109,3 +153,4 @@ class TrainingProgress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        self._total = None

@@ -37,3 +37,60 @@ def test_summary_names_the_lora_and_its_size():
     assert "LoRA: /runs/p/checkpoints/p.safetensors (57.0 MB)" in text
     stopped = summary_text(cfg, {"outcome": "stopped", "steps_done": 4, "total_steps": 10})
     assert "run the same command again" in stopped
+
+
+# What the demo's trainer sends: step events every 10 steps, a log line, checkpoints at the epoch ends.
+DEMO_EVENTS = [
+    Event("plan", {"total_steps": 24, "start_step": 0}),
+    Event("log", {"message": "caches: 0 latents reused, 6 encoded"}),
+    Event("step", {"step": 10, "total": 24, "loss": 0.5, "sec_per_step": 0.2}),
+    Event("checkpoint", {"kind": "state", "step": 12, "path": "/s"}),
+    Event("step", {"step": 20, "total": 24, "loss": 0.4, "sec_per_step": 0.3}),
+    Event("step", {"step": 24, "total": 24, "loss": 0.3, "sec_per_step": 0.25}),
+    Event("done", {"lora": "/x.safetensors"}),
+]
+
+
+def test_a_log_file_gets_each_step_once_as_plain_lines():
+    out = io.StringIO()  # no tty: a log file, a pipe, Kaggle's saved output
+    progress = TrainingProgress(file=out, echo_checkpoints=False, every_s=0)
+    for event in DEMO_EVENTS:
+        progress(event)
+    text = out.getvalue()
+    assert "\r" not in text
+    for step in (0, 10, 20, 24):
+        assert text.count(f" {step}/24") == (step > 0), (step, text)
+    assert text.splitlines() == [
+        "caches: 0 latents reused, 6 encoded",
+        "training: step 10/24 (41%), loss 0.5000, 0.20 s/step, ETA 0m02s",
+        "training: step 20/24 (83%), loss 0.4000, 0.30 s/step, ETA 0m01s",
+        "training: step 24/24 (100%), loss 0.3000, 0.25 s/step, ETA 0m00s",
+    ]
+
+
+def test_plain_lines_are_throttled_but_the_last_step_is_always_shown():
+    out = io.StringIO()
+    progress = TrainingProgress(file=out, every_s=3600)
+    for event in DEMO_EVENTS:
+        progress(event)
+    steps = [line for line in out.getvalue().splitlines() if line.startswith("training: step")]
+    assert [line.split()[2] for line in steps] == ["10/24", "24/24"]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_terminal_redraws_each_step_with_its_own_numbers():
+    out = _Terminal()
+    progress = TrainingProgress(file=out, echo_checkpoints=False, redraw_s=0)
+    for event in DEMO_EVENTS:
+        progress(event)
+    frames = [f for f in out.getvalue().replace("\n", "\r").split("\r") if "/24" in f]
+    assert frames and all("\n" not in f for f in frames)
+    losses = {10: "0.5000", 20: "0.4000", 24: "0.3000"}
+    for frame in frames:
+        step = int(frame.split("/24")[0].rsplit(" ", 1)[1])
+        if step:
+            assert f"/24, loss {losses[step]}" in frame, frame  # never a step shown with the previous step's loss
