@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -14,22 +15,28 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from anima_lora_flow.dataset.formats import is_junk
+from anima_lora_flow.dataset.formats import is_caption, is_image, is_junk
 from anima_lora_flow.dataset.report import DatasetError
 
 _CHUNK = 1 << 20
 _KOHYA_FOLDER = re.compile(r"^\d+_.+")
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
+LEFT_IN_ARCHIVE = ".left-in-archive.json"  # a dot-file: the validator never lists it
 
 
 @dataclass(frozen=True)
 class ExtractLimits:
-    """Refuse archives past these sizes. The ratio applies only past `ratio_floor` bytes."""
+    """Refuse archives past these sizes, checked on the headers and again on the bytes really written.
+
+    The ratio is judged per entry, so incompressible padding beside a block of zeros hides nothing:
+    bytes that entries unpack to beyond max_ratio times their packed size may add up to `ratio_floor`
+    at most, and so may the whole archive beyond max_ratio times its file size.
+    """
 
     max_total_bytes: int = 20 * 1024**3
     max_files: int = 100_000
-    max_ratio: float = 200.0  # images barely compress; a 200:1 archive is a bomb, not a dataset
-    ratio_floor: int = 64 * 1024**2  # small archives of text captions may compress well: don't judge them
+    max_ratio: float = 200.0  # images barely compress; a 200:1 entry is a bomb, not a dataset
+    ratio_floor: int = 64 * 1024**2  # flat-colour BMPs and long captions may compress well: tolerate some
 
 
 @dataclass(frozen=True)
@@ -63,8 +70,10 @@ def safe_extract(archive: Path, dest: Path, limits: ExtractLimits | None = None)
     tmp.mkdir(parents=True)
     try:
         with _open_archive(archive) as (entries, open_entry):
-            planned = _plan(entries, archive, limits)
+            planned, left = _plan(entries, archive, limits)
             _write_all(planned, open_entry, tmp, archive, limits)
+        if left:
+            (tmp / LEFT_IN_ARCHIVE).write_text(json.dumps([p.as_posix() for p in left], ensure_ascii=False))
         tmp.rename(dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -118,24 +127,34 @@ def _safe_relpath(name: str, archive: Path) -> PurePosixPath:
     return PurePosixPath(*[p for p in path.parts if p not in ("", ".")])
 
 
-def _plan(entries: list[tuple[str, bool, int, int]], archive: Path, limits: ExtractLimits) -> list[_Entry]:
-    """Check every entry and the totals from the directory before writing anything."""
-    planned = []
+def _plan(entries: list[tuple[str, bool, int, int]], archive: Path, limits: ExtractLimits) -> tuple[list[_Entry], list[PurePosixPath]]:
+    """(entries to extract, entries left in the archive), checked from the directory before writing anything.
+
+    Only images and the captions beside them are extracted: a video or a stray archive in the zip
+    would cost disk and time for nothing. What is left out is returned, so the report can name it.
+    """
+    size_on_disk = archive.stat().st_size  # no entry really packs into more than the whole file
+    files = []
     for name, is_file, size, compressed in entries:
         relpath = _safe_relpath(name, archive)
         if is_file and relpath.parts and not is_junk(relpath):
-            planned.append(_Entry(name, relpath, size, compressed))
-    total = sum(e.size for e in planned)
-    if len(planned) > limits.max_files:
-        raise DatasetError(f"{archive.name} has {len(planned)} files, over the limit of {limits.max_files}; split the dataset")
-    if total > limits.max_total_bytes:
-        raise DatasetError(f"{archive.name} unpacks to {total} bytes, over the limit of {limits.max_total_bytes}; split the dataset")
-    packed = max(1, sum(e.compressed for e in planned))
-    if total > limits.ratio_floor and total / packed > limits.max_ratio:
-        raise DatasetError(f"{archive.name} looks like a zip bomb ({total / packed:.0f}:1 compression); re-create the archive")
+            files.append(_Entry(name, relpath, size, min(compressed, size_on_disk)))
+    if len(files) > limits.max_files:
+        raise DatasetError(f"{archive.name} has {len(files)} files, over the limit of {limits.max_files}; split the dataset")
+    files = _flatten(files)
+    stems = {(e.relpath.parent, e.relpath.stem) for e in files if is_image(e.relpath)}
+    used = [is_image(e.relpath) or (is_caption(e.relpath) and (e.relpath.parent, e.relpath.stem) in stems) for e in files]
+    planned = [e for e, keep in zip(files, used) if keep]
+    left = [e.relpath for e, keep in zip(files, used) if not keep]
     if len({str(e.relpath).lower() for e in planned}) != len(planned):
         raise DatasetError(f"{archive.name} holds the same file name twice (perhaps differing in case); rename one of them")
-    return _flatten(planned)
+    total = sum(e.size for e in planned)
+    if total > limits.max_total_bytes:
+        raise DatasetError(f"{archive.name} unpacks to {total} bytes, over the limit of {limits.max_total_bytes}; split the dataset")
+    bounds = _Bounds(archive, limits)
+    for entry in planned:  # the headers' word first: an honest bomb is refused before a byte is written
+        bounds.add(entry, entry.size)
+    return planned, left
 
 
 def _flatten(planned: list[_Entry]) -> list[_Entry]:
@@ -146,20 +165,57 @@ def _flatten(planned: list[_Entry]) -> list[_Entry]:
     return [_Entry(e.name, PurePosixPath(*e.relpath.parts[1:]), e.size, e.compressed) for e in planned]
 
 
+class _Bounds:
+    """The running totals an extraction may not pass: bytes, bytes beyond max_ratio:1 per entry, and the
+    archive's own ratio (a .tar.gz packs every entry into one stream, so its entries have no packed size).
+    """
+
+    def __init__(self, archive: Path, limits: ExtractLimits):
+        self.archive, self.limits = archive, limits
+        self.archive_bound = max(limits.ratio_floor, archive.stat().st_size * limits.max_ratio)
+        self.total = 0
+        self.excess = 0  # bytes past each entry's max_ratio allowance, summed
+
+    def add(self, entry: _Entry, count: int, entry_so_far: int | None = None) -> None:
+        """Count `count` more bytes of `entry`, of which `entry_so_far` (default: all) are its own so far.
+
+        Raises:
+            DatasetError: a bound is passed; the message names the entry for a per-entry ratio.
+        """
+        entry_so_far = count if entry_so_far is None else entry_so_far
+        allowance = entry.compressed * self.limits.max_ratio
+        self.excess += max(0, entry_so_far - max(allowance, entry_so_far - count))
+        self.total += count
+        name, limits = self.archive.name, self.limits
+        if self.total > limits.max_total_bytes:  # past the header check, so the headers understate the sizes
+            raise DatasetError(f"{name} unpacks to more than {limits.max_total_bytes} bytes (its header understates it); refusing it")
+        if self.excess > limits.ratio_floor:
+            raise DatasetError(
+                f"{name} looks like a zip bomb: {entry.name!r} unpacks to {entry_so_far}+ bytes from {entry.compressed} "
+                f"(over {limits.max_ratio:.0f}:1, which no image compresses to); re-create the archive"
+            )
+        if self.total > self.archive_bound:
+            raise DatasetError(f"{name} looks like a zip bomb: it unpacks to over {limits.max_ratio:.0f} times its size; re-create the archive")
+
+
 def _write_all(planned: list[_Entry], open_entry: Callable[[str], IO[bytes]], target: Path, archive: Path, limits: ExtractLimits) -> None:
-    """Stream each entry to disk, counting real bytes: a header that lies about sizes must not win."""
-    written = 0
+    """Stream each entry to disk, counting the bytes really written: a header that lies about sizes must not win."""
+    bounds = _Bounds(archive, limits)
     for entry in planned:
         out = target.joinpath(*entry.relpath.parts)
         out.parent.mkdir(parents=True, exist_ok=True)
+        written = 0
         with open_entry(entry.name) as src, open(out, "xb") as dst:
-            written = _copy_counted(src, dst, written, limits.max_total_bytes, archive)
+            while chunk := src.read(_CHUNK):
+                written += len(chunk)
+                bounds.add(entry, len(chunk), written)
+                dst.write(chunk)
 
 
-def _copy_counted(src: IO[bytes], dst: IO[bytes], written: int, limit: int, archive: Path) -> int:
-    while chunk := src.read(_CHUNK):
-        written += len(chunk)
-        if written > limit:
-            raise DatasetError(f"{archive.name} unpacks to more than {limit} bytes (its header understates it); refusing it")
-        dst.write(chunk)
-    return written
+def left_in_archive(root: Path) -> list[PurePosixPath]:
+    """The files safe_extract left in the archive (not images or their captions), for the report; [] for any other folder."""
+    try:
+        names = json.loads((root / LEFT_IN_ARCHIVE).read_text())
+    except (OSError, ValueError):
+        return []
+    return [PurePosixPath(n) for n in names if isinstance(n, str)]

@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from anima_lora_flow.dataset.extract import ExtractLimits, is_archive, safe_extract
+from anima_lora_flow.dataset.extract import ExtractLimits, is_archive, left_in_archive, safe_extract
 from anima_lora_flow.dataset.fetch import cache_key, classify_source, download_drive, download_fsspec, download_http
 from anima_lora_flow.dataset.formats import IMAGE_EXTENSIONS, is_image
 from anima_lora_flow.dataset.report import DatasetError, DatasetReport
@@ -34,9 +34,10 @@ def prepare_dataset(
         FetchError: the network kept failing (worth a retry).
     """
     root = locate_dataset(source, Path(work_dir), limits)
+    extracted = root.resolve().is_relative_to((Path(work_dir) / "datasets").resolve())  # a user's folder has no such list
     report = validate_folder(
         root, resolution=resolution, min_bucket_reso=min_bucket_reso, max_bucket_reso=max_bucket_reso,
-        bucket_reso_steps=bucket_reso_steps, repeats=repeats, source=source,
+        bucket_reso_steps=bucket_reso_steps, repeats=repeats, source=source, left_in_archive=left_in_archive(root) if extracted else (),
     )
     if not report.images:
         raise DatasetError(_nothing_to_train(report), report)

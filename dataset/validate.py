@@ -8,6 +8,7 @@ import math
 import os
 import re
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -63,10 +64,14 @@ def validate_folder(
     bucket_reso_steps: int = 64,
     repeats: int = 5,
     source: str = "",
+    left_in_archive: Sequence[PurePosixPath] = (),
 ) -> DatasetReport:
-    """Check every file under `root` (never writing there) and return the report."""
+    """Check every file under `root` (never writing there) and return the report.
+
+    `left_in_archive`: files of the source archive that extraction left out, reported with the rest.
+    """
     root = Path(root)
-    images, captions, problems, warnings = _scan(root)
+    images, captions, problems, warnings = _scan(root, left_in_archive)
     _check_folder_repeats(images, repeats)
     checks = _check_all([root / p for p in images])
     buckets = make_buckets(resolution, min_bucket_reso, max_bucket_reso, bucket_reso_steps)
@@ -105,13 +110,17 @@ def validate_folder(
     )
 
 
-def _scan(root: Path) -> tuple[list[PurePosixPath], dict[tuple[str, str], PurePosixPath], list[Issue], list[Issue]]:
+def _scan(root: Path, left_in_archive: Sequence[PurePosixPath] = ()) -> tuple[
+    list[PurePosixPath], dict[tuple[str, str], PurePosixPath], list[Issue], list[Issue]
+]:
     """Sort every file into images, captions (keyed by folder and stem), problems and ignored files.
 
     Only regular files whose real path stays inside the root are read: a link may point anywhere
     (`g0.txt -> /etc/passwd` would become a caption, printed and stored with the run).
+    `left_in_archive` are the files extraction did not write (neither images nor their captions):
+    they are reported as if they were here.
     """
-    images, captions, problems, warnings = [], {}, [], []
+    found, problems = [], []
     real_root = root.resolve()
     for folder, dirs, files in os.walk(root):  # never descends into linked folders (followlinks=False)
         rel_folder = PurePosixPath(Path(folder).relative_to(root).as_posix())
@@ -122,23 +131,28 @@ def _scan(root: Path) -> tuple[list[PurePosixPath], dict[tuple[str, str], PurePo
             dirs.remove(d)
         for name in sorted(files):
             rel = rel_folder / name
-            suffix = rel.suffix.lower()
             if is_junk(rel) or name.startswith("."):
                 continue
             unread = _unread_entry(Path(folder) / name, real_root, folder=False)
             if unread:
                 problems.append(Issue(file=rel.as_posix(), code=unread[0], reason=unread[1], verdict="skipped"))
-                continue
-            if is_image(rel):
-                images.append(rel)
-            elif is_caption(rel):
-                captions[(rel.parent.as_posix(), rel.stem)] = rel
-            elif suffix in UNSUPPORTED_IMAGES:
-                why = f"{suffix} images are not loaded by the trainer; convert it to PNG or JPEG"
-                problems.append(Issue(file=rel.as_posix(), code="unsupported-format", reason=why, verdict="skipped"))
             else:
-                why = "not an image or caption the trainer loads: ignored"
-                warnings.append(Issue(file=rel.as_posix(), code="ignored-file", reason=why, verdict="ignored"))
+                found.append(rel)
+    images, captions, warnings = [], {}, []
+    left = set(left_in_archive)
+    for rel in found + list(left_in_archive):
+        suffix = rel.suffix.lower()
+        where = " (left in the archive)" if rel in left else ""
+        if is_image(rel):
+            images.append(rel)
+        elif is_caption(rel):
+            captions[(rel.parent.as_posix(), rel.stem)] = rel
+        elif suffix in UNSUPPORTED_IMAGES:
+            why = f"{suffix} images are not loaded by the trainer; convert it to PNG or JPEG{where}"
+            problems.append(Issue(file=rel.as_posix(), code="unsupported-format", reason=why, verdict="skipped"))
+        else:
+            why = f"not an image or caption the trainer loads: ignored{where}"
+            warnings.append(Issue(file=rel.as_posix(), code="ignored-file", reason=why, verdict="ignored"))
     return images, captions, problems, warnings
 
 

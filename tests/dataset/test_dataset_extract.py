@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import stat
 import tarfile
 import zipfile
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from anima_lora_flow.dataset.extract import ExtractLimits, safe_extract
+from anima_lora_flow.dataset.extract import LEFT_IN_ARCHIVE, ExtractLimits, _Entry, _open_archive, _write_all, safe_extract
 from anima_lora_flow.dataset.intake import extract_to_work_dir, prepare_dataset
 from anima_lora_flow.dataset.report import DatasetError
 
@@ -70,6 +71,55 @@ def test_bomb_like_archive_is_refused_by_size_ratio_and_count(tmp_path: Path):
     many = make_zip(tmp_path / "many.zip", {f"{i}.txt": b"x" for i in range(11)})
     with pytest.raises(DatasetError, match="11 files, over the limit of 10"):
         safe_extract(many, tmp_path / "c", ExtractLimits(max_files=10))
+
+
+def test_a_bomb_entry_hidden_by_incompressible_padding_is_refused(tmp_path: Path):
+    """4 MiB of zeros beside 1 MiB of random bytes is 5:1 overall, but the zeros entry alone is ~1000:1.
+
+    Scaled down from 2 GB of zeros + 12 MB of random (147:1 overall), which the whole-archive ratio let through.
+    """
+    archive = make_zip(tmp_path / "padded.zip", {"a.png": b"\0" * (4 << 20), "b.png": os.urandom(1 << 20)})
+    limits = ExtractLimits(ratio_floor=1 << 20)
+    with pytest.raises(DatasetError, match=r"padded.zip looks like a zip bomb: 'a.png' unpacks to 4194304\+ bytes from \d+ \(over 200:1"):
+        safe_extract(archive, tmp_path / "out", limits)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["padded.zip"]  # refused before writing: no partial folder left
+    fine = make_zip(tmp_path / "fine.zip", {"a.png": os.urandom(1 << 20), "b.txt": b"1girl"})
+    assert (safe_extract(fine, tmp_path / "ok", limits) / "a.png").stat().st_size == 1 << 20
+
+
+def test_written_bytes_are_counted_while_extracting_whatever_the_plan_says(tmp_path: Path):
+    """A plan that believed a header claiming 10 bytes is stopped by the bytes really written, mid-entry."""
+    archive = tmp_path / "d.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        info = tarfile.TarInfo("zeros.png")
+        info.size = 3 << 20
+        tf.addfile(info, io.BytesIO(b"\0" * info.size))
+    out = tmp_path / "out"
+    out.mkdir()
+    with _open_archive(archive) as (_, open_entry), pytest.raises(DatasetError, match="zip bomb: 'zeros.png'"):
+        _write_all([_Entry("zeros.png", Path("zeros.png"), 10, 10)], open_entry, out, archive, ExtractLimits(ratio_floor=1 << 20))
+    assert (out / "zeros.png").stat().st_size <= 1 << 20  # stopped at the first chunk past the bound, not at 3 MiB
+    with _open_archive(archive) as (_, open_entry), pytest.raises(DatasetError, match="its header understates it"):
+        _write_all([_Entry("zeros.png", Path("again.png"), 10, 10 << 20)], open_entry, out, archive, ExtractLimits(max_total_bytes=1 << 20))
+
+
+def test_only_images_and_their_captions_are_extracted_and_the_rest_is_reported(tmp_path: Path):
+    archive = make_zip(tmp_path / "d.zip", {
+        "a.png": png_bytes(), "a.txt": b"1girl", "orphan.txt": b"no image", "c.gif": b"GIF89a", "c.txt": b"for the gif",
+        "clip.mp4": os.urandom(4096), "notes.pdf": b"%PDF", "sub/d.png": png_bytes((256, 300)), "sub/d.txt": b"solo",
+    })
+    out = safe_extract(archive, tmp_path / "out")
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        LEFT_IN_ARCHIVE, "a.png", "a.txt", "sub/d.png", "sub/d.txt",
+    ]
+    report = prepare_dataset(str(archive), tmp_path / "work")
+    assert {i.path: i.caption for i in report.images} == {"a.png": "1girl", "sub/d.png": "solo"}
+    assert {(p.file, p.code) for p in report.problems} == {("c.gif", "unsupported-format")}
+    assert "(left in the archive)" in report.problems[0].reason
+    assert {(w.file, w.code) for w in report.warnings if w.code not in ("subfolder", "upscaled")} == {
+        ("orphan.txt", "orphan-caption"), ("clip.mp4", "ignored-file"), ("notes.pdf", "ignored-file"),
+    }
+    assert LEFT_IN_ARCHIVE not in report.to_text()
 
 
 def test_lying_header_does_not_beat_the_limit(tmp_path: Path):
