@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import importlib.metadata
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -19,6 +20,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 SD_SCRIPTS_URL = "https://github.com/kohya-ss/sd-scripts.git"
+# A local clone to install from instead of GitHub (an offline machine, a mirror); it must hold the pinned commit.
+LOCAL_CHECKOUT_ENV = "ANIMA_SD_SCRIPTS_DIR"
 ANIMA_MODULES = ("library.anima_utils", "networks.lora_anima")
 _NETWORK_ERRORS = ("could not resolve host", "failed to connect", "unable to access", "timed out", "unreachable")
 
@@ -46,18 +49,20 @@ def ensure_sd_scripts(
     commit: str,
     cache_dir: str | Path,
     *,
-    repo_url: str = SD_SCRIPTS_URL,
+    repo_url: str | None = None,
     pin_torch: bool = True,
     echo=print,
 ) -> Path:
     """Clone sd-scripts at `commit`, install it into its own venv, check its Anima modules import.
 
     Idempotent: a marker holding the commit and a hash of the requirements skips all work on the
-    next call. Returns the checkout folder.
+    next call. Returns the checkout folder. `repo_url` defaults to the local clone named by
+    $ANIMA_SD_SCRIPTS_DIR when set, else GitHub; either way the pinned commit is checked out.
 
     Raises:
         SdScriptsInstallError: git missing, network unreachable, unknown commit, pip or import failure.
     """
+    repo_url = repo_url or source_url()
     root = install_root(cache_dir, commit)
     repo, venv, marker = root / "sd-scripts", root / "venv", root / "installed.json"
     root.mkdir(parents=True, exist_ok=True)
@@ -67,13 +72,31 @@ def ensure_sd_scripts(
             return repo
         git = require_git()
         echo(f"Installing sd-scripts {commit} into {root} (once per commit)...")
-        full_sha = _checkout(git, repo_url, commit, repo)
+        full_sha = _checkout(git, repo_url, commit, repo, echo)
         _make_venv(venv)
         _pip_install(venv, repo, pins, echo)
         verify_sd_scripts(repo)
         marker.write_text(json.dumps(_marker_data(commit, full_sha, repo, pins), indent=2))
         echo(f"sd-scripts {full_sha[:10]} ready.")
     return repo
+
+
+def source_url() -> str:
+    """Where to clone from: $ANIMA_SD_SCRIPTS_DIR (a local git clone) when set, else GitHub.
+
+    Raises:
+        SdScriptsInstallError: the variable names a folder that is not a git clone.
+    """
+    local = os.environ.get(LOCAL_CHECKOUT_ENV, "").strip()
+    if not local:
+        return SD_SCRIPTS_URL
+    path = Path(local).expanduser().resolve()
+    if not (path / ".git").exists():
+        raise SdScriptsInstallError(
+            f"{LOCAL_CHECKOUT_ENV}={local} is not a git clone of sd-scripts; clone it with "
+            f"`git clone {SD_SCRIPTS_URL} {local}` or unset {LOCAL_CHECKOUT_ENV} to clone from GitHub"
+        )
+    return str(path)
 
 
 def require_git() -> str:
@@ -161,12 +184,16 @@ def _marker_matches(marker: Path, commit: str, repo: Path, venv: Path, pins: lis
     return data.get("commit") == commit and data.get("requirements") == _requirements_hash(repo, pins)
 
 
-def _checkout(git: str, repo_url: str, commit: str, repo: Path) -> str:
+def _checkout(git: str, repo_url: str, commit: str, repo: Path, echo=print) -> str:
     """Fresh clone at `commit` (a stale or half-made checkout is replaced). Returns the full sha."""
     check_reachable(repo_url)
     partial = repo.with_name(repo.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    out = _run([git, "clone", "--no-checkout", "--filter=blob:none", "--quiet", repo_url, str(partial)])
+    # A partial clone of a local folder would have to fetch blobs from it later, which git refuses
+    # when that folder is itself incomplete; a plain local clone hardlinks the objects anyway.
+    local = Path(repo_url).is_dir()
+    filters = [] if local else ["--filter=blob:none"]
+    out = _run([git, "clone", "--no-checkout", *filters, "--quiet", repo_url, str(partial)])
     if out.returncode != 0:
         host = urlparse(repo_url).hostname or repo_url
         if any(marker in out.stderr.lower() for marker in _NETWORK_ERRORS):
@@ -179,6 +206,10 @@ def _checkout(git: str, repo_url: str, commit: str, repo: Path) -> str:
             "set sd_scripts_commit to a commit of kohya-ss/sd-scripts"
         )
     sha = _run([git, "-C", str(partial), "rev-parse", "HEAD"]).stdout.strip()
+    if local:  # a copied clone may lack some large files; say which, since a missing one fails later
+        status = _run([git, "-C", str(partial), "status", "--porcelain"]).stdout.splitlines()
+        if missing := [line[3:] for line in status if line.startswith(" D ")]:
+            echo(f"warning: {repo_url} lacks {len(missing)} file(s) of {sha[:10]}: {', '.join(missing)}")
     shutil.rmtree(repo, ignore_errors=True)
     partial.rename(repo)
     return sha

@@ -88,3 +88,35 @@ def test_broken_anima_modules_fail_verification(tmp_path, fake_sd_scripts):
     with pytest.raises(SdScriptsInstallError, match="Anima modules do not import.*no_such_module"):
         ensure_sd_scripts(sha, tmp_path / "cache", repo_url=str(repo), pin_torch=False, echo=lambda *_: None)
     assert not (tmp_path / "cache" / f"sd-scripts-{sha}" / "installed.json").exists()
+
+
+def test_the_local_checkout_variable_is_the_default_source(tmp_path, fake_sd_scripts, monkeypatch):
+    """$ANIMA_SD_SCRIPTS_DIR names a local clone: no network, same pinned commit and venv."""
+    repo, sha = fake_sd_scripts
+    monkeypatch.setenv("ANIMA_SD_SCRIPTS_DIR", str(repo))
+    checkout = ensure_sd_scripts(sha[:8], tmp_path / "cache", pin_torch=False, echo=lambda *_: None)
+    assert json.loads((checkout.parent / "installed.json").read_text())["sha"] == sha
+    assert (checkout / "networks" / "lora_anima.py").is_file()
+
+
+def test_a_local_clone_missing_a_large_file_installs_and_names_it(tmp_path, fake_sd_scripts, monkeypatch):
+    """A copied clone may lack blobs (big binaries left out); a partial clone of it failed with 'not found'."""
+    repo, _ = fake_sd_scripts
+    (repo / "big.dll").write_bytes(b"\0" * 1000)
+    _git(repo, "add", "big.dll")
+    _git(repo, "commit", "-qm", "binary")
+    sha = _git(repo, "rev-parse", "HEAD")
+    blob = _git(repo, "rev-parse", "HEAD:big.dll")
+    (repo / ".git" / "objects" / blob[:2] / blob[2:]).unlink()
+    (repo / "big.dll").unlink()
+    monkeypatch.setenv("ANIMA_SD_SCRIPTS_DIR", str(repo))
+    said = []
+    checkout = ensure_sd_scripts(sha, tmp_path / "cache", pin_torch=False, echo=said.append)
+    assert (checkout / "anima_train_network.py").is_file()
+    assert any("lacks 1 file(s)" in s and "big.dll" in s for s in said)
+
+
+def test_a_local_checkout_variable_that_is_no_clone_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANIMA_SD_SCRIPTS_DIR", str(tmp_path))
+    with pytest.raises(SdScriptsInstallError, match="ANIMA_SD_SCRIPTS_DIR=.* is not a git clone"):
+        ensure_sd_scripts("48d368fa", tmp_path / "cache", pin_torch=False, echo=lambda *_: None)
