@@ -18,6 +18,7 @@ from PIL import Image
 from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.dataset.buckets import Bucket, assign_bucket, cover_size, make_buckets
 from anima_lora_flow.dataset.formats import is_caption, is_image, is_junk
+from anima_lora_flow.dataset.orientation import exif_orientation, upright_size
 from anima_lora_flow.dataset.report import DatasetError, DatasetReport, ImageRecord, Issue, bucket_histogram, fingerprint
 
 MIN_IMAGE_SIDE = 64  # below this an image carries no detail even in the smallest bucket
@@ -53,6 +54,7 @@ class ImageCheck:
     mode: str = ""
     frames: int = 1
     error: tuple[str, str] | None = None  # (code, reason)
+    orientation: int = 1  # EXIF; width and height above are already turned upright
 
 
 def validate_folder(
@@ -192,8 +194,9 @@ def check_image(path: Path) -> ImageCheck:
                 return ImageCheck(digest, width, height, mode, error=("too-large", _too_many_pixels(width, height)))
             img.verify()
         with Image.open(io.BytesIO(data)) as img:
+            (width, height), orientation = upright_size(img), exif_orientation(img)  # after verify(): reading EXIF may load
             if img.format == "JPEG":  # decode at 1/8 scale: every byte is still parsed, 10x faster
-                img.draft(img.mode, (max(1, width // 8), max(1, height // 8)))
+                img.draft(img.mode, (max(1, img.width // 8), max(1, img.height // 8)))
             img.load()
     except Image.DecompressionBombError:
         why = "declares far too many pixels (decompression bomb guard); downscale it if it is a real image"
@@ -204,7 +207,7 @@ def check_image(path: Path) -> ImageCheck:
         if "truncated" in str(exc).lower():
             return ImageCheck(digest, error=("truncated", "file is truncated (an incomplete copy or download); copy or export it again"))
         return ImageCheck(digest, error=("unreadable", f"cannot be decoded ({type(exc).__name__}: {exc}); re-export it"))
-    return ImageCheck(digest, width, height, mode, frames)
+    return ImageCheck(digest, width, height, mode, frames, orientation=orientation)
 
 
 def _too_many_pixels(width: int, height: int) -> str:
@@ -231,6 +234,12 @@ def _image_warnings(name: str, check: ImageCheck, bucket: Bucket) -> list[Issue]
     elif check.mode not in ("RGB", "L"):
         why = _MODE_NOTES.get(check.mode, f"mode {check.mode}: converted to RGB")
         found.append(Issue(file=name, code=f"mode-{check.mode}", reason=why, verdict="converted"))
+    if check.orientation != 1:
+        stored = f"{check.height}x{check.width}" if check.orientation >= 5 else f"{check.width}x{check.height}"
+        why = (f"EXIF orientation {check.orientation}: turned upright ({check.width}x{check.height}) as a viewer shows it; "
+               f"the sd-scripts backend ignores the tag and trains it as stored ({stored}, turned or mirrored): "
+               "for that backend, rotate the pixels in an editor")
+        found.append(Issue(file=name, code="exif-orientation", reason=why, verdict="converted"))
     if check.frames > 1:
         found.append(Issue(file=name, code="animated", reason=f"animated ({check.frames} frames): only the first is trained", verdict="trained"))
     scale, lost = bucket_fit(check.width, check.height, bucket)

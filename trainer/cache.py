@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from anima_lora_flow.dataset.buckets import cover_size
 from anima_lora_flow.dataset.items import TrainItem
+from anima_lora_flow.dataset.orientation import upright
 from anima_lora_flow.errors import UserInputError
 
 from .components import TextStack, build_text_stack, build_vae, component_identity, latent_stats, release_memory
@@ -30,7 +31,7 @@ from .components import TextStack, build_text_stack, build_vae, component_identi
 log = logging.getLogger(__name__)
 
 # Bump when the preprocessing changes meaning (resize rule, normalisation, prompt handling).
-LATENT_VERSION = "latent-v1:mode:cover-center-crop:lanczos"
+LATENT_VERSION = "latent-v2:mode:exif-upright:cover-center-crop:lanczos"
 TEXT_VERSION = "text-v1:adapter-output"
 TEXT_MODULES = ("tokenizer", "t5_tokenizer", "text_encoder", "text_conditioner")
 
@@ -57,7 +58,9 @@ class TrainingCache:
 
 
 def load_image(path: Path, bucket: tuple[int, int]) -> torch.Tensor:
-    """Pixels (3, H, W) in [-1, 1]: RGB with alpha flattened on white, resized to cover the bucket, center-cropped."""
+    """Pixels (3, H, W) in [-1, 1]: turned upright by its EXIF orientation (as the validator bucketed it), RGB with
+    alpha flattened on white, resized to cover the bucket, center-cropped.
+    """
     width, height = bucket
 
     def _to_8bit(img: Image.Image) -> Image.Image:
@@ -79,6 +82,7 @@ def load_image(path: Path, bucket: tuple[int, int]) -> torch.Tensor:
 
     with Image.open(path) as img:
         img.load()
+        img = upright(img)
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             rgba = img.convert("RGBA")
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
