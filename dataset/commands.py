@@ -13,7 +13,7 @@ from anima_lora_flow.errors import UserInputError
 
 
 def add_validate_parser(subparsers) -> None:
-    """Register `validate SOURCE [--json] [--work-dir DIR] [--resolution N] [--repeats N]`."""
+    """Register `validate SOURCE [--json] [--work-dir DIR] [--resolution N] [--repeats N] [--models-dir DIR]`."""
     parser = subparsers.add_parser(
         "validate",
         help="check a dataset (folder, .zip, Drive link, URL) and report what will be trained",
@@ -24,6 +24,10 @@ def add_validate_parser(subparsers) -> None:
     parser.add_argument("--work-dir", type=Path, default=None, help="scratch folder for downloads and extraction")
     parser.add_argument("--resolution", type=int, default=768, help="training resolution for the bucket histogram")
     parser.add_argument("--repeats", type=int, default=5, help="repeats per image (kohya N_name folders override it)")
+    parser.add_argument(
+        "--models-dir", type=Path, default=None,
+        help="a Diffusers-format Anima folder whose tokenizers count caption tokens exactly (default: the downloaded models, if any)",
+    )
     parser.set_defaults(func=run_validate)
 
 
@@ -32,7 +36,7 @@ def run_validate(args: argparse.Namespace) -> int:
     work_dir = args.work_dir or cache_root() / "validate"
     try:
         check_setting_bounds(args, "resolution", "repeats")
-        report = prepare_dataset(args.source, work_dir, resolution=args.resolution, repeats=args.repeats)
+        report = prepare_dataset(args.source, work_dir, resolution=args.resolution, repeats=args.repeats, models_dir=args.models_dir)
     except DatasetError as exc:
         if exc.report is not None:  # show why every file was skipped before the verdict
             print(exc.report.model_dump_json(indent=2) if args.json else exc.report.to_text())

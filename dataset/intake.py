@@ -10,6 +10,7 @@ from anima_lora_flow.dataset.extract import ExtractLimits, is_archive, left_in_a
 from anima_lora_flow.dataset.fetch import cache_key, classify_source, download_drive, download_fsspec, download_http
 from anima_lora_flow.dataset.formats import IMAGE_EXTENSIONS, is_image
 from anima_lora_flow.dataset.report import DatasetError, DatasetReport
+from anima_lora_flow.dataset.tokens import find_caption_tokenizers
 from anima_lora_flow.dataset.validate import validate_folder
 
 __all__ = ["DatasetError", "DatasetReport", "ExtractLimits", "locate_dataset", "prepare_dataset"]
@@ -25,19 +26,27 @@ def prepare_dataset(
     bucket_reso_steps: int = 64,
     repeats: int = 5,
     limits: ExtractLimits | None = None,
+    models_dir: str | Path | None = None,
+    base_model: str | None = None,
 ) -> DatasetReport:
     """Fetch and validate `source`; return the report of what will be trained.
+
+    Caption tokens are counted with the tokenizers of `models_dir`, else of the downloaded models
+    of `base_model` (default: the default base model), else estimated.
 
     Raises:
         DatasetError: the source is missing, unsafe or unreadable, or holds no trainable image
             (then `.report` says why each file was skipped).
+        UserInputError: `models_dir` holds no usable tokenizers.
         FetchError: the network kept failing (worth a retry).
     """
+    tokenizers = find_caption_tokenizers(models_dir, base_model)
     root = locate_dataset(source, Path(work_dir), limits)
     extracted = root.resolve().is_relative_to((Path(work_dir) / "datasets").resolve())  # a user's folder has no such list
     report = validate_folder(
         root, resolution=resolution, min_bucket_reso=min_bucket_reso, max_bucket_reso=max_bucket_reso,
         bucket_reso_steps=bucket_reso_steps, repeats=repeats, source=source, left_in_archive=left_in_archive(root) if extracted else (),
+        tokenizers=tokenizers,
     )
     if not report.images:
         raise DatasetError(_nothing_to_train(report), report)

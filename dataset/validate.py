@@ -19,11 +19,13 @@ from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.dataset.buckets import Bucket, assign_bucket, cover_size, make_buckets
 from anima_lora_flow.dataset.formats import is_caption, is_image, is_junk
 from anima_lora_flow.dataset.orientation import exif_orientation, upright_size
+from anima_lora_flow.dataset.tokens import WINDOW, CaptionTokenizers, cut_reason
 from anima_lora_flow.dataset.report import DatasetError, DatasetReport, ImageRecord, Issue, bucket_histogram, fingerprint
 
 MIN_IMAGE_SIDE = 64  # below this an image carries no detail even in the smallest bucket
 MAX_IMAGE_PIXELS = 8192 * 8192  # larger ones are decompression bombs or need downscaling first
-MAX_CAPTION_TOKENS = 512  # the Qwen3 text encoder's limit (qwen3_max_token_length)
+MAX_CAPTION_TOKENS = WINDOW  # the text window when no tokenizer is here to count exactly
+ESTIMATE_MARGIN = 0.75  # an estimate may be this far under the real count (long tags split into several BPE pieces)
 # A kohya N_name folder obeys the same bound as --repeats (train refuses more).
 MAX_REPEATS = next(r.le for r in TrainingConfig.model_fields["repeats"].metadata if getattr(r, "le", None) is not None)
 # Images x repeats per epoch: the sampler holds one index per sample, and a million is weeks of training.
@@ -33,7 +35,7 @@ CROP_WARNING = 0.30  # share of an image the bucket's centre crop may cut before
 # Image files the trainers do not load: skipped, with a conversion hint.
 UNSUPPORTED_IMAGES = frozenset({".gif", ".tif", ".tiff", ".avif", ".jxl", ".heic", ".heif", ".svg", ".ico", ".psd", ".jfif"})
 _KOHYA_FOLDER = re.compile(r"^(\d+)_(.+)$")
-_TOKEN_PIECES = re.compile(r"\d|[^\W\d]+|[^\w\s]")  # digits count singly, as in BPE vocabularies
+_TOKEN_PIECES = re.compile(r"\d|[^\W\d_]+|[^\w\s]|_")  # digits and underscores count singly, as in BPE vocabularies
 _MODE_NOTES = {
     "CMYK": "CMYK image: converted to RGB (colours may shift); export it as RGB",
     "P": "palette image: converted to RGB",
@@ -67,10 +69,12 @@ def validate_folder(
     repeats: int = 5,
     source: str = "",
     left_in_archive: Sequence[PurePosixPath] = (),
+    tokenizers: CaptionTokenizers | None = None,
 ) -> DatasetReport:
     """Check every file under `root` (never writing there) and return the report.
 
     `left_in_archive`: files of the source archive that extraction left out, reported with the rest.
+    `tokenizers`: the model's, to count caption tokens exactly; without them the count is an estimate.
     """
     root = Path(root)
     images, captions, problems, warnings = _scan(root, left_in_archive)
@@ -91,7 +95,7 @@ def validate_folder(
             problems.append(Issue(file=name, code=problem[0], reason=problem[1], verdict="skipped"))
             continue
         seen[check.sha256] = name
-        caption = _caption_for(root, relpath, captions, read, warnings)
+        caption = _caption_for(root, relpath, captions, read, warnings, tokenizers)
         bucket = assign_bucket(check.width, check.height, buckets)
         warnings += _image_warnings(name, check, bucket)
         records.append(ImageRecord(path=name, caption=caption, width=check.width, height=check.height,
@@ -336,7 +340,9 @@ def _shared_stems(records: list[ImageRecord], captions: dict) -> list[Issue]:
     return notes
 
 
-def _caption_for(root: Path, image: PurePosixPath, captions: dict, read: dict, warnings: list[Issue]) -> str:
+def _caption_for(
+    root: Path, image: PurePosixPath, captions: dict, read: dict, warnings: list[Issue], tokenizers: CaptionTokenizers | None
+) -> str:
     """The caption text for an image, warning (once per caption file) on anything the trainer mishandles.
 
     Images sharing a stem (img0.png, img0.jpg) share img0.txt, as in kohya: the text is read once into `read`.
@@ -359,12 +365,24 @@ def _caption_for(root: Path, image: PurePosixPath, captions: dict, read: dict, w
     elif "\n" in text:
         why = "caption has several lines: all are used here, but the sd-scripts backend reads only the first"
         warnings.append(Issue(file=path.as_posix(), code="multiline-caption", reason=why, verdict="trained"))
-    tokens = estimate_tokens(text)
-    if tokens > MAX_CAPTION_TOKENS:
-        why = f"caption is about {tokens} tokens (an estimate; no tokenizer offline): the text encoder reads {MAX_CAPTION_TOKENS}, the rest is cut"
+    why = _length_warning(text, tokenizers)
+    if why:
         warnings.append(Issue(file=path.as_posix(), code="long-caption", reason=why, verdict="trained"))
     read[key] = text
     return text
+
+
+def _length_warning(text: str, tokenizers: CaptionTokenizers | None) -> str | None:
+    """Why a caption will be cut by the text window (counted exactly when the tokenizers are here), else None."""
+    if tokenizers is not None:
+        qwen, t5, cut = tokenizers.cut(text)
+        return cut_reason(qwen, t5, cut, tokenizers.window) if cut else None
+    tokens = estimate_tokens(text)
+    if tokens <= MAX_CAPTION_TOKENS * ESTIMATE_MARGIN:
+        return None
+    cut = f"about {tokens - MAX_CAPTION_TOKENS} are cut" if tokens > MAX_CAPTION_TOKENS else "its end may be cut"
+    return (f"caption is about {tokens} tokens (an estimate: no tokenizer here; pass --models-dir or download the models "
+            f"for an exact count): the text encoder reads {MAX_CAPTION_TOKENS}, so {cut}; shorten it")
 
 
 def read_caption(path: Path) -> tuple[str, str]:

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from anima_lora_flow.dataset.buckets import cover_size
 from anima_lora_flow.dataset.items import TrainItem
 from anima_lora_flow.dataset.orientation import upright
+from anima_lora_flow.dataset.tokens import cut_reason, load_caption_tokenizers
 from anima_lora_flow.errors import UserInputError
 
 from .components import TextStack, build_text_stack, build_vae, component_identity, latent_stats, release_memory
@@ -150,6 +151,7 @@ def build_cache(
     Raises:
         UserInputError: an image or caption that does not encode to finite numbers even in fp32.
     """
+    warn_cut_captions(items, models_dir)
     root = Path(work_dir) / "cache"
     stats = CacheStats()
     vae_id = component_identity(models_dir, "vae")
@@ -212,6 +214,26 @@ def build_cache(
         context_length=_conditioner_length(models_dir),
         stats=stats,
     )
+
+
+def warn_cut_captions(items: Sequence[TrainItem], models_dir: Path) -> list[str]:
+    """Log one warning per caption longer than the text window, naming its images and the tokens lost; return them.
+
+    Counted with the model's own tokenizers and window, exactly as encode_caption truncates, on every
+    run (cached contexts included): the loss is announced each time it happens, never silently.
+    """
+    tokenizers = load_caption_tokenizers(models_dir)
+    images: dict[str, list[str]] = {}
+    for item in items:
+        images.setdefault(item.caption, []).append(str(item.image_path))
+    lines = []
+    for caption, names in images.items():
+        qwen, t5, cut = tokenizers.cut(caption)
+        if cut:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            lines.append(f"{shown}: {cut_reason(qwen, t5, cut, tokenizers.window)}")
+            log.warning("%s", lines[-1])
+    return lines
 
 
 def _load_or_encode(

@@ -1,0 +1,98 @@
+"""Caption length in the text encoders' own tokens: what the text window keeps, and what it cuts.
+
+Anima reads a caption twice: Qwen3's tokenizer feeds the text encoder and T5's tokenizer gives the
+LLM adapter its target ids. trainer/cache.py's encode_caption truncates both at the window (the
+text conditioner's min_sequence_length, 512), so a longer caption loses its end. The validator and
+the cache stage count with the same tokenizers and the same window, so nothing is cut unannounced.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from anima_lora_flow.errors import UserInputError
+
+WINDOW = 512  # Anima's min_sequence_length, used when the models are not here to say it
+
+
+@dataclass(frozen=True)
+class CaptionTokenizers:
+    """Both tokenizers of a Diffusers-format Anima folder and the window the text stack truncates at."""
+
+    qwen: Any
+    t5: Any
+    window: int
+    source: str  # the folder they came from, for the report
+
+    def count(self, caption: str) -> tuple[int, int]:
+        """(Qwen3 tokens, T5 tokens) as encode_caption tokenizes the caption, before truncation."""
+        # verbose=False: the count is the point, transformers' own "longer than" warning is noise here.
+        return len(self.qwen([caption], verbose=False).input_ids[0]), len(self.t5([caption], verbose=False).input_ids[0])
+
+    def cut(self, caption: str) -> tuple[int, int, int]:
+        """(Qwen3 tokens, T5 tokens, tokens cut): the tokens past the window, in the longer of the two."""
+        qwen, t5 = self.count(caption)
+        return qwen, t5, max(0, qwen - self.window, t5 - self.window)
+
+
+def window_of(models_dir: Path) -> int:
+    """The text window of a Diffusers-format Anima folder: its conditioner's min_sequence_length."""
+    config = json.loads((Path(models_dir) / "text_conditioner" / "config.json").read_text())
+    return int(config["min_sequence_length"])
+
+
+def has_tokenizers(models_dir: Path) -> bool:
+    return all((Path(models_dir) / name).is_dir() for name in ("tokenizer", "t5_tokenizer", "text_conditioner"))
+
+
+def load_caption_tokenizers(models_dir: Path) -> CaptionTokenizers:
+    """Load both tokenizers from local files only (no network).
+
+    Raises:
+        OSError: the folder lacks them or they are damaged.
+    """
+    from transformers import AutoTokenizer
+
+    models_dir = Path(models_dir)
+    if not has_tokenizers(models_dir):
+        raise OSError(f"{models_dir} has no tokenizer/, t5_tokenizer/ and text_conditioner/")
+    return CaptionTokenizers(
+        qwen=AutoTokenizer.from_pretrained(models_dir / "tokenizer", local_files_only=True),
+        t5=AutoTokenizer.from_pretrained(models_dir / "t5_tokenizer", local_files_only=True),
+        window=window_of(models_dir),
+        source=str(models_dir),
+    )
+
+
+def find_caption_tokenizers(models_dir: str | Path | None = None, base_model: str | None = None) -> CaptionTokenizers | None:
+    """The tokenizers of `models_dir`, else of the downloaded Diffusers folder of `base_model`; None when neither is here.
+
+    Raises:
+        UserInputError: `models_dir` was given but holds no usable tokenizers.
+    """
+    if models_dir is not None:
+        folder = Path(models_dir).expanduser()
+        try:
+            return load_caption_tokenizers(folder)
+        except (OSError, ValueError, KeyError) as exc:
+            raise UserInputError(
+                f"--models-dir {folder} has no usable tokenizers ({exc}); point it at a Diffusers-format Anima folder"
+            ) from exc
+    from anima_lora_flow.config import TrainingConfig
+    from anima_lora_flow.models.download import ready_models
+
+    paths = ready_models(base_model or TrainingConfig.model_fields["base_model"].default, "native")
+    if paths is None or paths.diffusers_dir is None or not has_tokenizers(paths.diffusers_dir):
+        return None
+    try:
+        return load_caption_tokenizers(paths.diffusers_dir)
+    except (OSError, ValueError, KeyError):  # a damaged download: `models verify` will say so; estimate meanwhile
+        return None
+
+
+def cut_reason(qwen: int, t5: int, cut: int, window: int) -> str:
+    """One line for a caption longer than the window, in the validator's report and the cache stage's log."""
+    return f"caption is {qwen} Qwen3 tokens ({t5} T5 tokens): the text encoder reads {window}, so its last {cut} are cut and not trained; shorten it"
