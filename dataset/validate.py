@@ -84,6 +84,8 @@ def validate_folder(
     records: list[ImageRecord] = []
     seen: dict[str, str] = {}
     read: dict[tuple[str, str], str] = {}  # caption text per (folder, stem), shared by images with that stem
+    unread_captions = {(PurePosixPath(p.file).parent.as_posix(), PurePosixPath(p.file).stem): p.file
+                       for p in problems if is_caption(p.file)}
     folders: dict[str, list[int]] = defaultdict(list)
     for relpath, check in zip(images, checks):
         name = relpath.as_posix()
@@ -95,7 +97,13 @@ def validate_folder(
             problems.append(Issue(file=name, code=problem[0], reason=problem[1], verdict="skipped"))
             continue
         seen[check.sha256] = name
-        caption = _caption_for(root, relpath, captions, read, warnings, tokenizers)
+        key = (relpath.parent.as_posix(), relpath.stem)
+        if key in unread_captions:  # the link or fifo is named among the problems; the image still trains
+            why = f"its caption {unread_captions[key]} is not read (see the problems): trains with an empty caption"
+            warnings.append(Issue(file=name, code="caption-not-read", reason=why, verdict="trained"))
+            caption = ""
+        else:
+            caption = _caption_for(root, relpath, captions, read, warnings, tokenizers)
         bucket = assign_bucket(check.width, check.height, buckets)
         warnings += _image_warnings(name, check, bucket)
         records.append(ImageRecord(path=name, caption=caption, width=check.width, height=check.height,
@@ -240,8 +248,9 @@ def _image_warnings(name: str, check: ImageCheck, bucket: Bucket) -> list[Issue]
         found.append(Issue(file=name, code=f"mode-{check.mode}", reason=why, verdict="converted"))
     if check.orientation != 1:
         stored = f"{check.height}x{check.width}" if check.orientation >= 5 else f"{check.width}x{check.height}"
+        how = "sideways" if check.orientation >= 5 else "upside down" if check.orientation == 3 else "mirrored"
         why = (f"EXIF orientation {check.orientation}: turned upright ({check.width}x{check.height}) as a viewer shows it; "
-               f"the sd-scripts backend ignores the tag and trains it as stored ({stored}, turned or mirrored): "
+               f"the sd-scripts backend ignores the tag and trains it as stored ({stored}, {how}): "
                "for that backend, rotate the pixels in an editor")
         found.append(Issue(file=name, code="exif-orientation", reason=why, verdict="converted"))
     if check.frames > 1:

@@ -33,6 +33,7 @@ def test_a_caption_linked_outside_the_root_is_never_read(tmp_path: Path, outside
     assert [(p.file, p.code, p.verdict) for p in report.problems] == [("g0.txt", "link-outside", "skipped")]
     assert "outside the dataset folder: not read" in report.problems[0].reason
     assert report.images[0].caption == "" and "g0.txt: a link to a file outside the dataset folder" in report.to_text()
+    assert [(w.file, w.code) for w in report.warnings if "caption" in w.code] == [("g0.png", "caption-not-read")]
 
 
 def test_an_image_linked_outside_and_a_linked_folder_are_skipped_by_name(tmp_path: Path, outside: Path):
