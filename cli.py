@@ -120,8 +120,27 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainingConfig:
 def cmd_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     preflight(config)
-    result = run_flow(config, dry_run=args.dry_run)
+    if args.dry_run:
+        return dry_run(config, as_json=args.json)
+    result = run_flow(config)
     _print_result(config, result, as_json=args.json)
+    return EXIT_OK
+
+
+def dry_run(config: TrainingConfig, *, as_json: bool) -> int:
+    """The flow's stages before the download as plain calls, without a Prefect server (seconds, not ten):
+    the plan, whether the saved state would be resumed or refused, and sd-scripts' files."""
+    from .runner.prepare import dry_run as prepare_dry_run
+    from .runner.resume import ResumeRefusedError
+    from .runner.train import new_run_id
+
+    say = (lambda line: print(line, file=sys.stderr)) if as_json else print  # stdout stays JSON with --json
+    try:
+        result = prepare_dry_run(config, new_run_id(), log=say)
+    except ResumeRefusedError as exc:
+        print(f"would refuse: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    _print_result(config, result, as_json=as_json)
     return EXIT_OK
 
 
@@ -196,6 +215,8 @@ def _print_result(config: TrainingConfig, result: dict, *, as_json: bool) -> Non
         from .planner.plan import Plan
 
         print(Plan.model_validate(result["plan"]).to_text())  # what --dry-run promises: the plan, then the summary
+    if result.get("outcome") == "dry-run" and result.get("resume"):
+        print(result["resume"]["would"])
     print(summary_text(config, result))
 
 
@@ -217,7 +238,25 @@ def cmd_plan(args: argparse.Namespace) -> int:
         min_bucket_reso=config.min_bucket_reso, max_bucket_reso=config.max_bucket_reso,
         bucket_reso_steps=config.bucket_reso_steps, repeats=config.repeats,
     )
-    return run_plan(config, report.samples_per_bucket(), gpu=args.gpu, as_json=args.json)
+    steps_done, notes = _saved_progress(config, report) if {"storage", "project_name"} & config.model_fields_set else (0, [])
+    return run_plan(config, report.samples_per_bucket(), gpu=args.gpu, as_json=args.json, steps_done=steps_done, notes=notes)
+
+
+def _saved_progress(config: TrainingConfig, report) -> tuple[int, list[str]]:
+    """(steps done, notes) of the state `train` would resume from this storage; read only, nothing written."""
+    from .runner.resume import ResumeRefusedError, judge_resume
+    from .storage import RunStore, resolve_location
+
+    store = RunStore(resolve_location(config.storage), config.project_name)  # read only: nothing created
+    if not store.fs.exists(store.root):
+        return 0, []
+    try:
+        point = judge_resume(store, config, report.fingerprint)
+    except ResumeRefusedError as exc:
+        return 0, [f"train would refuse the saved state: {_one_line(exc)}"]
+    if point.state is None:
+        return 0, point.notes
+    return point.step, [point.describe().splitlines()[0], *point.changes]
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -349,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--storage", metavar="PATH_OR_URL", help="run store root (default: <work-dir>/runs)")
     demo.add_argument("--epochs", type=_positive_int, default=None, metavar="N", help="epochs to train (default 2)")
     demo.add_argument("--restart", action="store_true",
-                      help="archive the demo's saved states and train from step 0 (needed after changing --epochs)")
+                      help="archive the demo's saved states and train from step 0 (a changed --epochs continues instead)")
     demo.add_argument("--json", action="store_true", help="print the result as JSON")
     demo.set_defaults(func=cmd_demo)
 

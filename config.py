@@ -42,29 +42,68 @@ PROJECT_NAME_RULE = (
     "and leaves out .safetensors"
 )
 
-# Fields that change what is trained. Everything else (where things live, how long a session is,
-# how the run is shown) may differ between a run and its resume.
-_RUN_PLACEMENT_FIELDS = frozenset(
-    {
-        "storage",
-        "work_dir",
-        "models_dir",
-        "models_cache",
-        "session_budget_hours",
-        "on_overrun",
-        "restart",
-        "save_state_every_minutes",
-        "keep_last_states",
-        "save_kohya_lora",
-        "save_last_n_epochs",
-        "sample_every_n_epochs",
-        "sample_prompts",
-        "sd_scripts_commit",
-        "attention_backend",  # speed settings: the same training, so a resume may change them
-        "compile_blocks",
-        "dataset",  # the dataset's *content* fingerprint is compared instead of its location
-    }
-)
+ResumeRule = Literal["match", "continue", "free"]
+
+# How a resumed run treats each setting that differs from its saved state's (README.md, "Resuming").
+#   match     refused, naming the setting: it changes the network's shape, what a step means or the
+#             order the data comes in, so the saved weights, optimizer moments and position do not fit
+#   continue  training goes on from the state under the new value, with a warning naming the step
+#   free      where things live, how a session runs, speed: not what is trained; no message
+# The dataset's *content* (its fingerprint) must match as well; its location is free.
+RESUME_RULES: dict[str, ResumeRule] = {
+    "project_name": "free",  # names the store folder, where the state was found
+    "dataset": "free",
+    "storage": "free",
+    "work_dir": "free",
+    "base_model": "match",
+    "models_dir": "free",  # the loaded model's blocks and width are compared by the trainer instead
+    "models_cache": "free",
+    "network_dim": "match",
+    "network_alpha": "match",
+    "learning_rate": "continue",
+    "max_train_epochs": "continue",
+    "batch_size": "match",
+    "gradient_accumulation_steps": "match",
+    "num_gpus": "match",  # sets how many micro-batches make a step
+    "optimizer": "match",  # the saved moments belong to it
+    "weight_decay": "continue",
+    "betas": "continue",
+    "lr_scheduler": "continue",
+    "lr_scheduler_num_cycles": "continue",
+    "lr_warmup_steps": "continue",
+    "max_grad_norm": "continue",
+    "seed": "match",  # the data order and the noise
+    "timestep_sampling": "match",
+    "sigmoid_scale": "match",
+    "discrete_flow_shift": "match",
+    "resolution": "match",
+    "repeats": "match",
+    "caption_dropout": "match",
+    "min_bucket_reso": "match",
+    "max_bucket_reso": "match",
+    "bucket_reso_steps": "match",
+    "mixed_precision": "continue",
+    "gradient_checkpointing": "free",
+    "attention_backend": "free",
+    "compile_blocks": "free",
+    "save_every_n_epochs": "continue",
+    "save_last_n_epochs": "continue",
+    "save_state_every_minutes": "free",
+    "keep_last_states": "free",
+    "save_kohya_lora": "continue",
+    "restart": "free",
+    "trainer": "match",
+    "sd_scripts_commit": "free",
+    "session_budget_hours": "free",
+    "on_overrun": "free",
+    "sample_every_n_epochs": "continue",
+    "sample_prompts": "continue",
+}
+# sd-scripts' resume (accelerate's load_state) brings back the optimizer's hyperparameters, the
+# scheduler's base learning rate and the grad scaler from its state: a new value would be ignored there.
+_KEPT_BY_SD_SCRIPTS_STATE = frozenset({"learning_rate", "weight_decay", "betas", "mixed_precision"})
+# Changing one of these re-plans the learning-rate schedule from the resumed step.
+_SCHEDULE_FIELDS = frozenset({"learning_rate", "max_train_epochs", "lr_scheduler", "lr_scheduler_num_cycles", "lr_warmup_steps"})
 
 
 class TrainingConfig(BaseModel):
@@ -273,12 +312,14 @@ class TrainingConfig(BaseModel):
         return cache_root() / "work" / self.project_name
 
     def training_fields(self) -> dict[str, Any]:
-        """The settings that decide what is trained (the resume fingerprint's input)."""
-        return {k: v for k, v in self.model_dump(mode="json").items() if k not in _RUN_PLACEMENT_FIELDS}
+        """The settings a state records: those a resume must match and those it continues under."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if RESUME_RULES.get(k, "match") != "free"}
 
     def fingerprint(self, dataset_fingerprint: str = "") -> str:
-        """Stable hash of the training settings and the dataset content."""
-        payload = json.dumps({"config": self.training_fields(), "dataset": dataset_fingerprint}, sort_keys=True)
+        """Stable hash of the settings a resume must match and of the dataset content: equal fingerprints
+        mean a state can be continued (the "continue" settings may still differ)."""
+        fields = {k: v for k, v in self.training_fields().items() if RESUME_RULES.get(k, "match") == "match"}
+        payload = json.dumps({"config": fields, "dataset": dataset_fingerprint}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -329,6 +370,57 @@ def cache_root() -> Path:
     base = os.environ.get("ANIMA_LORA_CACHE") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     path = Path(base).expanduser()
     return path if os.environ.get("ANIMA_LORA_CACHE") else path / "anima-lora-flow"
+
+
+def resume_rule(field: str, trainer: str = "native") -> ResumeRule:
+    """RESUME_RULES[field], except that sd-scripts cannot continue under the settings its state restores."""
+    rule = RESUME_RULES.get(field, "match")  # a field without a rule is the safe kind
+    return "match" if rule == "continue" and trainer == "sd-scripts" and field in _KEPT_BY_SD_SCRIPTS_STATE else rule
+
+
+def resume_differences(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[tuple[str, Any, Any]]]:
+    """What differs between a state's recorded settings and this run's: (refusals as "--flag old -> new",
+    changes a resume continues under as (field, old, new)). A setting missing from either record (a state
+    from an older version) is not compared."""
+    trainer = new.get("trainer") or old.get("trainer") or "native"
+    refused, changed = [], []
+    for key in sorted(set(old) & set(new)):
+        if _same(old[key], new[key]):
+            continue
+        rule = resume_rule(key, trainer)
+        if rule == "match":
+            refused.append(flag_change(key, old[key], new[key]))
+        elif rule == "continue":
+            changed.append((key, old[key], new[key]))
+    return refused, changed
+
+
+def _same(a: Any, b: Any) -> bool:
+    # JSON gives lists where the config has tuples (betas), and ints where floats were typed (alpha 20).
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def flag_change(field: str, old: Any, new: Any) -> str:
+    """"--network-dim 20 -> 8": a setting's change in the spelling of its CLI flag."""
+    return f"--{field.replace('_', '-')} {_shown_value(old)} -> {_shown_value(new)}"
+
+
+def change_note(field: str, old: Any, new: Any, step: int) -> str:
+    """The warning for a setting a resumed run continues under, naming the step it applies from."""
+    what = "the learning-rate schedule is re-planned" if field in _SCHEDULE_FIELDS else "it applies"
+    return f"{flag_change(field, old, new)}: {what} from step {step}"
+
+
+def _shown_value(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value)) if value else "(none)"
+    return str(value)
 
 
 def diff_training_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

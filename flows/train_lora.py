@@ -13,6 +13,7 @@ from prefect.runtime import flow_run
 from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.planner.guard import guard_for
 from anima_lora_flow.planner.refine import refine
+from anima_lora_flow.runner.prepare import dry_run_result
 from anima_lora_flow.runner.train import new_run_id
 from anima_lora_flow.tasks.artifacts import artifact_key
 from anima_lora_flow.tasks.dataset import prepare_dataset_task
@@ -21,6 +22,7 @@ from anima_lora_flow.tasks.models import download_models_task
 from anima_lora_flow.storage import ensure_local_folder
 from anima_lora_flow.storage.lock import acquire_project_lock
 from anima_lora_flow.tasks.plan import plan_task
+from anima_lora_flow.tasks.resume import check_resume_task
 from anima_lora_flow.tasks.preflight import check_supported
 from anima_lora_flow.tasks.sdscripts import sd_scripts_dry_run_task
 from anima_lora_flow.tasks.storage import mount_storage_task, open_run_store, record_run_task, store_json_task
@@ -47,14 +49,15 @@ def train_lora(config: TrainingConfig, dry_run: bool = False) -> dict:
     started = time.time()
     mark_stale_runs_crashed_task(config.project_name)
 
-    # Where the run lives, then what it trains on: both fail fast, before any large download.
+    # Where the run lives, what it trains on, and whether the saved state may be continued with these
+    # settings (judged from its manifest): all fail fast, before any large download.
     store_root = mount_storage_task(config, run_id)
     report = prepare_dataset_task(config)
-    plan = plan_task(config, report)
+    resume = check_resume_task(config, report)
+    plan = plan_task(config, report, resume.step)
     if dry_run:
-        logger.info("dry run: stopping before the model download and training")
-        result = {"run_id": run_id, "outcome": "dry-run", "storage": store_root,
-                  "trainable_images": report.trainable_count, "plan": plan.model_dump(mode="json")}
+        logger.info("dry run: %s; stopping before the model download and training", resume.would(plan.steps.total_steps))
+        result = dry_run_result(run_id, store_root, report, plan, resume)
         if config.trainer == "sd-scripts":
             result["sd_scripts"] = sd_scripts_dry_run_task(config, report, plan, run_id)
         return result

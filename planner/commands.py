@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TextIO
 
 from anima_lora_flow.config import TrainingConfig
@@ -22,13 +22,17 @@ def run_plan(
     platform: PlatformInfo | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
+    steps_done: int = 0,
+    notes: Sequence[str] = (),
 ) -> int:
-    """Print the plan (table or JSON); 0 when it fits, resumes or proceeds, 2 when it stops."""
+    """Print the plan (table or JSON) from `steps_done` on, with `notes` among its warnings; 0 when it
+    fits, resumes or proceeds, 2 when it stops."""
     out, err = out or sys.stdout, err or sys.stderr
     try:
         # A named GPU needs no torch query: plan for it from the table.
         platform = platform or detect_platform(gpu=(lambda: None) if gpu else None, session_budget_hours=config.session_budget_hours)
-        plan = make_plan(config, samples_per_bucket, platform, gpu=gpu)
+        plan = make_plan(config, samples_per_bucket, platform, gpu=gpu, steps_done=steps_done)
+        plan.warnings[:0] = notes
     except UserInputError as exc:
         print(f"error: {exc}", file=err)
         return 2

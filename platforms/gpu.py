@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 
 from pydantic import BaseModel, Field, computed_field
 
@@ -57,8 +59,18 @@ def arch_supported(capability: tuple[int, int] | None, arch_list: list[str]) -> 
     return False
 
 
+def no_gpu_device() -> bool:
+    """True on a Linux machine with no GPU device node at all, where importing torch (seconds) could
+    only say the same; plan and dry run stay fast there. Anywhere else torch is asked."""
+    if not sys.platform.startswith("linux") or "torch" in sys.modules:
+        return False
+    return not any(os.path.exists(node) for node in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg"))  # CUDA, ROCm, WSL2
+
+
 def query_torch_gpu() -> GpuInfo | None:
     """Device 0 as torch.cuda reports it, or None without a CUDA build or device."""
+    if no_gpu_device():
+        return None
     try:
         import torch  # noqa: PLC0415 - importing torch costs seconds; only when no GPU was injected
     except ImportError:

@@ -1,31 +1,38 @@
-"""Pick the state a re-run continues from: the newest one that verifies and was made with these settings."""
+"""Pick the state a re-run continues from: the newest one that verifies, judged by the resume rules.
+
+The judgement needs only a state's manifest and its small progress.json, so the flow makes it before
+the model download, and `train --dry-run` and `plan` make it without downloading anything.
+"""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import diff_training_fields
+from ..config import TrainingConfig, change_note, resume_differences
 from ..errors import UserInputError
 from ..storage.runstore import RunStore, StateInfo, StateVerificationError
 from ..ui.progress import epoch_position
 
+PROGRESS_FILE = "progress.json"  # the native trainer's progress record (trainer/state.py)
+
 
 class ResumeRefusedError(UserInputError):
-    """The newest saved state was trained with other settings or another dataset."""
+    """The newest saved state was trained with settings a resume must keep, or on another dataset."""
 
 
 @dataclass
 class ResumePoint:
     state: StateInfo | None = None
-    local_dir: Path | None = None
+    local_dir: Path | None = None  # None until downloaded (a judgement alone downloads nothing)
     skipped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    epochs: int | None = None  # the run's max_train_epochs, for "epoch E of N"
-    total_steps: int | None = None  # of the run the state belongs to; None when the state does not say
+    changes: list[str] = field(default_factory=list)  # the "continue" settings that differ, one warning each
+    epochs: int | None = None  # this run's max_train_epochs, for "epoch E of N"
+    total_steps: int | None = None  # this run's: the state's own, re-planned when the epochs changed; None when unknown
     step_in_epoch: int | None = None  # 0 at an epoch's end; None when the state does not say
+    restart: bool = False
 
     @property
     def step(self) -> int:
@@ -33,19 +40,19 @@ class ResumePoint:
 
     @property
     def complete(self) -> bool:
-        """The state is the end of training: resuming it would train nothing."""
+        """The state is the end of this run's training: resuming it would train nothing."""
         return self.state is not None and self.total_steps is not None and self.step >= self.total_steps
 
     def position(self) -> str:
-        """"step 24 of 24, after epoch 2 of 2": the state's place in the run, epochs 1-based."""
+        """"step 24 of 24, after epoch 2 of 2": the state's place in this run, epochs 1-based."""
         if self.state is None:
             return "step 0"
         of = f" of {self.total_steps}" if self.total_steps else ""
-        where = epoch_position(self.state.epoch, self.step_in_epoch, self.state.manifest.get("epochs") or self.epochs)
+        where = epoch_position(self.state.epoch, self.step_in_epoch, self.epochs or self.state.manifest.get("epochs"))
         return f"step {self.step}{of}" + (f", {where}" if where else "")
 
     def describe(self) -> str:
-        lines = [*self.notes, *(f"skipped: {s}" for s in self.skipped)]
+        lines = [*self.changes, *self.notes, *(f"skipped: {s}" for s in self.skipped)]
         rest = "".join(f"\n  {line}" for line in lines)
         if self.state is None:
             return "no saved state: starting at step 0" + rest
@@ -53,10 +60,36 @@ class ResumePoint:
             return f"training is already complete: the state saved at {self.position()} is its last" + rest
         return f"resuming from the state saved at {self.position()}" + rest
 
+    def would(self, total_steps: int | None = None) -> str:
+        """What a run would do, for --dry-run: "would resume from step 12 of 24"."""
+        total = self.total_steps or total_steps
+        of = f" of {total}" if total else ""
+        if self.state is None:
+            if self.restart and self.notes:
+                return f"would start over at step 0{of} ({'; '.join(self.notes)})"
+            return f"would start at step 0{of}"
+        if self.complete:
+            return f"would train nothing: the state saved at {self.position()} is the end of training"
+        return f"would resume from step {self.step}{of}"
+
 
 def state_extra(training_fields: dict[str, Any], dataset_fingerprint: str) -> dict[str, Any]:
     """What each state's manifest records so a later run can say exactly what changed."""
     return {"config": training_fields, "dataset_fingerprint": dataset_fingerprint}
+
+
+def judge_resume(store: RunStore, config: TrainingConfig, dataset_fingerprint: str) -> ResumePoint:
+    """Where this run would start, from the newest state's manifest and progress record alone: nothing
+    is downloaded, archived or written. Run before the model download so a refusal costs nothing.
+
+    Raises:
+        ResumeRefusedError: the newest state cannot be continued with this config (the reason names
+            each setting, old -> new, or the dataset).
+    """
+    return find_resume_point(
+        store, fingerprint=config.fingerprint(dataset_fingerprint), training_fields=config.training_fields(),
+        dataset_fingerprint=dataset_fingerprint, download_to=None, restart=config.restart,
+    )
 
 
 def find_resume_point(
@@ -65,54 +98,91 @@ def find_resume_point(
     fingerprint: str,
     training_fields: dict[str, Any],
     dataset_fingerprint: str,
-    download_to: Path,
+    download_to: Path | None,
     restart: bool = False,
 ) -> ResumePoint:
-    """Newest verified state with this fingerprint, downloaded; refuse when the newest differs."""
-    point = ResumePoint(epochs=training_fields.get("max_train_epochs"))
+    """Newest verified state that this run may continue, downloaded to `download_to` (None: judged only).
+
+    Raises:
+        ResumeRefusedError: the newest verified state cannot be continued (config.RESUME_RULES).
+    """
+    point = ResumePoint(epochs=training_fields.get("max_train_epochs"), restart=restart)
     if restart:
-        point.notes += [f"--restart: the earlier {what} moved to {dest} (nothing deleted)"
-                        for what, dest in archive_earlier_run(store).items()]
+        earlier = [what for rel, what in (("state", "states"), ("checkpoints", "checkpoints")) if store.listdir(rel)]
+        if download_to is None:
+            point.notes += [f"--restart moves the earlier {what} to {store.path('archive')}" for what in earlier]
+        else:
+            point.notes += [f"--restart: the earlier {what} moved to {dest} (nothing deleted)"
+                            for what, dest in archive_earlier_run(store).items()]
         return point
     for state, reason in store.iter_valid_states():
         if reason:
             point.skipped.append(reason)
             continue
-        if state.fingerprint != fingerprint:
-            raise ResumeRefusedError(_refusal(store, state, training_fields, dataset_fingerprint))
-        local = download_to / f"{state.step:09d}"
-        try:
-            store.download_state(state, local)
-        except (StateVerificationError, OSError) as exc:
-            point.skipped.append(f"state at step {state.step}: {exc}")
-            continue
-        point.state, point.local_dir = state, local
-        progress = _native_progress(local)  # states whose manifest predates these fields
-        point.total_steps = state.total_steps or progress.get("total_steps") or None
+        progress = _stored_progress(store, state)
+        changed = _judge(store, state, training_fields, fingerprint, dataset_fingerprint)
+        total = _run_total(state, progress, training_fields)
+        if total is not None and state.step > total:
+            raise ResumeRefusedError(
+                f"project '{store.project}' already has a state at step {state.step}, past this run's end at step "
+                f"{total} (--max-train-epochs {training_fields.get('max_train_epochs')}); raise --max-train-epochs "
+                "to continue it; run again with --restart to start over (the earlier states are archived), or "
+                "choose a new --project-name"
+            )
+        local = None
+        if download_to is not None:
+            local = download_to / f"{state.step:09d}"
+            try:
+                store.download_state(state, local)
+            except (StateVerificationError, OSError) as exc:
+                point.skipped.append(f"state at step {state.step}: {exc}")
+                continue
+        point.state, point.local_dir, point.total_steps = state, local, total
         point.step_in_epoch = state.manifest.get("step_in_epoch", progress.get("step_in_epoch"))
+        point.changes = [change_note(key, old, new, state.step) for key, old, new in changed]
         return point
     return point
 
 
-def _native_progress(local_dir: Path) -> dict[str, Any]:
-    """The native trainer's progress.json of a downloaded state; {} for an sd-scripts or unreadable one
-    (then completeness is unknown and the trainer decides)."""
+def _stored_progress(store: RunStore, state: StateInfo) -> dict[str, Any]:
+    """The native trainer's progress.json of a state, read from storage (a few hundred bytes); {} for an
+    sd-scripts or unreadable one (then what is unknown stays unknown and the trainer decides)."""
+    if PROGRESS_FILE not in (state.manifest.get("files") or {}):
+        return {}
     try:
-        progress = json.loads((local_dir / "progress.json").read_text())
+        progress = store.read_json(f"state/{state.step:09d}/{PROGRESS_FILE}")
     except (OSError, ValueError):
         return {}
     return progress if isinstance(progress, dict) else {}
 
 
-def _refusal(store: RunStore, state: StateInfo, training_fields: dict, dataset_fingerprint: str) -> str:
-    changes = diff_training_fields(state.manifest.get("config") or {}, training_fields)
+def _judge(store: RunStore, state: StateInfo, training_fields: dict, fingerprint: str, dataset_fingerprint: str) -> list:
+    """The "continue" changes (field, old, new) under which `state` may be resumed, or ResumeRefusedError."""
+    recorded = state.manifest.get("config")
+    refused, changed = resume_differences(recorded or {}, training_fields)
     if state.manifest.get("dataset_fingerprint") not in (None, dataset_fingerprint):
-        changes.insert(0, "the dataset's images or captions")
-    what = "; ".join(changes[:6]) or "the training settings"
-    return (
-        f"project '{store.project}' already has a state at step {state.step} trained with different settings "
-        f"({what}); run again with --restart to start over, or choose a new --project-name"
-    )
+        refused.insert(0, "the dataset's images or captions")
+    if recorded is None and state.fingerprint != fingerprint:  # no record of its settings: only the hash can tell
+        refused.append("the training settings")
+    if refused:
+        raise ResumeRefusedError(
+            f"project '{store.project}' already has a state at step {state.step} trained with different settings "
+            f"({'; '.join(refused[:6])}) that a resume must keep; set them back to continue it; run again with "
+            "--restart to start over (the earlier states are archived), or choose a new --project-name"
+        )
+    return changed
+
+
+def _run_total(state: StateInfo, progress: dict[str, Any], training_fields: dict[str, Any]) -> int | None:
+    """This run's total steps: the state's own, re-planned for a changed epoch count. Every setting that
+    decides the steps per epoch must match for a resume, so only the epochs can change the total."""
+    own = state.total_steps or progress.get("total_steps") or None
+    epochs = training_fields.get("max_train_epochs")
+    per_epoch = progress.get("steps_per_epoch")
+    if not per_epoch and own:
+        old_epochs = (state.manifest.get("config") or {}).get("max_train_epochs") or state.manifest.get("epochs")
+        per_epoch = own // old_epochs if old_epochs and own % old_epochs == 0 else None
+    return per_epoch * epochs if per_epoch and epochs else own
 
 
 def archive_earlier_run(store: RunStore) -> dict[str, str]:

@@ -11,8 +11,8 @@ from prefect.tasks import exponential_backoff
 
 from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.dataset.fetch import is_transient
-from anima_lora_flow.dataset.intake import prepare_dataset
 from anima_lora_flow.dataset.report import DatasetError, DatasetReport
+from anima_lora_flow.runner.prepare import dataset_report
 from anima_lora_flow.tasks.artifacts import artifact_key as shared_artifact_key
 
 
@@ -32,9 +32,8 @@ def artifact_key(project_name: str) -> str:
 @task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=10), retry_condition_fn=_retry_on_network_error)
 def prepare_dataset_task(config: TrainingConfig) -> DatasetReport:
     """Fetch, extract and validate the dataset; publish the report as a markdown artifact."""
-    kwargs = config.model_dump(include={"resolution", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "repeats"})
     try:
-        report = prepare_dataset(config.dataset, config.resolved_work_dir(), **kwargs)
+        report = dataset_report(config)
     except DatasetError as exc:
         if exc.report is not None:  # the artifact explains which files were skipped and why
             create_markdown_artifact(markdown=exc.report.to_markdown(), key=artifact_key(config.project_name))

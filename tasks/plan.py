@@ -6,16 +6,16 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from anima_lora_flow.config import TrainingConfig
-from anima_lora_flow.planner.plan import Plan, enforce_plan, make_plan
+from anima_lora_flow.planner.plan import Plan, enforce_plan
 from anima_lora_flow.platforms.detect import detect_platform
+from anima_lora_flow.runner.prepare import plan_run
 from anima_lora_flow.tasks.artifacts import artifact_key
 
 
 @task(name="plan")  # no retries: nothing here is transient
-def plan_task(config: TrainingConfig, report) -> Plan:
-    """Detect the platform, plan, publish the plan as an artifact, then enforce its decision."""
-    platform = detect_platform(session_budget_hours=config.session_budget_hours)
-    plan = make_plan(config, report.samples_per_bucket(), platform)
+def plan_task(config: TrainingConfig, report, steps_done: int = 0) -> Plan:
+    """Detect the platform, plan from `steps_done` on, publish the plan as an artifact, then enforce its decision."""
+    plan = plan_run(config, report, steps_done, detect_platform(session_budget_hours=config.session_budget_hours))
     create_markdown_artifact(key=artifact_key("plan", config.project_name), markdown=plan.to_markdown(), description="Training plan")
     enforce_plan(plan)
     return plan

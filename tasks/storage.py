@@ -6,25 +6,11 @@ from prefect import get_run_logger, task
 
 from ..config import TrainingConfig
 from ..errors import NotBuiltError, UserInputError
-from ..platforms.kaggle import import_previous_run_store, on_kaggle
-from ..storage import RunStore, resolve_storage
-from ..storage.capacity import check_capacity
+from ..runner.prepare import existing_store_bytes, mount_store, open_run_store  # noqa: F401 - open_run_store: for the other tasks
 from ..runner.train import TrainingFailedError
 from .retry import retry_unless_user_error
 
 OWN_ERRORS = (UserInputError, NotBuiltError, TrainingFailedError)
-
-
-def open_run_store(config: TrainingConfig) -> RunStore:
-    return RunStore(resolve_storage(config.storage), config.project_name)
-
-
-def existing_store_bytes(store: RunStore) -> int:
-    """What the project already holds (a resumed run reuses that space)."""
-    try:
-        return sum(store.fs.du(store.root, total=False).values()) if store.fs.exists(store.root) else 0
-    except Exception:  # noqa: BLE001 - a size we cannot read just means "assume nothing is there yet"
-        return 0
 
 
 @task(name="mount-storage", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_unless_user_error)
@@ -35,14 +21,7 @@ def mount_storage_task(config: TrainingConfig, run_id: str) -> str:
     plan checks: a refused run leaves no configs/<run-id>/ without a line in runs.jsonl. `run_id` stays
     in the signature for the flow.
     """
-    store = open_run_store(config)
-    store.fs.makedirs(store.root, exist_ok=True)
-    check_capacity(store.location, config, existing_bytes=existing_store_bytes(store))
-    if on_kaggle() and store.location.is_local:
-        note = import_previous_run_store(store)
-        if note:
-            get_run_logger().info(note)
-    return store.root
+    return mount_store(config, lambda note: get_run_logger().info(note)).root  # a logger only for Kaggle's note
 
 
 @task(name="record-run", retries=2, retry_delay_seconds=[5, 30])

@@ -70,10 +70,12 @@ def test_fingerprint_tracks_training_settings_only():
     base = TrainingConfig(dataset="/data")
     assert base.fingerprint("d1") == TrainingConfig(dataset="/elsewhere", storage="gs://b/r").fingerprint("d1")
     assert base.fingerprint("d1") != base.fingerprint("d2")
-    changed = TrainingConfig(dataset="/data", learning_rate=2e-4)
-    assert base.fingerprint("d1") != changed.fingerprint("d1")
+    # Only what a resume must keep changes it; a new learning rate or epoch count continues the same run.
+    assert base.fingerprint("d1") != TrainingConfig(dataset="/data", network_dim=8).fingerprint("d1")
+    changed = TrainingConfig(dataset="/data", learning_rate=2e-4, max_train_epochs=12)
+    assert base.fingerprint("d1") == changed.fingerprint("d1")
     assert diff_training_fields(base.training_fields(), changed.training_fields()) == [
-        "learning_rate: 0.0001 -> 0.0002"
+        "learning_rate: 0.0001 -> 0.0002", "max_train_epochs: 10 -> 12"
     ]
 
 

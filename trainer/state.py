@@ -8,6 +8,7 @@ The step lives in progress.json; the folder name only sorts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from anima_lora_flow.config import TrainingConfig, diff_training_fields
+from anima_lora_flow.config import TrainingConfig, change_note, resume_differences
 from anima_lora_flow.errors import UserInputError
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -48,6 +49,8 @@ class TrainingProgress:
     fingerprint: str = ""
     training_fields: dict[str, Any] = field(default_factory=dict)
     last_loss: float | None = None
+    dataset_fingerprint: str = ""
+    base_model: dict[str, Any] = field(default_factory=dict)  # base_model_record() of the model trained on
 
     def advance(self) -> None:
         self.global_step += 1
@@ -56,6 +59,12 @@ class TrainingProgress:
     def next_epoch(self) -> None:
         self.epoch += 1
         self.step_in_epoch = 0
+
+    def adopt(self, run: "TrainingProgress") -> None:
+        """Go on under `run`'s settings and base model: the states saved from here on record this run's,
+        so the next resume compares against them (and does not apply a change twice)."""
+        self.fingerprint, self.training_fields = run.fingerprint, run.training_fields
+        self.dataset_fingerprint, self.base_model = run.dataset_fingerprint, run.base_model
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,23 +141,103 @@ def load_state(folder: Path) -> tuple[TrainingProgress, dict[str, torch.Tensor],
     return progress, load_file(str(folder / ADAPTER_FILE)), training_state
 
 
-def check_resume(saved: TrainingProgress, cfg: TrainingConfig, fingerprint: str) -> None:
-    """The drift rule: a state resumes only under the same training settings and dataset.
+def check_resume(
+    saved: TrainingProgress,
+    cfg: TrainingConfig,
+    fingerprint: str,
+    *,
+    dataset_fingerprint: str | None = None,
+    base_model: dict[str, Any] | None = None,
+) -> list[str]:
+    """The drift rule (config.RESUME_RULES): which changed settings a state may be continued under.
 
-    Everything that changes what is trained is in the fingerprint (rank, alpha, lr, epochs, data...);
-    placement settings (paths, save cadence) may differ. The flow only offers states with the same
-    fingerprint, so a mismatch here means a hand-picked state.
+    The runner has judged the state from its manifest before any download; this repeats the judgement
+    with what only the trainer knows, the loaded base model, and covers a hand-picked state.
+
+    Returns:
+        One warning per changed "continue" setting, naming the step it applies from.
 
     Raises:
-        UserInputError: naming every setting that differs (or the dataset) and the way out.
+        UserInputError: naming every "match" setting that differs (old -> new), a changed dataset or a
+            different base model, and the way out.
     """
-    if saved.fingerprint == fingerprint:
-        return
-    changed = diff_training_fields(saved.training_fields, cfg.training_fields()) or ["the dataset content"]
-    raise UserInputError(
-        f"cannot resume: the state was trained with other settings ({'; '.join(changed)}); "
-        "restore those settings or start over with restart=True"
-    )
+    refused, changed = resume_differences(saved.training_fields, cfg.training_fields())
+    if not refused and saved.fingerprint != fingerprint and not _legacy_fingerprint_matches(saved, dataset_fingerprint):
+        refused.append("the dataset's images or captions")
+    refused += base_model_mismatch(saved.base_model, base_model or {})
+    if refused:
+        raise UserInputError(
+            f"cannot resume the state at step {saved.global_step}: it was trained with other settings "
+            f"({'; '.join(refused)}); restore them, or start over with --restart (the old states are archived)"
+        )
+    return [change_note(key, old, new, saved.global_step) for key, old, new in changed]
+
+
+def _legacy_fingerprint_matches(saved: TrainingProgress, dataset_fingerprint: str | None) -> bool:
+    """States written before the resume rules hashed every recorded setting with the dataset."""
+    if saved.dataset_fingerprint or dataset_fingerprint is None:
+        return False
+    payload = json.dumps({"config": saved.training_fields, "dataset": dataset_fingerprint}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16] == saved.fingerprint
+
+
+def base_model_record(cfg: TrainingConfig, transformer: torch.nn.Module) -> dict[str, Any]:
+    """The base model a LoRA is trained on: its name, its DiT file's sha256 when known, and the block
+    count and width of the transformer as loaded (a 40-block base trains when its files say so)."""
+    conf = getattr(transformer, "config", None) or {}
+    blocks = conf.get("num_layers") or len(getattr(transformer, "transformer_blocks", ()))
+    heads, head_dim = conf.get("num_attention_heads"), conf.get("attention_head_dim")
+    sha256 = None
+    if not cfg.models_dir:  # a folder of the user's may hold anything: only a pinned download is known
+        from anima_lora_flow.models.registry import base_model  # noqa: PLC0415
+
+        sha256 = base_model(cfg.base_model).dit.sha256
+    return {
+        "name": cfg.models_dir or cfg.base_model,
+        "dit_sha256": sha256,
+        "blocks": int(blocks),
+        "hidden_size": int(heads * head_dim) if heads and head_dim else None,
+    }
+
+
+def base_model_mismatch(saved: dict[str, Any], loaded: dict[str, Any]) -> list[str]:
+    """["the base model A (...) -> B (...)"] when the two records cannot be the same model, else []."""
+    if not saved or not loaded:  # a state from before the record: the base_model setting was compared
+        return []
+    shape_differs = any(saved.get(k) != loaded.get(k) for k in ("blocks", "hidden_size"))
+    hash_differs = bool(saved.get("dit_sha256") and loaded.get("dit_sha256") and saved["dit_sha256"] != loaded["dit_sha256"])
+    if not (shape_differs or hash_differs):
+        return []
+    return [f"the base model {_describe_base(saved)} -> {_describe_base(loaded)}"]
+
+
+def _describe_base(record: dict[str, Any]) -> str:
+    return f"{record.get('name')} ({record.get('blocks')} blocks, hidden size {record.get('hidden_size')})"
+
+
+def apply_new_settings(optimizer: torch.optim.Optimizer, scheduler: Any, cfg: TrainingConfig, saved_fields: dict[str, Any]) -> None:
+    """After load_state_dict: this run's learning rate, weight decay and betas replace the saved ones.
+
+    Loading an optimizer state brings back its param groups' hyperparameters, and loading a LambdaLR
+    its base learning rates: without this, a resume under a new --learning-rate would train on with the
+    old one. The rate is scaled by new / old setting (`saved_fields` is the state's record), so the
+    schedule keeps its shape and its place, whatever base an earlier resume left it.
+    """
+    old_lr = saved_fields.get("learning_rate")
+    ratio = cfg.learning_rate / old_lr if old_lr else 1.0
+    for group in optimizer.param_groups:
+        if "weight_decay" in group:
+            group["weight_decay"] = cfg.weight_decay
+        if "betas" in group:
+            group["betas"] = tuple(cfg.betas)
+        if ratio != 1.0:
+            group["lr"] *= ratio
+            if "initial_lr" in group:
+                group["initial_lr"] *= ratio
+    inner = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler wraps it
+    if ratio != 1.0 and hasattr(inner, "base_lrs"):
+        inner.base_lrs = [base * ratio for base in inner.base_lrs]
+        inner._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def state_dirs(root: Path) -> list[Path]:

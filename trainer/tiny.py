@@ -36,10 +36,11 @@ TINY_QWEN = dict(
 TINY_VAE = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True])
 
 
-def build_tiny_model(dest: Path, seed: int = 0) -> Path:
+def build_tiny_model(dest: Path, seed: int = 0, num_layers: int = TINY_TRANSFORMER["num_layers"]) -> Path:
     """Write a complete tiny Diffusers-format Anima folder at `dest` and return it.
 
-    Deterministic: the same seed gives byte-identical weight files.
+    Deterministic: the same seed gives byte-identical weight files. `num_layers` is the DiT's block
+    count (Anima has 28), for bases of another depth.
     """
     from diffusers import AutoencoderKLQwenImage, CosmosTransformer3DModel, FlowMatchEulerDiscreteScheduler
     from diffusers.models.condition_embedders.condition_embedder_anima import AnimaTextConditioner
@@ -51,7 +52,7 @@ def build_tiny_model(dest: Path, seed: int = 0) -> Path:
     qwen_vocab = _write_tokenizer(dest / "tokenizer", QWEN_SPECIALS, t5_style=False)
 
     torch.manual_seed(seed)
-    CosmosTransformer3DModel(**TINY_TRANSFORMER).save_pretrained(dest / "transformer")
+    CosmosTransformer3DModel(**{**TINY_TRANSFORMER, "num_layers": num_layers}).save_pretrained(dest / "transformer")
     AnimaTextConditioner(**TINY_CONDITIONER, target_vocab_size=t5_vocab).save_pretrained(dest / "text_conditioner")
     Qwen3Model(Qwen3Config(vocab_size=qwen_vocab, **TINY_QWEN)).save_pretrained(dest / "text_encoder")
     AutoencoderKLQwenImage(**TINY_VAE).save_pretrained(dest / "vae")

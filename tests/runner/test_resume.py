@@ -7,7 +7,7 @@ import json
 import pytest
 
 from anima_lora_flow.config import TrainingConfig
-from anima_lora_flow.runner.resume import ResumeRefusedError, find_resume_point, state_extra
+from anima_lora_flow.runner.resume import ResumeRefusedError, find_resume_point, judge_resume, state_extra
 from anima_lora_flow.storage import RunStore, resolve_location
 
 
@@ -53,10 +53,70 @@ def test_truncated_upload_is_never_chosen(store, tmp_path):
     assert "step 20" in point.skipped[0]
 
 
-def test_changed_learning_rate_refuses_and_names_it(store, tmp_path):
+def test_changed_learning_rate_continues_with_a_warning(store, tmp_path):
     _publish(store, tmp_path, 10, TrainingConfig(dataset="x"))
-    with pytest.raises(ResumeRefusedError, match=r"learning_rate: 0.0001 -> 0.0003.*--restart"):
-        _find(store, TrainingConfig(dataset="x", learning_rate=3e-4), tmp_path)
+    point = _find(store, TrainingConfig(dataset="x", learning_rate=3e-4), tmp_path)
+    assert point.step == 10
+    assert point.changes == ["--learning-rate 0.0001 -> 0.0003: the learning-rate schedule is re-planned from step 10"]
+    assert point.describe().splitlines()[1].strip() == point.changes[0]
+
+
+def test_changed_network_dim_refuses_naming_old_and_new_as_flags(store, tmp_path):
+    _publish(store, tmp_path, 10, TrainingConfig(dataset="x"))
+    with pytest.raises(ResumeRefusedError, match=r"state at step 10 .*--network-dim 20 -> 8; --seed 42 -> 7\).*--restart"):
+        _find(store, TrainingConfig(dataset="x", network_dim=8, seed=7, learning_rate=3e-4), tmp_path)
+
+
+def test_sd_scripts_cannot_continue_under_a_new_learning_rate(store, tmp_path):
+    """Its resume restores the optimizer's and the scheduler's learning rate from the state: a new one would be ignored."""
+    _publish(store, tmp_path, 10, TrainingConfig(dataset="x", trainer="sd-scripts"))
+    with pytest.raises(ResumeRefusedError, match=r"--learning-rate 0.0001 -> 0.0003"):
+        _find(store, TrainingConfig(dataset="x", trainer="sd-scripts", learning_rate=3e-4), tmp_path)
+    point = _find(store, TrainingConfig(dataset="x", trainer="sd-scripts", max_train_epochs=12), tmp_path)
+    assert point.step == 10 and "--max-train-epochs 10 -> 12" in point.changes[0]
+
+
+def test_more_epochs_make_a_finished_run_resumable(store, tmp_path):
+    cfg = TrainingConfig(dataset="x", max_train_epochs=2)
+    folder = tmp_path / "s24"
+    folder.mkdir()
+    (folder / "progress.json").write_text(json.dumps({"global_step": 24, "epoch": 2, "step_in_epoch": 0, "total_steps": 24,
+                                                      "steps_per_epoch": 12}))
+    store.publish_state(folder, 24, epoch=2, fingerprint=cfg.fingerprint("d"),
+                        extra={**state_extra(cfg.training_fields(), "d"), "step_in_epoch": 0, "total_steps": 24, "epochs": 2})
+    assert _find(store, cfg, tmp_path).complete
+    more = _find(store, TrainingConfig(dataset="x", max_train_epochs=3), tmp_path)
+    assert not more.complete and more.total_steps == 36
+    assert more.describe().startswith("resuming from the state saved at step 24 of 36, after epoch 2 of 3")
+    assert "--max-train-epochs 2 -> 3: the learning-rate schedule is re-planned from step 24" in more.describe()
+    assert more.would() == "would resume from step 24 of 36"
+
+
+def test_judging_downloads_and_moves_nothing(store, tmp_path):
+    cfg = TrainingConfig(dataset="x")
+    _publish(store, tmp_path, 10, cfg)
+    point = judge_resume(store, cfg, "d")
+    assert point.step == 10 and point.local_dir is None and not (tmp_path / "dl").exists()
+    assert point.would(100) == "would resume from step 10 of 100"  # the total from the plan: the state does not say
+    restart = judge_resume(store, cfg.model_copy(update={"restart": True}), "d")
+    assert restart.state is None and [s.step for s in store.list_states()] == [10]
+    assert restart.would(100).startswith("would start over at step 0 of 100 (--restart moves the earlier states to")
+    with pytest.raises(ResumeRefusedError, match="dataset's images or captions"):
+        judge_resume(store, cfg, "other")
+
+
+def test_every_setting_has_a_resume_rule():
+    """A new setting must be sorted into match / continue / free before it ships (README's table too)."""
+    from pathlib import Path as P
+
+    from anima_lora_flow.config import RESUME_RULES
+
+    assert set(RESUME_RULES) == set(TrainingConfig.model_fields)
+    readme = (P(__file__).parents[2] / "README.md").read_text()
+    table = readme[readme.index("<!-- resume-rules -->"):readme.index("<!-- /resume-rules -->")]
+    for name, rule in RESUME_RULES.items():
+        if rule != "free":
+            assert f"--{name.replace('_', '-')}" in table, name
 
 
 def test_changed_dataset_refuses(store, tmp_path):

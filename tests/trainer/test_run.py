@@ -90,7 +90,7 @@ def test_stop_emits_stopped_with_state(job):
 
 def test_resume_refuses_other_settings(job):
     first = run_training(job(), stop_requested=lambda: True)
-    with pytest.raises(UserInputError, match="network_dim"):
+    with pytest.raises(UserInputError, match="--network-dim 4 -> 8"):
         run_training(job(resume=first.state, network_dim=8))
 
 

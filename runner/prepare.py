@@ -1,0 +1,122 @@
+"""The stages before any download, as plain functions: the flow's tasks wrap them, and `train --dry-run`
+calls them directly (no Prefect server, no torch), so both decide the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..config import TrainingConfig, cache_root
+from ..dataset.intake import prepare_dataset
+from ..dataset.report import DatasetReport
+from ..planner.plan import Plan, enforce_plan, make_plan
+from ..platforms.detect import PlatformInfo, detect_platform
+from ..platforms.kaggle import import_previous_run_store, on_kaggle
+from ..storage import RunStore, resolve_storage
+from ..storage.capacity import check_capacity
+from .resume import ResumePoint, judge_resume
+
+Log = Callable[[str], None]
+
+
+def open_run_store(config: TrainingConfig) -> RunStore:
+    return RunStore(resolve_storage(config.storage), config.project_name)
+
+
+def existing_store_bytes(store: RunStore) -> int:
+    """What the project already holds (a resumed run reuses that space)."""
+    try:
+        return sum(store.fs.du(store.root, total=False).values()) if store.fs.exists(store.root) else 0
+    except Exception:  # noqa: BLE001 - a size we cannot read just means "assume nothing is there yet"
+        return 0
+
+
+def mount_store(config: TrainingConfig, log: Log | None = None) -> RunStore:
+    """Resolve the storage root (mounting Drive on Colab), check it has room, create the project folder."""
+    store = open_run_store(config)
+    store.fs.makedirs(store.root, exist_ok=True)
+    check_capacity(store.location, config, existing_bytes=existing_store_bytes(store))
+    if on_kaggle() and store.location.is_local:
+        note = import_previous_run_store(store)
+        if note and log is not None:
+            log(note)
+    return store
+
+
+def dataset_report(config: TrainingConfig) -> DatasetReport:
+    """Fetch, extract and validate the dataset with the config's bucket settings."""
+    # models_dir and base_model: long captions are counted with the tokenizers of the model that trains.
+    kwargs = config.model_dump(include={"resolution", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "repeats",
+                                        "models_dir", "base_model"})
+    return prepare_dataset(config.dataset, config.resolved_work_dir(), **kwargs)
+
+
+def plan_run(config: TrainingConfig, report: DatasetReport, steps_done: int = 0, platform: PlatformInfo | None = None) -> Plan:
+    """The plan for this machine (or `platform`) from `steps_done` on; not enforced, so the caller can show it first."""
+    platform = platform or detect_platform(session_budget_hours=config.session_budget_hours)
+    return make_plan(config, report.samples_per_bucket(), platform, steps_done=steps_done)
+
+
+def sd_scripts_configs(config: TrainingConfig, report: DatasetReport, plan: Plan, run_id: str, store: RunStore) -> dict:
+    """Render both sd-scripts TOML files into the run store; return their paths and the launch command."""
+    from ..models import registry  # noqa: PLC0415 - only for the sd-scripts backend
+    from ..models.download import ready_models  # noqa: PLC0415
+    from ..trainer.sdscripts.prepare import prepare_sd_scripts_run  # noqa: PLC0415
+    from ..trainer.sdscripts.staging import stage_dataset  # noqa: PLC0415
+
+    paths = ready_models(config.base_model, "sd-scripts")
+    fallback = cache_root() / "models" / registry.SINGLE_FILE_REPO
+    dit_name = registry.base_model(config.base_model).dit.filename
+    work = config.resolved_work_dir() / "sd-scripts" / run_id
+    staged = stage_dataset(report, config.resolved_work_dir())  # the TOML names only what the validator accepted
+    prepared = prepare_sd_scripts_run(
+        config, run_id=run_id, image_dir=str(staged.root), subsets=staged.subsets,
+        dit=str(paths.dit if paths else fallback / dit_name),
+        qwen3=str(paths.text_encoder if paths else fallback / registry.TEXT_ENCODER.filename),
+        vae=str(paths.vae if paths else fallback / registry.VAE.filename),
+        sd_scripts_dir=cache_root() / f"sd-scripts-{config.sd_scripts_commit}" / "sd-scripts",
+        config_dir=work / "configs", output_dir=work / "output",
+        mixed_precision=plan.precision,
+        total_steps=plan.steps.total_steps,
+    )
+    for path in (prepared.training_path, prepared.dataset_path):
+        store.publish_file(path, f"configs/{run_id}/{path.name}")
+    return {
+        "command": prepared.command_text,
+        "training_toml": store.path("configs", run_id, prepared.training_path.name),
+        "dataset_toml": store.path("configs", run_id, prepared.dataset_path.name),
+        "models_note": "" if paths else " (model paths are where `anima-lora models download --backend sd-scripts` puts them)",
+    }
+
+
+def dry_run_result(run_id: str, storage: str, report: DatasetReport, plan: Plan, resume: ResumePoint) -> dict:
+    """What a dry run returns, from the flow and from the CLI alike."""
+    return {
+        "run_id": run_id, "outcome": "dry-run", "storage": storage, "trainable_images": report.trainable_count,
+        "plan": plan.model_dump(mode="json"),
+        "resume": {"would": resume.would(plan.steps.total_steps), "step": resume.step,
+                   "total_steps": resume.total_steps or plan.steps.total_steps, "changes": resume.changes},
+    }
+
+
+def dry_run(config: TrainingConfig, run_id: str, log: Log = print) -> dict:
+    """Everything `train` does before the model download, without a Prefect server: storage, dataset,
+    the resume judgement, the plan (and the sd-scripts files). Nothing is downloaded or trained.
+
+    Raises:
+        ResumeRefusedError: the newest state in storage cannot be continued with this config.
+        UserInputError: bad storage, dataset or settings; a plan that stops.
+    """
+    store = mount_store(config, log)
+    report = dataset_report(config)
+    log(f"dataset: {report.summary()}")
+    if report.problems:
+        log(f"{len(report.problems)} file(s) of the dataset are not trained; `anima-lora validate {config.dataset}` lists them")
+    resume = judge_resume(store, config, report.fingerprint)
+    for change in resume.changes:
+        log(f"warning: {change}")
+    plan = plan_run(config, report, steps_done=resume.step)
+    enforce_plan(plan)
+    result = dry_run_result(run_id, store.root, report, plan, resume)
+    if config.trainer == "sd-scripts":
+        result["sd_scripts"] = sd_scripts_configs(config, report, plan, run_id, store)
+    return result
