@@ -147,20 +147,23 @@ def dry_run(config: TrainingConfig, *, as_json: bool) -> int:
 def preflight(config: TrainingConfig) -> None:
     """Cheap checks of a user's input before a Prefect server is started (the flow repeats them)."""
     from .dataset.fetch import classify_source
-    from .storage import ensure_local_folder, resolve_storage
-    from .tasks.preflight import check_supported
+    from .storage import resolve_storage
+    from .prefect_env import check_api_reachable
+    from .tasks.preflight import check_supported, ensure_local_folders
 
     check_supported(config)
     resolve_storage(config.storage)  # first: it mounts Drive, where the dataset may live
-    ensure_local_folder(config.resolved_work_dir(), "--work-dir")
+    ensure_local_folders(config)
     classify_source(config.dataset)  # a mistyped local path fails here, not after the server start
+    check_api_reachable()
 
 
 def run_flow(config: TrainingConfig, *, dry_run: bool = False) -> dict:
-    from .prefect_env import configure_prefect_environment
+    from .prefect_env import check_api_reachable, configure_prefect_environment
     from .ui.server import server_for_this_command
 
     configure_prefect_environment()
+    check_api_reachable()  # a configured API that does not answer would fail the run later with a raw error
     # Before prefect is imported: it reads PREFECT_API_URL then. Our server survives a Ctrl-C.
     with server_for_this_command():
         from prefect.logging.handlers import APILogWorker  # noqa: PLC0415 - prefect is imported only after its settings
@@ -229,10 +232,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from .dataset.intake import prepare_dataset
     from .planner.commands import run_plan
-    from .tasks.preflight import check_supported
+    from .tasks.preflight import check_supported, ensure_local_folders
 
     config = config_from_args(args, dataset=args.source)
     check_supported(config)  # the plan refuses what train would refuse
+    ensure_local_folders(config)
     report = prepare_dataset(
         config.dataset, config.resolved_work_dir(), resolution=config.resolution,
         min_bucket_reso=config.min_bucket_reso, max_bucket_reso=config.max_bucket_reso,

@@ -372,6 +372,11 @@ def cache_root() -> Path:
     return path if os.environ.get("ANIMA_LORA_CACHE") else path / "anima-lora-flow"
 
 
+def cache_root_setting() -> str:
+    """The environment variable that placed cache_root(), for messages saying what to change."""
+    return next((name for name in ("ANIMA_LORA_CACHE", "XDG_CACHE_HOME") if os.environ.get(name)), "HOME")
+
+
 def resume_rule(field: str, trainer: str = "native") -> ResumeRule:
     """RESUME_RULES[field], except that sd-scripts cannot continue under the settings its state restores."""
     rule = RESUME_RULES.get(field, "match")  # a field without a rule is the safe kind

@@ -10,6 +10,7 @@ from anima_lora_flow.config import TrainingConfig, cache_root
 from anima_lora_flow.dataset.intake import prepare_dataset
 from anima_lora_flow.dataset.report import DatasetError
 from anima_lora_flow.errors import UserInputError
+from anima_lora_flow.storage.location import ensure_cache_folder, ensure_local_folder
 
 
 def add_validate_parser(subparsers) -> None:
@@ -36,6 +37,10 @@ def run_validate(args: argparse.Namespace) -> int:
     work_dir = args.work_dir or cache_root() / "validate"
     try:
         check_setting_bounds(args, "resolution", "repeats")
+        if args.work_dir:
+            ensure_local_folder(work_dir, "--work-dir")
+        else:
+            ensure_cache_folder(work_dir, label="work folder", alternative=", or pass --work-dir")
         report = prepare_dataset(args.source, work_dir, resolution=args.resolution, repeats=args.repeats, models_dir=args.models_dir)
     except DatasetError as exc:
         if exc.report is not None:  # show why every file was skipped before the verdict

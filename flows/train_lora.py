@@ -19,11 +19,10 @@ from anima_lora_flow.tasks.artifacts import artifact_key
 from anima_lora_flow.tasks.dataset import prepare_dataset_task
 from anima_lora_flow.tasks.history import mark_stale_runs_crashed_task
 from anima_lora_flow.tasks.models import download_models_task
-from anima_lora_flow.storage import ensure_local_folder
 from anima_lora_flow.storage.lock import acquire_project_lock
 from anima_lora_flow.tasks.plan import plan_task
 from anima_lora_flow.tasks.resume import check_resume_task
-from anima_lora_flow.tasks.preflight import check_supported
+from anima_lora_flow.tasks.preflight import check_supported, ensure_local_folders
 from anima_lora_flow.tasks.sdscripts import sd_scripts_dry_run_task
 from anima_lora_flow.tasks.storage import mount_storage_task, open_run_store, record_run_task, store_json_task
 from anima_lora_flow.tasks.train import train_task
@@ -44,7 +43,7 @@ def train_lora(config: TrainingConfig, dry_run: bool = False) -> dict:
     """Validate, plan, download, train (resuming from storage) and publish one Anima LoRA."""
     logger = get_run_logger()
     check_supported(config)
-    ensure_local_folder(config.resolved_work_dir(), "--work-dir")
+    ensure_local_folders(config)
     run_id = new_run_id()
     started = time.time()
     mark_stale_runs_crashed_task(config.project_name)

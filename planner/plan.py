@@ -267,8 +267,14 @@ def _decide(plan: Plan, config: TrainingConfig, gpu: GpuInfo | None) -> tuple[De
             f"{gpu.name} ({gpu.sm}) has no kernels in the CUDA 12.8+ PyTorch builds that Colab, Kaggle and this "
             f"package install; pick a T4 or newer (on Kaggle: {NO_GPU_FIX['kaggle']})"
         )
-    if gpu is None and plan.gpu_source == "none" and plan.platform_kind in NO_GPU_FIX and not config.models_dir:
-        return "stop", f"this {plan.platform_kind} session has no GPU: {NO_GPU_FIX[plan.platform_kind]}, then run again"
+    if gpu is None and plan.gpu_source == "none" and not config.models_dir:
+        if plan.platform_kind in NO_GPU_FIX:
+            return "stop", f"this {plan.platform_kind} session has no GPU: {NO_GPU_FIX[plan.platform_kind]}, then run again"
+        return "stop", (
+            "this machine has no CUDA GPU, and the Anima model (a 5.6 GB download) cannot train on a CPU: run on a "
+            "GPU runtime (Colab, Kaggle or a machine with an NVIDIA GPU), or pass --models-dir with a small local "
+            "model such as the demo's"
+        )
     if config.num_gpus > 1 and plan.gpu_source != "named" and config.num_gpus > (gpu.count if gpu else 0):
         have = f"{gpu.count} ({gpu.name})" if gpu else "none"
         fix = f"; on Kaggle: {NO_GPU_FIX['kaggle']}" if plan.platform_kind == "kaggle" else ""

@@ -3,7 +3,9 @@
 Exit codes: 0 when the storage is usable or none was given to check; 2 when the --storage given is
 unusable (bad input, with train's own message). A missing or unusable GPU is marked `!!` but still
 exits 0: it describes this machine rather than a mistake in the command, and doctor must be able to
-run on a CPU machine to say so.
+run on a CPU machine to say so. So does a PREFECT_API_URL that does not answer (train refuses it).
+
+Doctor only looks: a storage folder that does not exist is reported, not created.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import shutil
 import uuid
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from ..errors import UserInputError
 from .detect import detect_platform
@@ -59,17 +62,20 @@ def check_gpu(platform) -> Finding:
 
 
 def check_storage(location: str) -> Finding:
-    """Can train keep its run in `location`? The same checks as train (resolve_storage), then a real write."""
+    """Can train keep its run in `location`? train's own checks (resolve_storage), then a real write into
+    an existing folder. Doctor only looks: a missing folder is reported, never created."""
     from ..storage import resolve_storage  # noqa: PLC0415
     from ..storage.location import unreachable_message  # noqa: PLC0415
 
     try:
-        loc = resolve_storage(location)
+        loc = resolve_storage(location, create=False)  # for a local path: the folder or its nearest parent is writable
     except UserInputError as exc:  # a file, memory://, Drive off Colab, an unknown scheme, an unreachable host
         return Finding("storage", str(exc), "train stops with this same message; fix it or pass another --storage", ok=False)
     try:
+        if not loc.fs.exists(loc.root):
+            return Finding("storage", f"{location}: does not exist; train would create it{_parent_note(loc)}",
+                           "checkpoints and states are published here")
         probe = loc.join(f".anima-doctor-{uuid.uuid4().hex[:8]}")
-        loc.fs.makedirs(loc.root, exist_ok=True)
         loc.fs.pipe_file(probe, b"ok")
         loc.fs.rm(probe)
     except Exception as exc:  # noqa: BLE001 - every backend's failure is a finding, not a crash
@@ -78,19 +84,35 @@ def check_storage(location: str) -> Finding:
         )
         return Finding("storage", f"{location}: not writable ({why})",
                        "train would stop before it starts; fix its access rights or pass another --storage", ok=False)
-    free = ""
-    if loc.is_local:
-        usage = shutil.disk_usage(loc.root)
-        free = f", {usage.free / 2**30:.1f} GiB free"
-    return Finding("storage", f"{location}: writable{free}", "checkpoints and states are published here")
+    return Finding("storage", f"{location}: writable{_free_space(loc.root) if loc.is_local else ''}",
+                   "checkpoints and states are published here")
+
+
+def _parent_note(loc) -> str:
+    """For a local folder still to be created: which existing parent it would go in (writable, as checked)."""
+    if not loc.is_local:
+        return " (write access is checked when it first writes)"
+    parent = next(p for p in Path(loc.root).parents if p.exists())
+    return f" under {parent}, which is writable{_free_space(parent)}"
+
+
+def _free_space(path) -> str:
+    return f", {shutil.disk_usage(path).free / 2**30:.1f} GiB free"
 
 
 def check_prefect() -> Finding:
+    from ..prefect_env import api_problem  # noqa: PLC0415
+
     url = os.environ.get("PREFECT_API_URL")
     if not url:
         return Finding("prefect", "no PREFECT_API_URL", "a temporary local server starts with each run (no UI); "
                        "`anima-lora ui` for a UI, Prefect Cloud to keep history across sessions")
     where = "Prefect Cloud" if "api.prefect.cloud" in url else url
+    problem = api_problem(url, os.environ.get("PREFECT_API_KEY"))
+    if problem:
+        return Finding("prefect", f"API at {where}: {problem}",
+                       "train stops before it starts; start that server (`anima-lora ui`), correct PREFECT_API_URL, "
+                       "or unset it to use a temporary local server", ok=False)
     return Finding("prefect", f"API at {where}", "flow runs and artifacts are recorded there")
 
 

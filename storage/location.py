@@ -18,6 +18,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.registry import known_implementations, registry
 
+from ..config import cache_root, cache_root_setting
 from ..errors import UserInputError
 from .drive import ensure_drive_mounted, is_drive_path
 
@@ -75,8 +76,10 @@ def resolve_location(location: str, *, mount_drive: bool = True, **storage_optio
     return Location(fs, root.rstrip("/") or root, text)
 
 
-def resolve_storage(location: str) -> Location:
+def resolve_storage(location: str, *, create: bool = True) -> Location:
     """resolve_location for the run store, refusing places that cannot keep it.
+
+    `create=False` (doctor) checks that a local folder could be created without creating it.
 
     Raises:
         UserInputError: memory:// (gone when the process ends), a local path that is a file or
@@ -90,7 +93,7 @@ def resolve_storage(location: str) -> Location:
             "pass a folder or a URL such as gs://bucket/runs"
         )
     if loc.is_local:
-        ensure_local_folder(loc.root, "--storage", instead="a folder or a URL such as gs://bucket/runs")
+        ensure_local_folder(loc.root, "--storage", instead="a folder or a URL such as gs://bucket/runs", create=create)
     else:
         _check_reachable(loc)
     return loc
@@ -110,25 +113,60 @@ def _check_reachable(loc: Location) -> None:
             raise UserInputError(message) from exc
 
 
-def ensure_local_folder(path: str | Path, flag: str, *, instead: str = "a folder") -> Path:
+def ensure_local_folder(
+    path: str | Path, flag: str, *, instead: str = "a folder", fix: str | None = None, create: bool = True
+) -> Path:
     """Create `path` (and parents) or raise UserInputError saying why it cannot be a folder.
 
-    `instead` is what the message tells the user to pass (a flag that also takes URLs says so).
+    `instead` is what the message tells the user to pass (a flag that also takes URLs says so); `fix`
+    replaces the whole advice, for folders that come from an environment variable rather than a flag.
+    `create=False` only checks: the folder, or else its nearest existing parent, must be writable.
     """
     path = Path(path).expanduser()
+    pass_instead, pass_writable = (fix, fix) if fix else (f"pass {instead}", "pass a writable folder")
     blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
     if blocker == path:
-        raise UserInputError(f"{flag} {path} is a file, not a folder; pass {instead}")
+        raise UserInputError(f"{flag} {path} is a file, not a folder; {pass_instead}")
     if blocker is not None:
-        raise UserInputError(f"{flag} {path}: {blocker} is a file, not a folder; pass {instead}")
+        raise UserInputError(f"{flag} {path}: {blocker} is a file, not a folder; {pass_instead}")
+    if not create:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            where = "" if existing == path else f": its parent {existing}"
+            raise UserInputError(f"{flag} {path}{where} is not writable (read-only or not yours); {pass_writable}")
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserInputError(f"{flag} {path}: cannot create this folder ({exc.strerror or exc}); pass a writable folder") from exc
+        raise UserInputError(f"{flag} {path}: cannot create this folder ({exc.strerror or exc}); {pass_writable}") from exc
     # An existing folder on a read-only mount passes mkdir; access() says EROFS even to root.
     if not os.access(path, os.W_OK | os.X_OK):
-        raise UserInputError(f"{flag} {path} is not writable (read-only or not yours); pass a writable folder")
+        raise UserInputError(f"{flag} {path} is not writable (read-only or not yours); {pass_writable}")
     return path
+
+
+def ensure_cache_folder(
+    path: str | Path | None = None, *, label: str = "cache folder", alternative: str = "", create: bool = True
+) -> Path:
+    """Create the local cache folder (or `path`, a folder under it); a refusal names the variable that placed it.
+
+    `alternative` is a flag that avoids the folder, offered after the fix (", or pass --work-dir").
+    """
+    setting = cache_root_setting()
+    value = os.environ.get(setting) or str(Path.home())
+    fix = f"it comes from {setting}={value}: set ANIMA_LORA_CACHE to a writable folder"
+    return ensure_local_folder(cache_root() if path is None else path, label, fix=fix + alternative, create=create)
+
+
+def ensure_hf_cache_folder() -> Path:
+    """Check (without creating it) that huggingface_hub can write its download cache."""
+    from huggingface_hub import constants  # noqa: PLC0415
+
+    setting = next((name for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME") if os.environ.get(name)), None)
+    fix = f"set {setting or 'HF_HOME'} to a writable folder"
+    if setting is None:
+        fix = f"it comes from {'XDG_CACHE_HOME' if os.environ.get('XDG_CACHE_HOME') else 'HOME'}: {fix}"
+    return ensure_local_folder(constants.HF_HUB_CACHE, "Hugging Face download cache", fix=fix, create=False)
 
 
 # --- URL schemes and unreachable hosts (shared with dataset/fetch.py) ------------------------------

@@ -1,13 +1,34 @@
-"""Refuse settings this version cannot train, before anything is downloaded or trained."""
+"""Refuse what this version or this machine cannot train, before anything is downloaded or trained."""
 
 from __future__ import annotations
 
+import importlib.util
+
 from ..config import TrainingConfig
-from ..errors import NotBuiltError
+from ..errors import NotBuiltError, UserInputError
+from ..storage.location import ensure_cache_folder, ensure_hf_cache_folder, ensure_local_folder
 
 # Settings that exist in the config (for the sd-scripts backend or for later) but that the native
 # trainer does not implement: saying so now beats failing after a 5.6 GB download.
 _NATIVE_UNBUILT_TIMESTEPS = {"flux_shift", "sigma"}
+
+# The module diffusers looks for before it uses each attention backend, and how to get it.
+_FLASH = ("flash_attn", "pip install flash-attn")
+_FLASH_3 = ("flash_attn_3", "build FlashAttention 3 from https://github.com/Dao-AILab/flash-attention (hopper/)")
+_KERNELS = ("kernels", "pip install kernels")
+_SAGE = ("sageattention", "pip install sageattention")
+_ATTENTION_PACKAGES = {
+    "flash": _FLASH,
+    "flash_varlen": _FLASH,
+    "_flash_3": _FLASH_3,
+    "_flash_varlen_3": _FLASH_3,
+    "sage": _SAGE,
+    "sage_varlen": _SAGE,
+    "xformers": ("xformers", "pip install xformers"),
+    "_native_npu": ("torch_npu", "pip install torch-npu"),
+    "_native_xla": ("torch_xla", "pip install torch-xla"),
+}
+BNB_INSTALL = 'pip install "anima-lora-flow[bnb]"'
 
 
 def unsupported_settings(config: TrainingConfig) -> list[str]:
@@ -24,8 +45,54 @@ def unsupported_settings(config: TrainingConfig) -> list[str]:
     return problems
 
 
+def missing_packages(config: TrainingConfig) -> list[str]:
+    """The optional packages the chosen settings need that are not installed here, each with its install line.
+
+    find_spec only: importing flash-attn or bitsandbytes can take seconds or fail loudly on a CPU machine.
+    """
+    missing = []
+    backend = config.attention_backend
+    module, install = _ATTENTION_PACKAGES.get(backend) or (_KERNELS if backend.endswith("_hub") else (None, None))
+    if module and not _installed(module):
+        missing.append(f"--attention-backend {backend} needs the {module} package: {install}, or use --attention-backend native")
+    # sd-scripts runs in its own virtual environment from its own requirements: only the native trainer imports it here.
+    if config.trainer == "native" and config.optimizer == "adamw8bit" and not _installed("bitsandbytes"):
+        missing.append(f"--optimizer adamw8bit needs bitsandbytes: {BNB_INSTALL}, or use --optimizer adamw (more memory)")
+    return missing
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken or half-removed install counts as missing
+        return False
+
+
 def check_supported(config: TrainingConfig) -> None:
-    """Raise NotBuiltError naming every unbuilt setting the config asks for."""
+    """Refuse settings this version does not build (NotBuiltError), then settings whose package is missing here.
+
+    Raises:
+        NotBuiltError: every unbuilt setting the config asks for.
+        UserInputError: every optional package the settings need that is not installed, with its install line.
+    """
     problems = unsupported_settings(config)
     if problems:
         raise NotBuiltError("; ".join(problems))
+    missing = missing_packages(config)
+    if missing:
+        raise UserInputError("; ".join(missing))
+
+
+def ensure_local_folders(config: TrainingConfig, *, downloads: bool = True) -> None:
+    """Create the cache and work folders, and check the download cache, or refuse naming the setting to change.
+
+    Call it after the storage is resolved: a work folder on Google Drive needs Drive mounted first.
+    `downloads=False` skips the Hugging Face cache (models_dir is used as is, or nothing is downloaded).
+    """
+    ensure_cache_folder()  # Prefect's home and the models' download state live here whatever --work-dir says
+    if config.work_dir:
+        ensure_local_folder(config.resolved_work_dir(), "--work-dir")
+    else:
+        ensure_cache_folder(config.resolved_work_dir(), label="work folder", alternative=", or pass --work-dir")
+    if downloads and not config.models_dir:
+        ensure_hf_cache_folder()

@@ -58,7 +58,7 @@ class TestFits:
         assert plan.fits is False
 
     def test_cpu_claims_no_gpu_time(self):
-        plan = plan_for(config(), local(None))
+        plan = plan_for(config(models_dir="/tiny"), local(None))  # only a small local model trains on a CPU
         assert plan.sec_per_step is None and plan.train_hours is None
         assert plan.gpu is None and plan.decision == "ok"
         assert any("CPU" in w for w in plan.warnings)

@@ -53,3 +53,72 @@ def test_missing_gpu_is_reported_but_is_not_an_error():
     gpu = {f["topic"]: f for f in json.loads(done.stdout)}["gpu"]
     assert done.returncode == 0, done.stderr
     assert gpu["found"] == "no GPU visible" and not gpu["ok"]
+
+
+# --- doctor only looks, and checks the Prefect API it would use (issue 17 item 13) ---------------------
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_doctor_never_creates_the_storage_folder(tmp_path, capsys):
+    typo = tmp_path / "typo" / "path"
+    code = main(["doctor", "--storage", str(typo), "--json"])
+    storage = {f["topic"]: f for f in json.loads(capsys.readouterr().out)}["storage"]
+    assert code == 0 and storage["ok"] and not (tmp_path / "typo").exists()
+    assert storage["found"].startswith(f"{typo}: does not exist; train would create it under {tmp_path}, which is writable")
+
+
+def test_doctor_reports_a_folder_that_cannot_be_created(tmp_path, capsys):
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    code = main(["doctor", "--storage", str(a_file / "runs"), "--json"])
+    storage = {f["topic"]: f for f in json.loads(capsys.readouterr().out)}["storage"]
+    assert code == 2 and not storage["ok"] and f"{a_file} is a file, not a folder" in storage["found"]
+
+
+def test_doctor_says_writable_for_an_existing_folder_and_leaves_nothing_behind(tmp_path, capsys):
+    assert main(["doctor", "--storage", str(tmp_path), "--json"]) == 0
+    storage = {f["topic"]: f for f in json.loads(capsys.readouterr().out)}["storage"]
+    assert storage["ok"] and storage["found"].startswith(f"{tmp_path}: writable") and list(tmp_path.iterdir()) == []
+
+
+def test_an_unreachable_prefect_api_is_reported(capsys, monkeypatch):
+    port = _closed_port()
+    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{port}/api")
+    main(["doctor", "--json"])
+    prefect = {f["topic"]: f for f in json.loads(capsys.readouterr().out)}["prefect"]
+    assert not prefect["ok"]
+    assert prefect["found"] == f"API at http://127.0.0.1:{port}/api: cannot reach host '127.0.0.1:{port}' (connection refused)"
+
+
+def test_a_prefect_api_that_answers_its_health_check_is_ok(capsys, monkeypatch):
+    import http.server
+    import threading
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            self.send_response(200 if self.path == "/api/health" else 404)
+            self.end_headers()
+            self.wfile.write(b"true")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{server.server_port}/api")
+        main(["doctor", "--json"])
+        prefect = {f["topic"]: f for f in json.loads(capsys.readouterr().out)}["prefect"]
+        assert prefect["ok"] and prefect["found"] == f"API at http://127.0.0.1:{server.server_port}/api"
+        monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{server.server_port}")  # /api left out
+        main(["doctor", "--json"])
+        prefect = {f["topic"]: f for f in json.loads(capsys.readouterr().out)}["prefect"]
+        assert not prefect["ok"] and "a Prefect API URL ends in /api" in prefect["found"]
+    finally:
+        server.shutdown()
+        server.server_close()
