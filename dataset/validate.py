@@ -247,11 +247,9 @@ def _image_warnings(name: str, check: ImageCheck, bucket: Bucket) -> list[Issue]
         why = _MODE_NOTES.get(check.mode, f"mode {check.mode}: converted to RGB")
         found.append(Issue(file=name, code=f"mode-{check.mode}", reason=why, verdict="converted"))
     if check.orientation != 1:
-        stored = f"{check.height}x{check.width}" if check.orientation >= 5 else f"{check.width}x{check.height}"
-        how = "sideways" if check.orientation >= 5 else "upside down" if check.orientation == 3 else "mirrored"
+        # sd-scripts ignores the tag: its staged copy of the dataset (trainer/sdscripts/staging.py) holds an upright PNG.
         why = (f"EXIF orientation {check.orientation}: turned upright ({check.width}x{check.height}) as a viewer shows it; "
-               f"the sd-scripts backend ignores the tag and trains it as stored ({stored}, {how}): "
-               "for that backend, rotate the pixels in an editor")
+               "the sd-scripts backend is given an upright copy made in the work folder (this file is not changed)")
         found.append(Issue(file=name, code="exif-orientation", reason=why, verdict="converted"))
     if check.frames > 1:
         found.append(Issue(file=name, code="animated", reason=f"animated ({check.frames} frames): only the first is trained", verdict="trained"))
@@ -367,7 +365,8 @@ def _caption_for(
         return ""
     text, encoding = read_caption(root / path)
     if encoding != "utf-8":
-        why = f"caption is not UTF-8: read as {encoding}; re-save it as UTF-8 (sd-scripts cannot read it)"
+        why = (f"caption is not UTF-8: read as {encoding}, and both backends train the text as read here "
+               "(sd-scripts gets a UTF-8 copy); re-save it as UTF-8 if its characters look wrong")
         warnings.append(Issue(file=path.as_posix(), code="caption-encoding", reason=why, verdict="trained"))
     if not text:
         warnings.append(Issue(file=path.as_posix(), code="empty-caption", reason="caption is empty: trains with an empty caption", verdict="trained"))

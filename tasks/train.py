@@ -9,7 +9,7 @@ from prefect.artifacts import create_link_artifact, create_table_artifact
 
 from ..config import TrainingConfig
 from ..runner.train import run_training_session
-from ..trainer.sdscripts.prepare import folder_subsets
+from ..trainer.sdscripts.staging import stage_dataset
 from ..ui.loss_chart import loss_chart_png, loss_table
 from ..ui.progress import TrainingProgress
 from .artifacts import artifact_key
@@ -36,7 +36,7 @@ def train_task(config: TrainingConfig, report, models, run_id: str, guard=None, 
             models_dir=Path(models.diffusers_dir) if getattr(models, "diffusers_dir", None) else None,
             store=open_run_store(config), work_dir=config.resolved_work_dir(), run_id=run_id,
             should_stop=guard.should_stop if guard is not None else None, on_event=on_event, log=logger.info,
-            sd_scripts=sd_scripts_spec(report, models, plan) if config.trainer == "sd-scripts" else None,
+            sd_scripts=sd_scripts_spec(config, report, models, plan) if config.trainer == "sd-scripts" else None,
         )
     finally:
         cell.close()
@@ -44,12 +44,13 @@ def train_task(config: TrainingConfig, report, models, run_id: str, guard=None, 
     return result.to_dict()
 
 
-def sd_scripts_spec(report, models, plan) -> dict:
-    """What the sd-scripts entry needs beyond the config: images, single-file models, the plan's numbers."""
+def sd_scripts_spec(config: TrainingConfig, report, models, plan) -> dict:
+    """What the sd-scripts entry needs beyond the config: the staged images, single-file models, the plan's numbers."""
     gpu = getattr(plan, "memory", None)
+    staged = stage_dataset(report, config.resolved_work_dir())  # kohya reads only what the validator accepted
     return {
-        "image_dir": report.root,
-        "subsets": folder_subsets(report.train_items()),
+        "image_dir": str(staged.root),
+        "subsets": staged.subsets,
         "dit": str(models.dit) if getattr(models, "dit", None) else None,
         "qwen3": str(models.text_encoder) if getattr(models, "text_encoder", None) else None,
         "vae": str(models.vae) if getattr(models, "vae", None) else None,

@@ -43,7 +43,7 @@ def test_validator_buckets_it_as_portrait_and_says_so(tmp_path: Path):
     assert image.bucket[0] < image.bucket[1]  # portrait, not the stored landscape
     [note] = [w for w in report.warnings if w.code == "exif-orientation"]
     assert note.verdict == "converted" and "EXIF orientation 6: turned upright (320x480)" in note.reason
-    assert "the sd-scripts backend ignores the tag and trains it as stored (480x320, sideways)" in note.reason
+    assert "the sd-scripts backend is given an upright copy made in the work folder" in note.reason
 
 
 def test_trainer_loads_it_upright_in_the_validators_bucket(tmp_path: Path):

@@ -91,7 +91,8 @@ def test_every_case_gets_its_exact_verdict(messy: Path):
     assert warnings["nocap.png"] == [("trained", "no caption file (.txt of the same name): trains with an empty caption")]
     assert warnings["orphan.txt"][0][0] == "ignored"
     assert "anim.txt" not in warnings and "trunc.txt" not in warnings  # their image's problem says it all
-    assert warnings["utf16.txt"][0] == ("trained", "caption is not UTF-8: read as utf-16; re-save it as UTF-8 (sd-scripts cannot read it)")
+    assert warnings["utf16.txt"][0] == ("trained", "caption is not UTF-8: read as utf-16, and both backends train the text as read here "
+                                              "(sd-scripts gets a UTF-8 copy); re-save it as UTF-8 if its characters look wrong")
     assert trained["utf16.png"].caption == "café, 1girl"
     assert warnings["empty.txt"] == [("trained", "caption is empty: trains with an empty caption")]
     assert trained["empty.png"].caption == ""
