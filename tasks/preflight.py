@@ -57,7 +57,7 @@ def missing_packages(config: TrainingConfig) -> list[str]:
         missing.append(f"--attention-backend {backend} needs the {module} package: {install}, or use --attention-backend native")
     # sd-scripts runs in its own virtual environment from its own requirements: only the native trainer imports it here.
     if config.trainer == "native" and config.optimizer == "adamw8bit" and not _installed("bitsandbytes"):
-        missing.append(f"--optimizer adamw8bit needs bitsandbytes: {BNB_INSTALL}, or use --optimizer adamw (more memory)")
+        missing.append(f"--optimizer adamw8bit needs bitsandbytes: {BNB_INSTALL}, or use --optimizer auto (torch AdamW on the native trainer)")
     return missing
 
 
