@@ -241,6 +241,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         config.dataset, config.resolved_work_dir(), resolution=config.resolution,
         min_bucket_reso=config.min_bucket_reso, max_bucket_reso=config.max_bucket_reso,
         bucket_reso_steps=config.bucket_reso_steps, repeats=config.repeats,
+        models_dir=config.models_dir, base_model=config.base_model,
     )
     steps_done, notes = _saved_progress(config, report) if {"storage", "project_name"} & config.model_fields_set else (0, [])
     return run_plan(config, report.samples_per_bucket(), gpu=args.gpu, as_json=args.json, steps_done=steps_done, notes=notes)
