@@ -230,19 +230,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .dataset.intake import prepare_dataset
     from .planner.commands import run_plan
+    from .runner.prepare import dataset_report
     from .tasks.preflight import check_supported, ensure_local_folders
 
     config = config_from_args(args, dataset=args.source)
     check_supported(config)  # the plan refuses what train would refuse
     ensure_local_folders(config)
-    report = prepare_dataset(
-        config.dataset, config.resolved_work_dir(), resolution=config.resolution,
-        min_bucket_reso=config.min_bucket_reso, max_bucket_reso=config.max_bucket_reso,
-        bucket_reso_steps=config.bucket_reso_steps, repeats=config.repeats,
-        models_dir=config.models_dir, base_model=config.base_model,
-    )
+    report = dataset_report(config)  # as train's dataset stage: the same settings and caption tokenizers
     steps_done, notes = _saved_progress(config, report) if {"storage", "project_name"} & config.model_fields_set else (0, [])
     return run_plan(config, report.samples_per_bucket(), gpu=args.gpu, as_json=args.json, steps_done=steps_done, notes=notes)
 

@@ -4,10 +4,12 @@ calls them directly (no Prefect server, no torch), so both decide the same way."
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from ..config import TrainingConfig, cache_root
 from ..dataset.intake import prepare_dataset
 from ..dataset.report import DatasetReport
+from ..dataset.tokens import has_tokenizers
 from ..planner.plan import Plan, enforce_plan, make_plan
 from ..platforms.detect import PlatformInfo, detect_platform
 from ..platforms.kaggle import import_previous_run_store, on_kaggle
@@ -43,11 +45,17 @@ def mount_store(config: TrainingConfig, log: Log | None = None) -> RunStore:
 
 
 def dataset_report(config: TrainingConfig) -> DatasetReport:
-    """Fetch, extract and validate the dataset with the config's bucket settings."""
-    # models_dir and base_model: long captions are counted with the tokenizers of the model that trains.
+    """Fetch, extract and validate the dataset with the config's bucket settings.
+
+    Long captions are counted with the tokenizers of the model that trains: models_dir's, else the
+    downloaded base_model's. A models_dir without a tokenizer folder is not refused here: the models
+    stage names it, after the resume check (a refused resume must come first).
+    """
     kwargs = config.model_dump(include={"resolution", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "repeats",
-                                        "models_dir", "base_model"})
-    return prepare_dataset(config.dataset, config.resolved_work_dir(), **kwargs)
+                                        "base_model"})
+    models_dir = Path(config.models_dir).expanduser() if config.models_dir else None
+    usable = models_dir if models_dir is not None and has_tokenizers(models_dir) else None
+    return prepare_dataset(config.dataset, config.resolved_work_dir(), models_dir=usable, **kwargs)
 
 
 def plan_run(config: TrainingConfig, report: DatasetReport, steps_done: int = 0, platform: PlatformInfo | None = None) -> Plan:

@@ -13,7 +13,6 @@ import pytest
 
 from anima_lora_flow.cli import main
 from anima_lora_flow.config import TrainingConfig
-from anima_lora_flow.errors import UserInputError
 from anima_lora_flow.runner.prepare import dataset_report
 from anima_lora_flow.trainer.tiny import QWEN_SPECIALS, T5_SPECIALS, _write_tokenizer
 
@@ -45,12 +44,13 @@ def test_the_dataset_stage_counts_with_the_configs_models_dir(dataset: Path, tok
     assert warning.reason.startswith("caption is 19 Qwen3 tokens (20 T5 tokens): the text encoder reads 16")
 
 
-def test_the_dataset_stage_refuses_a_models_dir_without_tokenizers(dataset: Path, tmp_path: Path):
+def test_a_models_dir_without_tokenizer_folders_is_left_to_the_models_stage(dataset: Path, tmp_path: Path):
+    # The models stage refuses it, after the resume check (tests/flows/test_refusal_before_download.py).
     config = TrainingConfig(dataset=str(dataset), work_dir=str(tmp_path / "w"), models_dir=str(tmp_path / "nothing"))
-    with pytest.raises(UserInputError, match="has no usable tokenizers"):
-        dataset_report(config)
+    assert dataset_report(config).trainable_count == 1
 
 
-def test_plan_refuses_a_models_dir_without_tokenizers(dataset: Path, tmp_path: Path, capsys):
-    code = main(["plan", str(dataset), "--gpu", "T4", "--work-dir", str(tmp_path / "w"), "--models-dir", str(tmp_path / "nothing")])
-    assert code == 2 and "--models-dir" in capsys.readouterr().err
+def test_plan_reads_the_models_dirs_tokenizers(dataset: Path, tokenizers_only: Path, tmp_path: Path, capsys):
+    (tokenizers_only / "tokenizer" / "tokenizer.json").write_text("{damaged")
+    plan = ["plan", str(dataset), "--gpu", "T4", "--work-dir", str(tmp_path / "w"), "--models-dir", str(tokenizers_only)]
+    assert main(plan) == 2 and "has no usable tokenizers" in capsys.readouterr().err
