@@ -164,7 +164,9 @@ def render_dataset_toml(
     """The dataset TOML as a dict (seed-behaviour §5.2), with `.txt` captions.
 
     sd-scripts reads only the images directly inside each subset's `image_dir`, so a dataset with
-    nested or kohya `N_name` folders passes `subsets` = [(folder, repeats), ...], one per folder.
+    nested or kohya `N_name` folders passes `subsets` = [(folder, repeats), ...], one per folder. The
+    flow passes the staged folders (staging.stage_dataset): never the user's, where sd-scripts would
+    also read the files the validator skipped.
     """
     folders = subsets or [(str(image_dir), config.repeats)]
     return {
