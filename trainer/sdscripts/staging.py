@@ -32,6 +32,7 @@ from PIL import Image
 
 from anima_lora_flow.dataset.orientation import exif_orientation, upright
 from anima_lora_flow.dataset.report import DatasetError, DatasetReport, ImageRecord
+from anima_lora_flow.errors import UserInputError
 
 STAGE_VERSION = 1  # bump when the layout or the file rules change, so old stages are not reused
 MANIFEST = "manifest.json"
@@ -54,9 +55,13 @@ def stage_dataset(report: DatasetReport, work_dir: Path) -> StagedDataset:
 
     Raises:
         DatasetError: an image left the dataset root or changed since it was validated.
+        UserInputError: the work dir is inside the dataset folder.
     """
     real_root = Path(report.root).resolve()
     base = Path(work_dir) / "sd-scripts" / "datasets"
+    if base.resolve().is_relative_to(real_root):  # the stage would be written into the user's folder, and validated next run
+        raise UserInputError(f"--work-dir {work_dir} is inside the dataset folder {report.root}: the sd-scripts backend "
+                             "stages a copy of the dataset in the work folder; pass a --work-dir outside the dataset")
     key = hashlib.sha256(f"{STAGE_VERSION}\0{real_root}\0{report.fingerprint}".encode()).hexdigest()[:16]
     final = base / key
     found = _load(final)

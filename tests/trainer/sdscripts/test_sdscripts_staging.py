@@ -21,6 +21,7 @@ from PIL import Image
 from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.dataset.orientation import exif_orientation
 from anima_lora_flow.dataset.report import DatasetError
+from anima_lora_flow.errors import UserInputError
 from anima_lora_flow.platforms.detect import PlatformInfo
 from anima_lora_flow.platforms.gpu import GpuInfo
 from anima_lora_flow.runner.prepare import dataset_report, plan_run, sd_scripts_configs
@@ -105,8 +106,9 @@ def _kohya_view(dataset_toml: dict) -> dict[tuple[str, str], tuple[int, str | No
 
 
 def _config(dataset: Path, tmp_path: Path, **overrides) -> TrainingConfig:
-    return TrainingConfig(project_name="my_lora", dataset=str(dataset), trainer="sd-scripts", storage=str(tmp_path / "runs"),
-                          work_dir=str(tmp_path / "work"), resolution=512, **overrides)
+    settings = dict(project_name="my_lora", dataset=str(dataset), trainer="sd-scripts", storage=str(tmp_path / "runs"),
+                    work_dir=str(tmp_path / "work"), resolution=512)
+    return TrainingConfig(**{**settings, **overrides})
 
 
 def _plan(config: TrainingConfig, report):
@@ -194,6 +196,14 @@ def test_a_link_swapped_in_after_validation_is_refused(dataset: Path, tmp_path: 
     with pytest.raises(DatasetError, match="a.png changed since the dataset was validated"):
         stage_dataset(report, config.resolved_work_dir())
     assert not [p for p in (Path(config.work_dir) / "sd-scripts" / "datasets").iterdir()]  # no half stage left
+
+
+def test_a_work_dir_inside_the_dataset_is_refused(dataset: Path, tmp_path: Path):
+    before = _tree_hash(dataset)
+    config = _config(dataset, tmp_path, work_dir=str(dataset / "work"))
+    with pytest.raises(UserInputError, match="is inside the dataset folder"):
+        stage_dataset(dataset_report(config), config.resolved_work_dir())
+    assert _tree_hash(dataset) == before
 
 
 def test_names_that_would_share_a_caption_are_kept_apart(tmp_path: Path):
