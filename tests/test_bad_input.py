@@ -218,3 +218,17 @@ def test_a_missing_attention_package_is_refused_by_plan_and_train(tmp_path, data
     for argv in (["plan", str(dataset), "--gpu", "T4"], _train(tmp_path, dataset, "--dry-run"), _train(tmp_path, dataset)):
         code, err = _run([*argv, "--attention-backend", "flash", "--work-dir", str(tmp_path / "w")], capsys)
         assert code == 2 and err.startswith(says), argv
+
+
+def test_the_flows_parameters_keep_their_types_too():
+    """A deployment's parameters arrive as JSON: Prefect validates them with the same strict model."""
+    from prefect.exceptions import ParameterTypeError
+
+    from anima_lora_flow.config import TrainingConfig
+    from anima_lora_flow.flows.train_lora import train_lora
+
+    params = TrainingConfig(dataset="d", betas=(0.9, 0.999)).model_dump(mode="json")
+    assert train_lora.validate_parameters({"config": params})["config"].betas == (0.9, 0.999)
+    for bad in ({"network_dim": "8"}, {"restart": "yes"}, {"learning_rate": True}):
+        with pytest.raises(ParameterTypeError):
+            train_lora.validate_parameters({"config": {**params, **bad}})
