@@ -34,8 +34,34 @@ class Outcome:
     step: int = 0
     total_steps: int | None = None
     last_loss: float | None = None
-    sec_per_step: float | None = None
+    sec_per_step: float | None = None  # the last interval's: what the deadline guard needs now
     losses: list[tuple[int, float]] = field(default_factory=list)
+    # Step events come every few steps, each with that interval's seconds per step. The first interval
+    # holds the first step's compile and warm-up, so the session's average leaves it out when it can.
+    warmup: tuple[int, float] | None = None  # (steps, seconds) of the first interval
+    timed_steps: int = 0
+    timed_seconds: float = 0.0
+    timed_from: int = 0  # the step of the last step event (or the start step)
+
+    @property
+    def average_sec_per_step(self) -> float | None:
+        """Seconds per step over this session's steps after the first interval (over all, if that is all)."""
+        if self.timed_steps:
+            return self.timed_seconds / self.timed_steps
+        if self.warmup:
+            return self.warmup[1] / self.warmup[0]
+        return self.sec_per_step
+
+    def add_interval(self, step: int, sec_per_step: float | None) -> None:
+        """Count the steps since the last step event at this event's rate (none without a rate)."""
+        steps = step - self.timed_from
+        if sec_per_step is not None and steps > 0:
+            if self.warmup is None:
+                self.warmup = (steps, sec_per_step * steps)
+            else:
+                self.timed_steps += steps
+                self.timed_seconds += sec_per_step * steps
+        self.timed_from = max(self.timed_from, step)
 
     @property
     def completed(self) -> bool:
@@ -126,11 +152,13 @@ def _apply(event: Event, outcome: Outcome, syncer: CheckpointSyncer | None) -> N
         outcome.total_steps = event.get("total_steps", outcome.total_steps)
         # A resumed run has done these steps already, even if it stops before its first step event.
         outcome.step = max(outcome.step, int(event.get("start_step") or 0))
+        outcome.timed_from = max(outcome.timed_from, outcome.step)
     elif kind == "step":
         outcome.step = int(event.get("step", outcome.step))
         outcome.total_steps = event.get("total", outcome.total_steps)
         if event.get("sec_per_step") is not None:
             outcome.sec_per_step = float(event["sec_per_step"])
+        outcome.add_interval(outcome.step, outcome.sec_per_step if event.get("sec_per_step") is not None else None)
         if event.get("loss") is not None:
             outcome.last_loss = float(event["loss"])
             outcome.losses.append((outcome.step, outcome.last_loss))

@@ -49,7 +49,9 @@ class SessionResult:
     lora_bytes: int | None = None
     local_lora: str | None = None
     last_loss: float | None = None
-    sec_per_step: float | None = None
+    sec_per_step: float | None = None  # this session's average, without the first interval's warm-up when it can
+    timed_steps: int = 0  # the steps that average covers
+    warmup_steps: int = 0  # the first steps it leaves out (compile, caches, allocator warm-up)
     stop_reason: str | None = None
     unsynced_steps: int = 0
     losses: list[tuple[int, float]] = field(default_factory=list)
@@ -201,7 +203,9 @@ def _session_result(run_id, outcome: Outcome, resume: ResumePoint, syncer, store
     return SessionResult(
         run_id=run_id, outcome=status, steps_done=outcome.step, total_steps=outcome.total_steps,
         start_step=resume.step, final_lora=final, lora_bytes=lora_bytes, local_lora=outcome.final_lora, last_loss=outcome.last_loss,
-        sec_per_step=outcome.sec_per_step, stop_reason=outcome.stop_reason,
+        sec_per_step=outcome.average_sec_per_step, stop_reason=outcome.stop_reason,
+        timed_steps=outcome.timed_steps or (outcome.warmup[0] if outcome.warmup else 0),
+        warmup_steps=outcome.warmup[0] if outcome.timed_steps and outcome.warmup else 0,
         unsynced_steps=syncer.steps_at_risk(outcome.step) if status != "completed" else (0 if flushed else outcome.step),
         losses=outcome.losses, resume_note=resume.describe(),
     )

@@ -46,6 +46,10 @@ def redraws_in_place(file) -> bool:
     return file in (sys.stdout, sys.__stdout__) and "ipykernel" in sys.modules
 
 
+def _percent(step: int, total: int | None) -> str:
+    return f" ({100 * step // total}%)" if total else ""
+
+
 class TrainingProgress:
     """Renders step events as one progress line: step, loss, s/step, ETA, next save, session time left.
 
@@ -103,7 +107,12 @@ class TrainingProgress:
     def _open(self, total: int, start: int) -> None:
         self.close()
         self._total, self._last_step = total, start
-        if self._in_place:
+        if not self._in_place:
+            # Where the run starts (a resumed one mid-way), as the bar's first draw shows it; not throttled,
+            # so the first step event is printed too.
+            print(f"training: step {start}/{total or '?'}{_percent(start, total)}", file=self._file, flush=True)
+            self._printed_step = start
+        else:
             self._bar = tqdm(
                 total=total, initial=start, desc="training", unit="step", file=self._file, dynamic_ncols=True,
                 mininterval=self._redraw_s, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total}{postfix}",
@@ -127,10 +136,9 @@ class TrainingProgress:
         if step == self._printed_step or (now - self._printed_at < self._every_s and step != total):
             return
         self._printed_step, self._printed_at = step, now
-        percent = f" ({100 * step // total}%)" if total else ""
         postfix = self.postfix(event)
-        print(f"training: step {step}/{total or '?'}{percent}{', ' + postfix if postfix else ''}", file=self._file,
-              flush=True)
+        print(f"training: step {step}/{total or '?'}{_percent(step, total)}{', ' + postfix if postfix else ''}",
+              file=self._file, flush=True)
 
     def postfix(self, event: Event) -> str:
         total = event.get("total") or self._total

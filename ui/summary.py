@@ -17,6 +17,17 @@ def _known(value) -> str:
     return "-" if value is None else str(value)
 
 
+def speed_text(result: dict) -> str:
+    """The session's average seconds per step, and which steps it covers."""
+    sec = result.get("sec_per_step")
+    if not sec:
+        return ""
+    timed, warmup = result.get("timed_steps"), result.get("warmup_steps")
+    if timed and warmup:
+        return f"{sec:.2f} s/step (average of {timed} steps after {warmup} warm-up steps)"
+    return f"{sec:.2f} s/step (average of {timed} steps, warm-up included)" if timed else f"{sec:.2f} s/step"
+
+
 def summary_markdown(config: TrainingConfig, result: dict, store_root: str) -> str:
     outcome = result.get("outcome", "?")
     lines = [
@@ -27,7 +38,7 @@ def summary_markdown(config: TrainingConfig, result: dict, store_root: str) -> s
         f"| steps | {_known(result.get('steps_done'))} of {_known(result.get('total_steps'))} "
         f"(started at {result.get('start_step', 0)}) |",
         f"| last loss | {result.get('last_loss') if result.get('last_loss') is not None else '-'} |",
-        f"| speed | {result.get('sec_per_step') or '-'} s/step |",
+        f"| speed | {speed_text(result) or '-'} |",
         f"| storage | `{store_root}` |",
         f"| final LoRA | `{result.get('final_lora') or '-'}` |",
     ]
@@ -49,7 +60,7 @@ def summary_text(config: TrainingConfig, result: dict) -> str:
         outcome = "already complete, nothing trained"
     head = f"{config.project_name}: {outcome}, {_known(result.get('steps_done'))}/{_known(result.get('total_steps'))} steps"
     if result.get("sec_per_step"):
-        head += f" at {result['sec_per_step']:.2f} s/step"
+        head += f" at {speed_text(result)}"
     lines = [head]
     if result.get("final_lora"):
         size = f" ({format_bytes(result['lora_bytes'])})" if result.get("lora_bytes") else ""
