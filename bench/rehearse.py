@@ -116,7 +116,8 @@ class Stage:
     tree_peak_bytes: int = 0  # the sum over the process tree, sampled every 0.2 s
     process_peaks: dict[str, int] = field(default_factory=dict)  # the biggest process of each kind
     log: str = ""
-    output: str = ""
+    output: str = ""  # stdout, then stderr
+    stdout: str = ""
 
 
 class TreeSampler(threading.Thread):
@@ -165,8 +166,10 @@ def run_cli(name: str, args: list[str], env: dict, logs: Path, *, stop_when=None
     started = time.time()
     command = command or [exe, *args]
     print(f"[rehearsal] {name}: {' '.join(Path(c).name if i == 0 else c for i, c in enumerate(command))}", flush=True)
-    with open(log_path, "w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    err_path = log_path.with_suffix(".err.log")
+    # stdout apart from stderr: Prefect's log lines (stderr) would otherwise land inside the --json output
+    with open(log_path, "w") as out, open(err_path, "w") as err:
+        proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, start_new_session=True)
         sampler = TreeSampler(proc.pid)
         sampler.start()
         interrupted = False
@@ -179,7 +182,8 @@ def run_cli(name: str, args: list[str], env: dict, logs: Path, *, stop_when=None
         sampler.join()
     stage.rc, stage.seconds = proc.returncode, round(time.time() - started, 1)
     stage.tree_peak_bytes, stage.process_peaks = sampler.peak, sampler.per
-    stage.output = log_path.read_text(errors="replace")
+    stage.stdout = log_path.read_text(errors="replace")
+    stage.output = stage.stdout + "\n" + err_path.read_text(errors="replace")
     print(f"[rehearsal] {name}: exit {stage.rc} in {stage.seconds:.0f} s, tree peak {sampler.peak / GIB:.2f} GiB", flush=True)
     return stage
 
@@ -467,7 +471,7 @@ def train(timed_cli, report, name, work, extra) -> dict:
     storage = work / "runs" / name.replace(" ", "-") / "storage"
     args = ["train", *extra, "--storage", str(storage), "--work-dir", str(work / "runs" / name.replace(" ", "-") / "work")]
     stage = timed_cli(name, args)
-    result = _json_tail(stage.output)
+    result = _json_tail(stage.stdout)
     report["runs"][name] = result
     ok = stage.rc == 0 and result.get("outcome") == "completed" and result.get("steps_done") == 2
     lora = result.get("final_lora")
@@ -475,12 +479,16 @@ def train(timed_cli, report, name, work, extra) -> dict:
 
 
 def _json_tail(text: str) -> dict:
-    start = text.rfind("\n{")
-    while start != -1:
+    """The last top-level JSON object printed (train --json prints it last)."""
+    decoder = json.JSONDecoder()
+    start = len(text)
+    while (start := text.rfind("\n{", 0, start)) != -1:
         try:
-            return json.loads(text[start + 1 :])
+            value, _ = decoder.raw_decode(text, start + 1)
         except ValueError:
-            start = text.rfind("\n{", 0, start)
+            continue
+        if isinstance(value, dict):
+            return value
     return {}
 
 
@@ -518,7 +526,7 @@ def sd_scripts_stage(timed_cli, report, work, checks, singles, env, logs) -> dic
         since = time.time()
         stage = run_cli(attempt, [], env, logs, command=[sys.executable, str(Path(__file__).resolve()), "--sd-scripts-session",
                                                         str(spec_path), "--json", "-"])
-        result = _json_tail(stage.output)
+        result = _json_tail(stage.stdout)
         report["stages"][attempt] = {"rc": stage.rc, "seconds": stage.seconds, "tree_peak_bytes": stage.tree_peak_bytes,
                                      "process_peaks": stage.process_peaks, "stages": {}, "log": stage.log}  # fmt: skip
         out[attempt] = result
