@@ -3,7 +3,9 @@
 kohya scans each subset's `image_dir` itself. Pointed at the user's folder it would read back what
 the validator skipped (a caption linked to /etc/passwd becomes a caption and lands in the LoRA's tag
 metadata; a duplicate trains twice) and train EXIF-rotated photos sideways. The stage holds one folder
-per kohya subset (a source folder and its repeats, in the same relative place), and in it:
+per kohya subset (a source folder and its repeats): `subsets/<n>/<the source folder's name>`, the name
+kept because kohya keys its tag counts by it, and nothing but files inside, so no subfolder is globbed
+as an image (a folder `x.png/` matches kohya's `*.png`). In each:
 
 - each validated image as a hard link to its real file inside the dataset root, else a symlink to it
   (another filesystem, or a file the user may not hard-link), else a copy; no bytes are copied where
@@ -36,13 +38,14 @@ from anima_lora_flow.errors import UserInputError
 
 STAGE_VERSION = 1  # bump when the layout or the file rules change, so old stages are not reused
 MANIFEST = "manifest.json"
+SUBSETS = "subsets"
 # Modes a PNG stores as they are; others (CMYK) become RGB, as both trainers convert them on load.
 _PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"})
 
 
 @dataclass(frozen=True)
 class StagedDataset:
-    """Where sd-scripts reads the dataset: the staged top folder and one (folder, repeats) per kohya subset."""
+    """Where sd-scripts reads the dataset: the folder holding the subsets and one (folder, repeats) per kohya subset."""
 
     root: Path
     subsets: list[tuple[str, int]]
@@ -70,10 +73,9 @@ def stage_dataset(report: DatasetReport, work_dir: Path) -> StagedDataset:
     base.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=base))
     try:
-        top = _top_name(real_root)
-        files, subsets = _fill(scratch / top, report, real_root)
+        files, subsets = _fill(scratch / SUBSETS, report, real_root)
         manifest = {"version": STAGE_VERSION, "root": str(real_root), "fingerprint": report.fingerprint,
-                    "top": top, "subsets": subsets, "files": files}
+                    "subsets": subsets, "files": files}
         (scratch / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
         _move_into_place(scratch, final)
     except BaseException:
@@ -87,26 +89,32 @@ def stage_dataset(report: DatasetReport, work_dir: Path) -> StagedDataset:
 
 
 def _fill(top: Path, report: DatasetReport, real_root: Path) -> tuple[list[list[str]], list[list]]:
-    """Link, turn and caption every trainable image into `top`; return (files, subsets) for the manifest."""
+    """Link, turn and caption every trainable image into its subset folder under `top`; return (files, subsets)
+    for the manifest, paths relative to `top`."""
     files: list[list[str]] = []
-    subsets: dict[str, int] = {}
+    subsets: dict[str, tuple[str, int]] = {}  # source folder -> (staged folder, repeats)
     names: dict[str, _FolderNames] = {}
     for record in report.images:
         rel = PurePosixPath(record.path)
-        folder_rel = rel.parent.as_posix()
-        subsets.setdefault(folder_rel, int(record.repeats))
-        folder = top / folder_rel
+        source_folder = rel.parent.as_posix()
+        if source_folder not in subsets:
+            name = rel.parent.name or real_root.name or "dataset"
+            subsets[source_folder] = ((PurePosixPath(str(len(subsets))) / name).as_posix(), int(record.repeats))
+            names[source_folder] = _FolderNames()
+        staged_folder = subsets[source_folder][0]
+        folder = top / staged_folder
         folder.mkdir(parents=True, exist_ok=True)
         real = _validated_file(Path(report.root) / rel, real_root, record.path)
         turned = _orientation(real) != 1
-        stem = names.setdefault(folder_rel, _FolderNames()).claim(rel.stem, ".png" if turned else rel.suffix.lower(), record.caption)
-        image = folder / (stem + (".png" if turned else rel.suffix.lower()))
+        suffix = ".png" if turned else rel.suffix.lower()  # lower case: kohya globs .png/.PNG, never .Png
+        stem = names[source_folder].claim(rel.stem, suffix, record.caption)
+        image = folder / (stem + suffix)
         how = _write_upright(real, image, record) if turned else _link(real, image)
         # kohya reads the first line of the file and asserts on an empty file; a lone newline is its
         # empty caption (no file would let it fall back to another image's caption for long names).
         (folder / f"{stem}.txt").write_bytes((record.caption + "\n").encode("utf-8"))
-        files.append([(PurePosixPath(folder_rel) / image.name).as_posix(), record.path, how])
-    return files, [[folder, repeats] for folder, repeats in subsets.items()]
+        files.append([f"{staged_folder}/{image.name}", record.path, how])
+    return files, [[folder, repeats] for folder, repeats in subsets.values()]
 
 
 class _FolderNames:
@@ -191,7 +199,7 @@ def _load(final: Path) -> StagedDataset | None:
         return None
     if manifest.get("version") != STAGE_VERSION:
         return None
-    top = final / manifest["top"]
+    top = final / SUBSETS
     # exists() follows symlinks: a stage whose linked file was removed is made again.
     if not all(os.path.exists(top / staged) for staged, _, _ in manifest["files"]):
         return None
@@ -222,9 +230,3 @@ def _remove_older_stages(base: Path, key: str, real_root: str) -> None:
             continue
         if manifest.get("root") == real_root:
             shutil.rmtree(other, ignore_errors=True)
-
-
-def _top_name(real_root: Path) -> str:
-    """The stage's top folder, named like the dataset's (kohya keys its tag counts by folder name)."""
-    name = real_root.name
-    return name if name and name != MANIFEST else "dataset"

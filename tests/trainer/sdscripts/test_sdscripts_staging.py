@@ -111,6 +111,11 @@ def _config(dataset: Path, tmp_path: Path, **overrides) -> TrainingConfig:
     return TrainingConfig(**{**settings, **overrides})
 
 
+def _top(staged) -> Path:
+    """The staged folder of the dataset's top-level images (the first subset)."""
+    return Path(staged.subsets[0][0])
+
+
 def _plan(config: TrainingConfig, report):
     platform = PlatformInfo(kind="local", gpu=GpuInfo(name="NVIDIA L4", memory_gib=22.0, capability=(8, 9)))
     return plan_run(config, report, platform=platform)
@@ -138,7 +143,7 @@ def test_the_dataset_toml_names_only_validated_images_and_captions(dataset: Path
     }
     staged_text = b"".join(p.read_bytes() for d in dirs for p in d.iterdir() if p.suffix == ".txt")
     assert SECRET.encode() not in staged_text and b"stolen" not in staged_text and b"dup" not in staged_text
-    assert {p.name for p in dirs[0].iterdir()} == {"a.png", "a.txt", "g0.png", "g0.txt", "phone.png", "phone.txt", "10_char"}
+    assert {p.name for p in dirs[0].iterdir()} == {"a.png", "a.txt", "g0.png", "g0.txt", "phone.png", "phone.txt"}
     assert os.path.samefile(dirs[0] / "a.png", dataset / "a.png")  # a link to the user's file, no copy of its bytes
     assert _tree_hash(dataset) == before
 
@@ -148,7 +153,7 @@ def test_an_exif_turned_photo_is_staged_upright(dataset: Path, tmp_path: Path):
     report = dataset_report(config)
     staged = stage_dataset(report, config.resolved_work_dir())
     phone = [i for i in report.images if i.path == "phone.jpg"][0]
-    with Image.open(staged.root / "phone.png") as img:
+    with Image.open(_top(staged) / "phone.png") as img:
         assert exif_orientation(img) == 1 and img.size == (320, 480) == (phone.width, phone.height)
         pixels = np.asarray(img.convert("RGB"), dtype=np.float32)
     assert pixels[:120].mean(axis=(0, 1))[0] > 180 and pixels[:120].mean(axis=(0, 1))[2] < 60  # red on top
@@ -163,29 +168,29 @@ def test_the_training_job_gets_the_staged_folders(dataset: Path, tmp_path: Path)
     spec = sd_scripts_spec(config, report, models=None, plan=None)
     staged = stage_dataset(report, config.resolved_work_dir())
     assert spec["image_dir"] == str(staged.root)
-    assert spec["subsets"] == [(str(staged.root), 5), (str(staged.root / "10_char"), 10)]
+    assert spec["subsets"] == [(str(staged.root / "0" / "ds"), 5), (str(staged.root / "1" / "10_char"), 10)]
 
 
 def test_restaging_an_unchanged_dataset_reuses_the_stage(dataset: Path, tmp_path: Path):
     config = _config(dataset, tmp_path)
     first = stage_dataset(dataset_report(config), config.resolved_work_dir())
-    upright = (first.root / "phone.png").stat().st_mtime_ns
+    upright = (_top(first) / "phone.png").stat().st_mtime_ns
     again = stage_dataset(dataset_report(config), config.resolved_work_dir())
     assert again.reused and again == first.__class__(first.root, first.subsets, reused=True)
-    assert (again.root / "phone.png").stat().st_mtime_ns == upright  # nothing written again
+    assert (_top(again) / "phone.png").stat().st_mtime_ns == upright  # nothing written again
 
     (dataset / "a.txt").write_text("1girl, smile, hat")  # a changed dataset: a new stage, the old one removed
     changed = stage_dataset(dataset_report(config), config.resolved_work_dir())
     assert not changed.reused and changed.root != first.root and not first.root.exists()
-    assert (changed.root / "a.txt").read_text() == "1girl, smile, hat\n"
+    assert (_top(changed) / "a.txt").read_text() == "1girl, smile, hat\n"
 
 
 def test_a_stage_missing_a_file_is_made_again(dataset: Path, tmp_path: Path):
     config = _config(dataset, tmp_path)
     first = stage_dataset(dataset_report(config), config.resolved_work_dir())
-    (first.root / "a.png").unlink()
+    (_top(first) / "a.png").unlink()
     again = stage_dataset(dataset_report(config), config.resolved_work_dir())
-    assert not again.reused and (again.root / "a.png").exists()
+    assert not again.reused and (_top(again) / "a.png").exists()
 
 
 def test_a_link_swapped_in_after_validation_is_refused(dataset: Path, tmp_path: Path):
@@ -211,13 +216,16 @@ def test_names_that_would_share_a_caption_are_kept_apart(tmp_path: Path):
     _image(ds / "p.png", (1, 100, 1)), (ds / "p.txt").write_text("plain")
     _sideways_jpeg(ds / "p.jpg")  # shares p.txt (as in kohya) but is staged as a PNG: it needs another name
     _image(ds / "q.png", (2, 100, 2)), _image(ds / "q.webp", (3, 100, 3)), (ds / "q.txt").write_text("shared")
+    _image(ds / "x.PNG", (4, 100, 4)), (ds / "x.txt").write_text("ex")
+    _image(ds / "x.png" / "in.png", (5, 100, 5))  # kohya's *.png matches a folder too: it must not sit among images
     config = _config(ds, tmp_path)
     report = dataset_report(config)
     staged = stage_dataset(report, config.resolved_work_dir())
     view = _kohya_view({"datasets": [{"subsets": [{"image_dir": d, "num_repeats": r, "caption_extension": ".txt"}
                                                   for d, r in staged.subsets]}]})
     assert view == {("ds", "p.png"): (5, "plain"), ("ds", "p~2.png"): (5, "plain"),
-                    ("ds", "q.png"): (5, "shared"), ("ds", "q.webp"): (5, "shared")}
+                    ("ds", "q.png"): (5, "shared"), ("ds", "q.webp"): (5, "shared"),
+                    ("ds", "x.png"): (5, "ex"), ("x.png", "in.png"): (5, "")}
 
 
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs a second filesystem (/dev/shm)")
@@ -231,5 +239,5 @@ def test_across_filesystems_an_image_is_linked_by_its_real_path(tmp_path: Path):
         _image(ds / "a.png", (5, 5, 5)), (ds / "a.txt").write_text("x")
         config = _config(ds, tmp_path)
         staged = stage_dataset(dataset_report(config), config.resolved_work_dir())
-        link = staged.root / "a.png"
+        link = _top(staged) / "a.png"
         assert link.is_symlink() and os.readlink(link) == str((ds / "a.png").resolve())
