@@ -17,7 +17,7 @@ from anima_lora_flow.runner.prepare import dry_run_result
 from anima_lora_flow.runner.train import new_run_id
 from anima_lora_flow.tasks.artifacts import artifact_key
 from anima_lora_flow.tasks.dataset import prepare_dataset_task
-from anima_lora_flow.tasks.history import mark_stale_runs_crashed_task
+from anima_lora_flow.tasks.history import label_this_flow_run, mark_stale_runs_crashed_task
 from anima_lora_flow.tasks.models import download_models_task
 from anima_lora_flow.storage.lock import acquire_project_lock
 from anima_lora_flow.tasks.plan import plan_task
@@ -26,6 +26,7 @@ from anima_lora_flow.tasks.preflight import check_supported, ensure_local_folder
 from anima_lora_flow.tasks.sdscripts import sd_scripts_dry_run_task
 from anima_lora_flow.tasks.storage import mount_storage_task, open_run_store, record_run_task, store_json_task
 from anima_lora_flow.tasks.train import train_task
+from anima_lora_flow.ui.console import FOR_CONSOLE
 from anima_lora_flow.ui.summary import summary_markdown
 
 
@@ -46,11 +47,12 @@ def train_lora(config: TrainingConfig, dry_run: bool = False) -> dict:
     ensure_local_folders(config)
     run_id = new_run_id()
     started = time.time()
-    mark_stale_runs_crashed_task(config.project_name)
+    label_this_flow_run(run_id)  # host, pid and run id: what a later run judges this one by if it dies
 
     # Where the run lives, what it trains on, and whether the saved state may be continued with these
     # settings (judged from its manifest): all fail fast, before any large download.
     store_root = mount_storage_task(config, run_id)
+    mark_stale_runs_crashed_task(config.project_name)  # after the mount: it reads the earlier runs' storage locks
     report = prepare_dataset_task(config)
     resume = check_resume_task(config, report)
     plan = plan_task(config, report, resume.step)
@@ -61,6 +63,7 @@ def train_lora(config: TrainingConfig, dry_run: bool = False) -> dict:
             result["sd_scripts"] = sd_scripts_dry_run_task(config, report, plan, run_id)
         return result
 
+    logger.info(plan.to_text(), extra=FOR_CONSOLE)  # the quiet console of a CLI run shows the plan too
     # One run per project from here on: a second run would resume from this one's half-written states.
     lock = acquire_project_lock(open_run_store(config), run_id)
     lock.start_heartbeat()

@@ -1,14 +1,22 @@
-"""Prefect run history: runs of this project left "Running" by a machine that died are marked Crashed.
+"""Prefect run history: runs of this project left "Running" by a process that died are marked Crashed.
 
 A SIGKILLed process (VM recycled, OOM killer) never reports its end, so its run stays Running forever
-(prefect.md §4). Each run records `<host>:<pid>` as its infrastructure pid; at the next start, a
-Running run whose process is gone, or whose host is another (an earlier Colab/Kaggle VM), is closed.
+(prefect.md §4). Each run labels its flow run with its host, pid and run id (labels are ours to write;
+`infrastructure_pid` belongs to the worker). At the next start, a Running run of the project is closed
+only on evidence that it is dead:
+- on this machine, its process is gone;
+- elsewhere, the storage lock it took (storage/lock.py) has had no heartbeat for STALE_S.
+A run on another machine with no lock of its own (it died before taking it, or another run took it
+over) is left alone: nothing here proves it dead, and a live run must never be marked Crashed.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
+from collections.abc import Callable
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.client.orchestration import get_client
@@ -23,40 +31,79 @@ from prefect.client.schemas.objects import StateType
 from prefect.runtime import flow_run
 from prefect.states import Crashed
 
+from ..config import TrainingConfig
+from ..storage.location import resolve_location
+from ..storage.lock import STALE_S, read_lock
+from ..storage.runstore import RunStore
+from ..trainer.process import pid_alive
+
 FLOW_NAME = "train-anima-lora"
+HOST_LABEL = "anima-lora.host"
+PID_LABEL = "anima-lora.pid"
+RUN_LABEL = "anima-lora.run-id"  # the run id in the storage lock, which ties the lock to this flow run
 
 
-def this_process() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+def run_labels(run_id: str) -> dict[str, str | int]:
+    return {HOST_LABEL: socket.gethostname(), PID_LABEL: os.getpid(), RUN_LABEL: run_id}
 
 
-def is_stale(infrastructure_pid: str | None, *, me: str) -> str | None:
-    """Why a Running run's process is gone, or None when it may still be alive."""
-    if not infrastructure_pid or ":" not in infrastructure_pid:
+def label_this_flow_run(run_id: str) -> None:
+    """Record this process's host, pid and run id on the current flow run (a no-op outside one)."""
+    current = flow_run.get_id()
+    if not current:
+        return
+    with get_client(sync_client=True) as client:
+        client.update_flow_run_labels(current, run_labels(run_id))
+
+
+def why_dead(labels: dict[str, Any], read_run_lock: Callable[[], dict | None], *, now: float | None = None,
+             stale_s: float = STALE_S) -> str | None:
+    """Why a Running run's process is known to be gone, or None while it may be alive.
+
+    `read_run_lock` reads the run's storage lock; it is called only for a run on another machine.
+    """
+    host, pid = labels.get(HOST_LABEL), labels.get(PID_LABEL)
+    if not host or pid is None:
+        return None  # not labelled by this flow: no host or pid to judge by
+    if host == socket.gethostname():
+        try:
+            pid = int(pid)
+        except (TypeError, ValueError):
+            return None
+        return None if pid_alive(pid) else f"its process {pid} on this machine is gone"
+    lock = read_run_lock()
+    if not lock or lock.get("run_id") != labels.get(RUN_LABEL):
         return None
-    host, _, pid = infrastructure_pid.rpartition(":")
-    my_host = me.rpartition(":")[0]
-    if host != my_host:
-        return f"its machine {host} is gone (this session runs on {my_host})"
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError):
-        return f"its process {pid} on this machine no longer exists"
-    except PermissionError:
+    now = time.time() if now is None else now
+    age = now - float(lock.get("heartbeat") or 0)
+    if age <= stale_s:
         return None
-    return None
+    return f"its storage lock (run {lock.get('run_id')} on {host}) has had no heartbeat for {age:.0f} s"
+
+
+def lock_reader(parameters: dict) -> Callable[[], dict | None]:
+    """Reads the lock in the run store of the run with these flow-run parameters; None when unreadable."""
+    config = parameters.get("config") or {}
+    storage = config.get("storage") or TrainingConfig.model_fields["storage"].default
+    project = config.get("project_name") or TrainingConfig.model_fields["project_name"].default
+
+    def read() -> dict | None:
+        try:
+            # Never mount Drive here: a run whose storage this machine cannot see is simply not judged.
+            return read_lock(RunStore(resolve_location(storage, mount_drive=False), project))
+        except Exception:  # noqa: BLE001 - a store we cannot read proves nothing about the run
+            return None
+
+    return read
 
 
 @task(name="close-stale-runs")
 def mark_stale_runs_crashed_task(project_name: str) -> list[str]:
-    """Mark this project's dead Running runs Crashed and tag the current run with its host and pid."""
+    """Mark this project's Running runs whose process is known to be gone Crashed; returns their ids."""
     logger = get_run_logger()
-    me = this_process()
     current = flow_run.get_id()
     closed = []
     with get_client(sync_client=True) as client:
-        if current:
-            client.update_flow_run(current, infrastructure_pid=me)
         runs = client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
             flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))),
@@ -66,7 +113,7 @@ def mark_stale_runs_crashed_task(project_name: str) -> list[str]:
                 continue
             if (run.parameters.get("config") or {}).get("project_name") != project_name:
                 continue
-            reason = is_stale(run.infrastructure_pid, me=me)
+            reason = why_dead(run.labels or {}, lock_reader(run.parameters))
             if reason:
                 client.set_flow_run_state(run.id, Crashed(message=f"run never finished: {reason}"), force=True)
                 logger.info("marked earlier run %s Crashed: %s", run.name, reason)
