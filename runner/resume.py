@@ -13,6 +13,7 @@ from typing import Any
 from ..config import TrainingConfig, change_note, resume_differences
 from ..errors import UserInputError
 from ..storage.runstore import RunStore, StateInfo, StateVerificationError
+from ..trainer.files import kohya_name
 from ..ui.progress import epoch_position
 
 PROGRESS_FILE = "progress.json"  # the native trainer's progress record (trainer/state.py)
@@ -140,6 +141,9 @@ def find_resume_point(
         point.state, point.local_dir, point.total_steps = state, local, total
         point.step_in_epoch = state.manifest.get("step_in_epoch", progress.get("step_in_epoch"))
         point.changes = [change_note(key, old, new, state.step) for key, old, new in changed]
+        own_end = state.total_steps or progress.get("total_steps")
+        if download_to is not None and own_end == state.step and total is not None and total > state.step:
+            point.notes += keep_earlier_final(store, state)
         return point
     return point
 
@@ -183,6 +187,22 @@ def _run_total(state: StateInfo, progress: dict[str, Any], training_fields: dict
         old_epochs = (state.manifest.get("config") or {}).get("max_train_epochs") or state.manifest.get("epochs")
         per_epoch = own // old_epochs if old_epochs and own % old_epochs == 0 else None
     return per_epoch * epochs if per_epoch and epochs else own
+
+
+def keep_earlier_final(store: RunStore, state: StateInfo) -> list[str]:
+    """A finished run given more epochs would write its new final LoRA over the old one, which no epoch
+    file holds (the last epoch saves only the final): keep it under its epoch's name first."""
+    final = f"checkpoints/{store.checkpoint_name()}"
+    meta = store.lora_metadata(final)
+    if not meta or state.epoch is None or meta.get("ss_steps", str(state.step)) != str(state.step):
+        return []  # none, or not the LoRA of this state
+    epoch_file = f"checkpoints/{store.checkpoint_name(state.epoch)}"
+    kept = []
+    for rel, dest in ((final, epoch_file), (kohya_name(final), kohya_name(epoch_file))):
+        if store.exists(rel) and not store.exists(dest):
+            store.write_bytes(dest, store.fs.cat_file(store.path(rel)))  # published whole, as every store write
+            kept.append(dest.rsplit("/", 1)[1])
+    return [f"the earlier final LoRA (step {state.step}) is kept as {kept[0]}"] if kept else []
 
 
 def archive_earlier_run(store: RunStore) -> dict[str, str]:
