@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from .errors import ModelInputError
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 # The LLM adapter rides inside the DiT file; diffusers keeps it as its own module with unchanged sub-names.
 _ADAPTER_PREFIXES = ("net.llm_adapter.", "llm_adapter.")
+_BLOCK_KEY = re.compile(r"^transformer_blocks\.(\d+)\.")
 
 
 def split_adapter(state_dict: dict) -> tuple[dict, dict]:
@@ -64,6 +66,10 @@ def _save_module(cls, config_dir: Path, state_dict: dict, out_dir: Path, source:
     from safetensors.torch import save_file  # noqa: PLC0415
 
     config = cls.load_config(config_dir)
+    blocks = {int(m.group(1)) for m in map(_BLOCK_KEY.match, state_dict) if m}
+    if blocks and "num_layers" in config and cls.__name__ == "CosmosTransformer3DModel":
+        # The file's block count wins over the reference config's 28: a deeper base converts as it is.
+        config["num_layers"] = max(blocks) + 1
     with init_empty_weights():
         expected = set(cls.from_config(config).state_dict())
     missing, unexpected = expected - set(state_dict), set(state_dict) - expected
@@ -74,7 +80,10 @@ def _save_module(cls, config_dir: Path, state_dict: dict, out_dir: Path, source:
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state_dict.items()}, out_dir / WEIGHTS_NAME, metadata={"format": "pt"})
-    shutil.copyfile(config_dir / "config.json", out_dir / "config.json")
+    written = json.loads((config_dir / "config.json").read_text())
+    if "num_layers" in written and cls.__name__ == "CosmosTransformer3DModel":
+        written["num_layers"] = config["num_layers"]
+    (out_dir / "config.json").write_text(json.dumps(written, indent=2, sort_keys=True) + "\n")
 
 
 def _link_shared(reference: Path, dest: Path) -> None:

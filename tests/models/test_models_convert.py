@@ -41,7 +41,7 @@ def original_name(key: str) -> str:
     return "net." + key
 
 
-def tiny_modules():
+def tiny_modules(num_layers: int = 2):
     from diffusers import CosmosTransformer3DModel
     from diffusers.models.condition_embedders.condition_embedder_anima import AnimaTextConditioner
 
@@ -51,7 +51,7 @@ def tiny_modules():
         out_channels=16,
         num_attention_heads=2,
         attention_head_dim=16,
-        num_layers=2,
+        num_layers=num_layers,
         text_embed_dim=32,
         adaln_lora_dim=8,
         max_size=(4, 16, 16),
@@ -103,6 +103,19 @@ def test_round_trip_matches_the_modules(tmp_path):
             assert torch.equal(expected[key], actual[key]), key
     assert (out / "vae").is_symlink() and (out / "model_index.json").is_file()
     assert (out / ".complete").is_file() and not (tmp_path / "out.partial").exists()
+
+
+def test_a_deeper_dit_converts_with_its_own_block_count(tmp_path):
+    """The reference config says 2 blocks (Anima's says 28); a 3-block file converts, and loads, as 3 blocks."""
+    from diffusers import CosmosTransformer3DModel
+
+    write_reference(tmp_path / "ref", *tiny_modules(num_layers=2))
+    deeper, conditioner = tiny_modules(num_layers=3)
+    write_original_checkpoint(tmp_path / "dit.safetensors", deeper, conditioner)
+    out = convert_single_file_dit(tmp_path / "dit.safetensors", tmp_path / "out", tmp_path / "ref")
+    loaded = CosmosTransformer3DModel.from_pretrained(out, subfolder="transformer")
+    assert loaded.config.num_layers == 3 and len(loaded.transformer_blocks) == 3
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in deeper.state_dict().items())
 
 
 def test_not_an_anima_file_is_refused(tmp_path):
