@@ -162,7 +162,12 @@ def check_resume(
             different base model, and the way out.
     """
     refused, changed = resume_differences(saved.training_fields, cfg.training_fields())
-    if not refused and saved.fingerprint != fingerprint and not _legacy_fingerprint_matches(saved, dataset_fingerprint):
+    if saved.dataset_fingerprint and dataset_fingerprint is not None:
+        dataset_changed = saved.dataset_fingerprint != dataset_fingerprint
+    else:  # a state from before the record, or a caller that does not say: the fingerprint has to tell
+        dataset_changed = not refused and saved.fingerprint != fingerprint and not _legacy_fingerprint_matches(
+            saved, dataset_fingerprint)
+    if dataset_changed:
         refused.append("the dataset's images or captions")
     refused += base_model_mismatch(saved.base_model, base_model or {})
     if refused:
