@@ -308,6 +308,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return run_ui(args)
 
 
+def cmd_notify(args: argparse.Namespace) -> int:
+    from .ui.notify import run_notify
+
+    return run_notify(args)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -409,6 +415,16 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=_port, default=4200, help="port for the UI and its API (default 4200)")
     ui.add_argument("--stop", action="store_true", help="stop the server started earlier")
     ui.set_defaults(func=cmd_ui)
+
+    notify = sub.add_parser("notify", help="call a webhook when a training run fails or crashes (a Prefect automation)",
+                            description="Create (or replace) a Prefect automation on the server runs report to "
+                            "(`anima-lora ui`'s, or PREFECT_API_URL's) that POSTs a JSON message to a webhook when a "
+                            "run of the training flow fails, crashes or times out.")
+    what = notify.add_mutually_exclusive_group(required=True)
+    what.add_argument("--webhook", metavar="URL",
+                      help="the http(s) URL to POST the JSON message to (its `text` field is what Slack-style webhooks show)")
+    what.add_argument("--remove", action="store_true", help="remove the automation and its webhook")
+    notify.set_defaults(func=cmd_notify)
     return parser
 
 
