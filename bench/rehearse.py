@@ -481,13 +481,12 @@ def train(timed_cli, report, name, work, extra) -> dict:
 def _json_tail(text: str) -> dict:
     """The last top-level JSON object printed (train --json prints it last)."""
     decoder = json.JSONDecoder()
-    start = len(text)
-    while (start := text.rfind("\n{", 0, start)) != -1:
+    for match in reversed(list(re.finditer(r"^\{", text, re.M))):
         try:
-            value, _ = decoder.raw_decode(text, start + 1)
+            value, _ = decoder.raw_decode(text, match.start())
         except ValueError:
             continue
-        if isinstance(value, dict):
+        if isinstance(value, dict) and ("outcome" in value or "error" in value):
             return value
     return {}
 
