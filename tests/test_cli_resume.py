@@ -101,16 +101,22 @@ def test_plan_counts_the_steps_already_done(project, capsys):
 
 
 def test_the_fast_commands_import_neither_prefect_nor_torch(project):
-    """validate, plan and train --dry-run answer in about a second: no Prefect server, no torch import
-    (torch is asked only where a GPU device exists)."""
+    """validate, plan and train --dry-run answer in about a second: no Prefect server, and no torch or
+    transformers import, also when --models-dir holds tokenizers to count caption tokens with (torch is
+    asked only where a GPU device exists)."""
+    from anima_lora_flow.trainer.tiny import build_tiny_model
+
+    models = str(build_tiny_model(project / "tiny"))
     code = (
         "import json, sys\n"
         "from anima_lora_flow.cli import main\n"
         "codes = [main(a) for a in json.loads(sys.argv[1])]\n"
-        "print(json.dumps({'codes': codes, 'loaded': [m for m in ('prefect', 'torch', 'diffusers') if m in sys.modules]}))\n"
+        "heavy = ('prefect', 'torch', 'transformers', 'diffusers')\n"
+        "print(json.dumps({'codes': codes, 'loaded': [m for m in heavy if m in sys.modules]}))\n"
     )
-    args = base_args(project)
-    commands = [["validate", args[1], "--work-dir", args[5]], ["plan", args[1], *args[2:]], ["train", *args, "--dry-run"]]
+    args = [*base_args(project), "--models-dir", models]  # the later --models-dir wins
+    commands = [["validate", args[1], "--work-dir", args[5], "--models-dir", models], ["plan", args[1], *args[2:]],
+                ["train", *args, "--dry-run"]]
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(commands)], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
     result = json.loads(proc.stdout.strip().splitlines()[-1])

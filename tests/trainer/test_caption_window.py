@@ -42,6 +42,19 @@ def test_the_tiny_tokenizers_count_like_the_encoder(tiny_model):
     assert tokenizers.window == 16 and tokenizers.cut(LONG) == (19, 20, 4) and tokenizers.cut(SHORT) == (3, 4, 0)
 
 
+def test_counts_read_from_tokenizer_json_equal_transformers(tiny_model):
+    """The validator reads tokenizer.json without transformers (seconds of import); the trainer's encoder
+    uses transformers' AutoTokenizer: both must count the same tokens, special tokens included."""
+    from transformers import AutoTokenizer
+
+    tokenizers = load_caption_tokenizers(tiny_model)
+    qwen = AutoTokenizer.from_pretrained(tiny_model / "tokenizer", local_files_only=True)
+    t5 = AutoTokenizer.from_pretrained(tiny_model / "t5_tokenizer", local_files_only=True)
+    for caption in (LONG, SHORT, "", "1girl,solo , smile. UNKNOWN-word 日本語"):
+        expected = (len(qwen([caption]).input_ids[0]), len(t5([caption]).input_ids[0]))
+        assert tokenizers.count(caption) == expected, caption
+
+
 def test_validator_counts_exactly_with_the_models_tokenizers(dataset: Path, tiny_model, tmp_path: Path):
     report = prepare_dataset(str(dataset), tmp_path / "work", models_dir=tiny_model)
     assert [(w.file, w.verdict, w.reason) for w in report.warnings if w.code == "long-caption"] == [("long.txt", "trained", CUT)]
