@@ -8,6 +8,7 @@ imports count), RUNS times each (default 5), and prints the median and the sprea
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -43,13 +44,16 @@ def commands(root: Path) -> dict[str, list[str]]:
     }
 
 
-def time_command(argv: list[str], env: dict[str, str]) -> float:
+def time_command(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one run; CPU time barely moves when other work shares the machine."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "anima_lora_flow.cli", *argv], capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"`anima-lora {' '.join(argv)}` exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
-    return elapsed
+    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
@@ -60,11 +64,14 @@ def main() -> None:
         generate(root / "dataset")
         build_tiny_model(root / "models")
         env = {**os.environ, "ANIMA_LORA_CACHE": str(root / "cache")}
-        print(f"{'command':<18} {'first':>8} {'median':>8} {'min':>8} {'max':>8}   (then {runs} runs, a new process each)")
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        print(f"{'command':<18} {'first':>8} {'median':>8} {'min':>8} {'max':>8} {'cpu':>8}   (wall times; then {runs} runs, "
+              "a new process each; cpu: median CPU seconds)")
         for name, argv in commands(root).items():
-            first = time_command(argv, env)  # shown apart: the first run also writes the project folder
-            times = [time_command(argv, env) for _ in range(runs)]
-            print(f"{name:<18} {first:>7.2f}s {statistics.median(times):>7.2f}s {min(times):>7.2f}s {max(times):>7.2f}s")
+            first, _ = time_command(argv, env)  # shown apart: the first run also writes the project folder
+            walls, cpus = zip(*(time_command(argv, env) for _ in range(runs)))
+            print(f"{name:<18} {first:>7.2f}s {statistics.median(walls):>7.2f}s {min(walls):>7.2f}s {max(walls):>7.2f}s "
+                  f"{statistics.median(cpus):>7.2f}s")
 
 
 if __name__ == "__main__":
