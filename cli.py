@@ -247,13 +247,15 @@ def _saved_progress(config: TrainingConfig, report) -> tuple[int, list[str]]:
     from .runner.resume import ResumeRefusedError, judge_resume
     from .storage import RunStore, resolve_location
 
-    store = RunStore(resolve_location(config.storage), config.project_name)  # read only: nothing created
-    if not store.fs.exists(store.root):
-        return 0, []
     try:
+        store = RunStore(resolve_location(config.storage), config.project_name)  # read only: nothing created
+        if not store.fs.exists(store.root):
+            return 0, []
         point = judge_resume(store, config, report.fingerprint)
     except ResumeRefusedError as exc:
         return 0, [f"train would refuse the saved state: {_one_line(exc)}"]
+    except (OSError, UserInputError) as exc:  # the plan stands without it; train will meet the storage itself
+        return 0, [f"saved states in {config.storage} not read ({_one_line(exc)}): counted from step 0"]
     if point.state is None:
         return 0, point.notes
     return point.step, [point.describe().splitlines()[0], *point.changes]
