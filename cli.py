@@ -122,7 +122,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     preflight(config)
     if args.dry_run:
         return dry_run(config, as_json=args.json)
-    result = run_flow(config)
+    result = run_flow(config, verbose=args.verbose)
     _print_result(config, result, as_json=args.json)
     return EXIT_OK
 
@@ -158,7 +158,9 @@ def preflight(config: TrainingConfig) -> None:
     check_api_reachable()
 
 
-def run_flow(config: TrainingConfig, *, dry_run: bool = False) -> dict:
+def run_flow(config: TrainingConfig, *, dry_run: bool = False, verbose: bool = False) -> dict:
+    """Run the flow under a local Prefect server; the console shows only the plan, progress, warnings and
+    the summary unless `verbose` (Prefect's INFO lines reach the UI's run log either way)."""
     from .prefect_env import check_api_reachable, configure_prefect_environment
     from .ui.server import server_for_this_command
 
@@ -169,6 +171,7 @@ def run_flow(config: TrainingConfig, *, dry_run: bool = False) -> dict:
         from prefect.logging.handlers import APILogWorker  # noqa: PLC0415 - prefect is imported only after its settings
 
         from .flows.train_lora import train_lora  # noqa: PLC0415
+        from .ui.console import quiet_console  # noqa: PLC0415 - imports prefect
 
         # Prefect's console handler sits on the root logger; its API handler sits on the run loggers,
         # so filtering the root's stream handlers leaves the UI's record of the failure whole.
@@ -176,7 +179,8 @@ def run_flow(config: TrainingConfig, *, dry_run: bool = False) -> dict:
             if isinstance(handler, logging.StreamHandler):
                 handler.addFilter(_no_console_echo_of_user_errors)
         try:
-            return train_lora(config=config, dry_run=dry_run)
+            with quiet_console(verbose=verbose):
+                return train_lora(config=config, dry_run=dry_run)
         finally:
             # The server stops when this block ends: logs still queued would fail with "Error logging to API".
             APILogWorker.drain_all(timeout=5)
@@ -276,7 +280,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     print(f"demo: tiny random Anima model and {config.dataset} (generated); storage {config.storage}")
     try:
-        result = run_flow(config)
+        result = run_flow(config, verbose=args.verbose)
     except ResumeRefusedError as exc:
         # The runner's advice names train's flags; demo has no --project-name, and its own --restart.
         reason = str(exc).split("; run again with --restart")[0]
@@ -373,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(train)
     train.add_argument("--dry-run", action="store_true", help="stop before downloading models and print the plan")
     train.add_argument("--json", action="store_true", help="print the result as JSON")
+    train.add_argument("--verbose", action="store_true", help="also print Prefect's INFO lines (always in the UI's run log)")
     train.set_defaults(func=cmd_train)
 
     add_validate_parser(sub)
@@ -398,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--restart", action="store_true",
                       help="archive the demo's saved states and train from step 0 (a changed --epochs continues instead)")
     demo.add_argument("--json", action="store_true", help="print the result as JSON")
+    demo.add_argument("--verbose", action="store_true", help="also print Prefect's INFO lines (always in the UI's run log)")
     demo.set_defaults(func=cmd_demo)
 
     status = sub.add_parser("status", help="show the run training now and a project's states, checkpoints and runs")

@@ -84,8 +84,15 @@ def run_training_session(
     log: Callable[[str], None] = print,
     flush_timeout_s: float = 600.0,
     sd_scripts: dict | None = None,
+    warn: Callable[[str], None] | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> SessionResult:
-    """Resume from storage, train in a subprocess, sync as checkpoints land, publish the final LoRA."""
+    """Resume from storage, train in a subprocess, sync as checkpoints land, publish the final LoRA.
+
+    `log` gets the run's notes; `warn` its problems (failed uploads); `announce` what the user must see
+    even on a quiet console: where training starts. Both default to `log`.
+    """
+    warn, announce = warn or log, announce or log
     fingerprint = config.fingerprint(dataset_fingerprint)
     fields = config.training_fields()
     # Written here, not when storage is mounted: a run refused for its dataset or plan leaves no config behind.
@@ -94,9 +101,9 @@ def run_training_session(
         store, fingerprint=fingerprint, training_fields=fields, dataset_fingerprint=dataset_fingerprint,
         download_to=work_dir / "resume", restart=config.restart,
     )
-    log(resume.describe())
+    announce(resume.describe())
     if resume.complete:
-        finished = _already_complete(store, resume, fingerprint, run_id, log)
+        finished = _already_complete(store, resume, fingerprint, run_id, announce)
         if finished is not None:
             return finished
     run_dir = work_dir / "runs" / run_id
@@ -109,7 +116,7 @@ def run_training_session(
         command = _backend_command(config, items, dataset_fingerprint, models_dir, work_dir, output_dir, resume, run_dir)
     syncer = CheckpointSyncer(
         store, fingerprint=fingerprint, state_extra=state_extra(fields, dataset_fingerprint),
-        keep_last_states=config.keep_last_states, keep_last_epochs=config.save_last_n_epochs, log=log,
+        keep_last_states=config.keep_last_states, keep_last_epochs=config.save_last_n_epochs, log=warn,
         on_storage_error=remount_on_drop(store.root) if store.location.is_local else None,
     )
     log_path = run_dir / "trainer.log"
@@ -119,7 +126,7 @@ def run_training_session(
         outcome = supervise(proc, events_path, syncer=syncer, should_stop=should_stop, on_event=on_event)
     finally:
         flushed = syncer.close(timeout=flush_timeout_s)
-        _upload_log(store, log_path, run_id, log)
+        _upload_log(store, log_path, run_id, warn)
     result = _session_result(run_id, outcome, resume, syncer, store, flushed)
     if result.outcome == "failed":
         raise TrainingFailedError(_failure_message(outcome, log_path), result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from prefect import get_run_logger
@@ -37,5 +38,8 @@ class PrefectProgress:
                 )
         elif event.event == "checkpoint":
             self.logger.info("checkpoint (%s) at step %s", event.get("kind"), event.get("step"))
+        elif event.event == "log":  # the trainer's own lines (caches, resume), at the trainer's level
+            level = logging.getLevelName(str(event.get("level") or "info").upper())
+            self.logger.log(level if isinstance(level, int) else logging.INFO, "%s", event.get("message", ""))
         elif event.event in ("stopped", "error"):
             self.logger.warning("trainer %s: %s", event.event, event.get("reason") or event.get("message"))

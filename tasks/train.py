@@ -10,6 +10,7 @@ from prefect.artifacts import create_link_artifact, create_table_artifact
 from ..config import TrainingConfig
 from ..runner.train import run_training_session
 from ..trainer.sdscripts.staging import stage_dataset
+from ..ui.console import FOR_CONSOLE
 from ..ui.loss_chart import loss_chart_png, loss_table
 from ..ui.progress import TrainingProgress
 from .artifacts import artifact_key
@@ -22,8 +23,9 @@ from .storage import open_run_store
 def train_task(config: TrainingConfig, report, models, run_id: str, guard=None, plan=None) -> dict:
     """Train (resuming from storage), sync checkpoints while training, return the session result."""
     logger = get_run_logger()
-    # Checkpoints are reported once, by the Prefect log (it reaches the cell and the UI alike).
-    cell = TrainingProgress(session_left=guard.remaining_s if guard is not None else None, echo_checkpoints=False)
+    # Checkpoints and the trainer's own lines are reported once, by the Prefect log (the cell and the UI alike).
+    cell = TrainingProgress(session_left=guard.remaining_s if guard is not None else None, echo_checkpoints=False,
+                            echo_messages=False)
     prefect_progress = PrefectProgress(artifact_key("progress", config.project_name))
 
     def on_event(event, outcome):
@@ -36,6 +38,7 @@ def train_task(config: TrainingConfig, report, models, run_id: str, guard=None, 
             models_dir=Path(models.diffusers_dir) if getattr(models, "diffusers_dir", None) else None,
             store=open_run_store(config), work_dir=config.resolved_work_dir(), run_id=run_id,
             should_stop=guard.should_stop if guard is not None else None, on_event=on_event, log=logger.info,
+            warn=logger.warning, announce=lambda line: logger.info(line, extra=FOR_CONSOLE),
             sd_scripts=sd_scripts_spec(config, report, models, plan) if config.trainer == "sd-scripts" else None,
         )
     finally:

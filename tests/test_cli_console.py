@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 
 import pytest
 
@@ -67,3 +69,81 @@ def test_a_user_error_raised_in_a_flow_is_printed_once(prefect_harness, tmp_path
     assert code == 2
     assert err.count("the dataset has no captions") == 1, err
     assert "error: the dataset has no captions" in err and "Error logging to API" not in err
+
+
+def _run_fake_train(tmp_path, monkeypatch, capfd, *flags):
+    """`anima-lora train` on a flow that logs what the real one does: Prefect INFO lines, a warning, the
+    plan (flagged for the console), and progress drawn from trainer events under log_prints."""
+    from prefect import flow, get_run_logger, task
+    from prefect.runtime import flow_run
+
+    import anima_lora_flow.flows.train_lora as train_module
+    from anima_lora_flow.trainer.events import Event
+    from anima_lora_flow.ui.console import FOR_CONSOLE
+    from anima_lora_flow.ui.progress import TrainingProgress
+
+    @task(name="train")
+    def train():
+        get_run_logger().info("checkpoint (state) at step 12")
+        bar = TrainingProgress(echo_checkpoints=False, echo_messages=False)
+        bar(Event("plan", {"total_steps": 24, "start_step": 0}))
+        bar(Event("step", {"step": 24, "total": 24, "loss": 0.25, "sec_per_step": 0.5}))
+        bar(Event("done", {"lora": "x"}))
+
+    @flow(name="fake-train", log_prints=True)
+    def fake_train(config, dry_run=False):
+        logger = get_run_logger()
+        logger.info("dataset: 6 images will be trained")
+        logger.info("Plan for my_lora\n  Steps     24", extra=FOR_CONSOLE)
+        logger.warning("the storage is almost full")
+        train()
+        return {"run_id": "r", "outcome": "completed", "steps_done": 24, "total_steps": 24,
+                "flow_run_id": str(flow_run.get_id())}
+
+    monkeypatch.setattr(train_module, "train_lora", fake_train)
+    # The tests run Prefect at WARNING (conftest); a user's Prefect logs INFO, to the console and the API.
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            # Prefect's console writes to the stderr of the test that first configured it, closed since.
+            monkeypatch.setattr(handler, "stream", sys.stderr)
+            monkeypatch.setattr(handler.console, "file", sys.stderr)
+    from anima_lora_flow.cli import main
+
+    dataset = tmp_path / "d"
+    dataset.mkdir(exist_ok=True)
+    prefect_logger = logging.getLogger("prefect")
+    level = prefect_logger.level
+    prefect_logger.setLevel(logging.INFO)  # setLevel, not an assignment: it clears the loggers' cached levels
+    try:
+        code = main(["train", "--dataset", str(dataset), "--storage", str(tmp_path / "s"),
+                     "--work-dir", str(tmp_path / "w"), "--json", *flags])
+    finally:
+        prefect_logger.setLevel(level)
+    captured = capfd.readouterr()
+    assert code == 0, captured.err
+    return captured, json.loads(captured.out[captured.out.index("{"):])
+
+
+def test_the_console_is_quiet_by_default_and_the_ui_keeps_every_line(prefect_harness, tmp_path, monkeypatch, capfd):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    captured, result = _run_fake_train(tmp_path, monkeypatch, capfd)
+    assert "| INFO" not in captured.err and "Finished in state" not in captured.err, captured.err
+    assert "dataset: 6 images" not in captured.err and "checkpoint (state)" not in captured.err
+    assert "Plan for my_lora\n  Steps     24\n" in captured.err  # as written, without a log prefix
+    assert "the storage is almost full" in captured.err
+    assert "training: step 24/24 (100%), loss 0.2500, 0.50 s/step" in captured.out  # not swallowed by log_prints
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[result["flow_run_id"]])))
+    messages = "\n".join(log.message for log in logs)
+    assert "dataset: 6 images will be trained" in messages and "checkpoint (state) at step 12" in messages
+    assert "Finished in state Completed" in messages
+
+
+def test_verbose_shows_prefects_info_lines(prefect_harness, tmp_path, monkeypatch, capfd):
+    captured, _ = _run_fake_train(tmp_path, monkeypatch, capfd, "--verbose")
+    assert "| INFO" in captured.err and "dataset: 6 images will be trained" in captured.err
+    assert "checkpoint (state) at step 12" in captured.err and "the storage is almost full" in captured.err

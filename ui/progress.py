@@ -65,11 +65,13 @@ class TrainingProgress:
         file=None,
         echo: Callable[[str], None] | None = None,
         echo_checkpoints: bool = True,
+        echo_messages: bool = True,
         in_place: bool | None = None,
         every_s: float = 30.0,
         redraw_s: float = 1.0,
     ):
-        self.echo_checkpoints = echo_checkpoints
+        # False where a Prefect log reports the trainer's own lines and stops (tasks/progress.py): once is enough.
+        self.echo_checkpoints, self.echo_messages = echo_checkpoints, echo_messages
         self._bar: tqdm | None = None
         self._file = file or sys.stdout
         self._in_place = redraws_in_place(self._file) if in_place is None else in_place
@@ -91,9 +93,9 @@ class TrainingProgress:
         elif kind == "checkpoint" and self.echo_checkpoints:
             what = "LoRA" if event.get("kind") == "lora" else "resumable state"
             self._echo(f"saved {what} at step {event.get('step')}")
-        elif kind == "stopped":
+        elif kind == "stopped" and self.echo_messages:
             self._echo(f"trainer stopped after saving its state ({event.get('reason', 'requested')})")
-        elif kind == "log":
+        elif kind == "log" and self.echo_messages:
             self._echo(str(event.get("message", "")))
         elif kind in ("done", "error"):
             self.close()
@@ -102,7 +104,12 @@ class TrainingProgress:
         if self._in_place:
             tqdm.write(line, file=self._file)  # clears the bar, writes the line, redraws the bar below it
         else:
-            print(line, file=self._file, flush=True)
+            self._line(line)
+
+    def _line(self, line: str) -> None:
+        # Not print(): inside a flow with log_prints, Prefect turns a print to stdout into an INFO log record.
+        self._file.write(line + "\n")
+        self._file.flush()
 
     def _open(self, total: int, start: int) -> None:
         self.close()
@@ -110,7 +117,7 @@ class TrainingProgress:
         if not self._in_place:
             # Where the run starts (a resumed one mid-way), as the bar's first draw shows it; not throttled,
             # so the first step event is printed too.
-            print(f"training: step {start}/{total or '?'}{_percent(start, total)}", file=self._file, flush=True)
+            self._line(f"training: step {start}/{total or '?'}{_percent(start, total)}")
             self._printed_step = start
         else:
             self._bar = tqdm(
@@ -137,8 +144,7 @@ class TrainingProgress:
             return
         self._printed_step, self._printed_at = step, now
         postfix = self.postfix(event)
-        print(f"training: step {step}/{total or '?'}{_percent(step, total)}{', ' + postfix if postfix else ''}",
-              file=self._file, flush=True)
+        self._line(f"training: step {step}/{total or '?'}{_percent(step, total)}{', ' + postfix if postfix else ''}")
 
     def postfix(self, event: Event) -> str:
         total = event.get("total") or self._total

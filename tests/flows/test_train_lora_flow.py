@@ -4,6 +4,7 @@ artifacts are readable from the API, and a second run resumes instead of trainin
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -17,12 +18,34 @@ def demo(tmp_path_factory):
     return demo_config(root, storage=str(root / "runs"))
 
 
+class _Kept(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
 def test_demo_flow_end_to_end(prefect_harness, demo):
     from prefect.client.orchestration import get_client
 
     from anima_lora_flow.flows.train_lora import train_lora
+    from anima_lora_flow.ui.console import for_console
 
-    result = train_lora(config=demo)
+    # Prefect's own set-up replaces the root's handlers (caplog's too): listen on its logger instead.
+    prefect_logger, kept = logging.getLogger("prefect"), _Kept()
+    level = prefect_logger.level
+    prefect_logger.setLevel(logging.INFO)
+    prefect_logger.addHandler(kept)
+    try:
+        result = train_lora(config=demo)
+    finally:
+        prefect_logger.removeHandler(kept)
+        prefect_logger.setLevel(level)
+    # What the CLI's quiet console shows besides warnings: the plan and where training starts.
+    assert [r.getMessage().splitlines()[0] for r in kept.records if for_console(r)] == [
+        "Plan for demo", "no saved state: starting at step 0"]
     assert result["outcome"] == "completed"
     assert result["steps_done"] == result["total_steps"] == 24
     project = Path(demo.storage) / "demo"
