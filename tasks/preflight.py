@@ -28,7 +28,7 @@ _ATTENTION_PACKAGES = {
     "_native_npu": ("torch_npu", "pip install torch-npu"),
     "_native_xla": ("torch_xla", "pip install torch-xla"),
 }
-BNB_INSTALL = 'pip install "anima-lora-flow[bnb]"'
+BNB_INSTALL = "pip install bitsandbytes"  # the [bnb] extra's package; this package is not on PyPI
 
 
 def unsupported_settings(config: TrainingConfig) -> list[str]:

@@ -41,3 +41,20 @@ def test_install_hints_are_the_readme_install_lines(url):
 
     command = install_hint(url).split("install it with: ", 1)[1]
     assert f"`{command}`" in README.read_text(), command
+
+
+def test_adamw8bit_hint_is_the_readme_install_line():
+    from anima_lora_flow.tasks.preflight import BNB_INSTALL
+
+    assert f"`{BNB_INSTALL}`" in README.read_text()
+
+
+def test_no_hint_installs_this_package_from_an_index():
+    """The package is installed from a checkout or git (README); `pip install anima-lora-flow[x]` asks PyPI."""
+    root = README.parent
+    hints = [f"{path.relative_to(root)}: {line.strip()}"
+             for path in sorted(root.rglob("*.py")) if "tests" not in path.relative_to(root).parts
+             for line in path.read_text(errors="replace").splitlines()
+             if re.search(r"pip install ['\"]?anima-lora-flow\[", line) and not line.lstrip().startswith("#")]
+    assert hints == []
+    assert not re.search(r"pip install ['\"]?anima-lora-flow\[", README.read_text())

@@ -70,7 +70,7 @@ def test_native_and_builtin_backends_need_nothing():
 def test_adamw8bit_on_the_native_trainer_needs_bitsandbytes():
     if not _absent("bitsandbytes"):
         pytest.skip("bitsandbytes is installed here")
-    with pytest.raises(UserInputError, match=r'--optimizer adamw8bit needs bitsandbytes: pip install "anima-lora-flow\[bnb\]"'):
+    with pytest.raises(UserInputError, match=r'--optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes'):
         check_supported(TrainingConfig(dataset="d", optimizer="adamw8bit"))
     # sd-scripts runs in its own environment with its own requirements
     assert missing_packages(TrainingConfig(dataset="d", optimizer="adamw8bit", trainer="sd-scripts")) == []
