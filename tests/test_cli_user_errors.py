@@ -83,7 +83,7 @@ def test_drive_links_and_urls_are_left_to_the_flow(tmp_path, monkeypatch):
     import anima_lora_flow.cli as cli
 
     calls = []
-    monkeypatch.setattr(cli, "run_flow", lambda config, dry_run=False: calls.append(config.dataset) or {"outcome": "x"})
+    monkeypatch.setattr(cli, "run_flow", lambda config, **flow_args: calls.append(config.dataset) or {"outcome": "x"})
     monkeypatch.setattr(cli, "_print_result", lambda *a, **k: None)
     for source in ("https://example.com/d.zip", "gs://bucket/d", "https://drive.google.com/drive/folders/abc"):
         assert main(["train", "--dataset", source, "--storage", str(tmp_path / "s"), "--work-dir", str(tmp_path / "w")]) == 0
@@ -102,7 +102,7 @@ def test_demo_restart_reaches_the_config_and_its_refusal_names_demo_flags(tmp_pa
         seen["restart"] = restart
         return TrainingConfig(dataset=str(tmp_path), project_name="demo", restart=restart)
 
-    def refused(config, dry_run=False):
+    def refused(config, **flow_args):
         raise ResumeRefusedError(
             "project 'demo' already has a state at step 12 trained with different settings (max_train_epochs: 2 -> 3); "
             "run again with --restart to start over, or choose a new --project-name"
@@ -115,7 +115,7 @@ def test_demo_restart_reaches_the_config_and_its_refusal_names_demo_flags(tmp_pa
     assert "(max_train_epochs: 2 -> 3); run `anima-lora demo --restart` to start over" in err
     assert "or pass another --work-dir" in err and "--project-name" not in err and seen["restart"] is False
 
-    monkeypatch.setattr(cli, "run_flow", lambda config, dry_run=False: {"outcome": "completed", "restart": config.restart})
+    monkeypatch.setattr(cli, "run_flow", lambda config, **flow_args: {"outcome": "completed", "restart": config.restart})
     monkeypatch.setattr(cli, "_print_result", lambda config, result, as_json: print(result))
     assert main(["demo", "--work-dir", str(tmp_path), "--restart"]) == 0
     assert seen["restart"] is True and "'restart': True" in capsys.readouterr().out
