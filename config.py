@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from .errors import UserInputError
 
 BaseModelName = Literal["anima-base-v1.0", "anima-preview3-base", "anima-preview", "anima-preview2"]
-Optimizer = Literal["adamw8bit", "adamw", "adafactor"]
+Optimizer = Literal["auto", "adamw", "adamw8bit", "adafactor"]
 Scheduler = Literal[
     "cosine_with_restarts", "cosine", "linear", "constant", "constant_with_warmup", "polynomial"
 ]
@@ -165,7 +165,11 @@ class TrainingConfig(BaseModel):
         description="GPUs to train on, data parallel (Kaggle's 2x T4: 2). Each GPU takes its own micro-batches, "
         "so an epoch has this many times fewer steps.",
     )  # fmt: skip
-    optimizer: Optimizer = Field("adamw8bit", description="Optimizer (the seed uses AdamW8bit).")
+    optimizer: Optimizer = Field(
+        "auto",
+        description="auto = AdamW (torch's fused kernel on a GPU) for the native trainer, AdamW8bit (the seed's) for "
+        "sd-scripts. adamw8bit needs bitsandbytes (pip install bitsandbytes).",
+    )
     weight_decay: float = Field(0.1, ge=0, description="Decoupled weight decay.")
     betas: tuple[float, float] = Field((0.9, 0.99), description="Adam betas.")
     lr_scheduler: Scheduler = Field("cosine_with_restarts", description="Learning-rate schedule.")

@@ -183,6 +183,7 @@ def fake_cache(model: str, batch: int, resolution: int, text_dim: int, context_l
 def build_session(combo: Combo, device: torch.device, total_steps: int, tmp: Path):
     """A trainer.loop.Session built by the trainer's own builders, with a synthetic cache and sampler."""
     from anima_lora_flow.config import TrainingConfig
+    from anima_lora_flow.effective import Machine, derive
     from anima_lora_flow.trainer.data import BucketSampler
     from anima_lora_flow.trainer.loop import (
         Session,
@@ -201,6 +202,9 @@ def build_session(combo: Combo, device: torch.device, total_steps: int, tmp: Pat
         gradient_checkpointing=combo.grad_checkpointing, max_train_epochs=1, save_state_every_minutes=0,
         min_bucket_reso=min(256, combo.resolution),
     )  # fmt: skip; everything else at the trainer's defaults (caption dropout 0.1, clip 1.0, cosine)
+    # one bucket holding the batch's items once per step (+1 so the epoch never ends: no epoch-end saves)
+    samples = {(combo.resolution, combo.resolution): combo.batch * (total_steps + 1)}
+    eff = derive(cfg, samples, Machine.detect() if device.type == "cuda" else Machine(), "native")
     _reset_accelerate()
     accelerator = build_accelerator(precision)
     if accelerator.device.type != device.type:
@@ -209,18 +213,17 @@ def build_session(combo: Combo, device: torch.device, total_steps: int, tmp: Pat
     transformer = build_transformer_for_bench(combo.model, accelerator.device, dtype, combo.grad_checkpointing, tmp)
     model = build_lora_model(transformer, cfg.network_dim, cfg.network_alpha, cfg.seed)
     model.to(accelerator.device)
-    optimizer = build_optimizer(lora_parameters(model), cfg)
-    scheduler = build_scheduler(optimizer, cfg, total_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    optimizer = build_optimizer(lora_parameters(model), cfg, eff)
+    scheduler = build_scheduler(optimizer, cfg, eff)  # outside prepare, as the trainer keeps it
+    model, optimizer = accelerator.prepare(model, optimizer)
 
     base = accelerator.unwrap_model(model)
     context_length = REAL_CONTEXT_TOKENS if combo.model == "real" else _tiny_context_length()
     cache = fake_cache(combo.model, combo.batch, combo.resolution, base.config.text_embed_dim, context_length)
-    # one bucket holding the batch's items once per step (+1 so the epoch never ends: no epoch-end saves)
     sampler = BucketSampler((tuple(range(combo.batch)) * (total_steps + 1),), combo.batch, 1, cfg.seed)
     progress = TrainingProgress(total_steps=total_steps + 1, steps_per_epoch=sampler.steps_per_epoch, seed=cfg.seed)
     return Session(
-        cfg=cfg, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler, sampler=sampler,
+        cfg=cfg, effective=eff, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler, sampler=sampler,
         cache=cache, generator=torch.Generator(device=accelerator.device).manual_seed(cfg.seed), progress=progress,
         output_dir=tmp / "out",
     )  # fmt: skip

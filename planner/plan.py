@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from anima_lora_flow.config import TrainingConfig
+from anima_lora_flow.effective import Effective, Machine, derive
 from anima_lora_flow.errors import UserInputError
 from anima_lora_flow.planner import render
 from anima_lora_flow.planner.gpus import is_notebook_gpu, named_gpu
@@ -107,11 +108,11 @@ def make_plan(
     elif config.session_budget_hours is not None and platform.session_limit_s != config.session_budget_hours * HOUR:
         platform = platform.with_session_budget(config.session_budget_hours)
     gpu_info = platform.gpu
-    precision = resolve_precision(config.mixed_precision, gpu_info)
     try:
-        steps = count_steps(samples_per_bucket, config.batch_size, config.micro_batches_per_step, config.max_train_epochs)
+        eff = derive(config, samples_per_bucket, Machine.from_gpu(gpu_info, config.num_gpus))
     except ValueError as exc:
         raise UserInputError(str(exc)) from exc
+    precision, steps = eff.precision, eff.steps
     rate = _rate(config, gpu_info, precision, config.resolution)
     left = platform.remaining_s(now)
     timing = _timing(steps.total_steps - steps_done, rate.sec_per_step, left, platform.session_limit_s, SETUP_S)
@@ -136,13 +137,13 @@ def make_plan(
         overrun_action=action,
         decision="ok",
         storage_durable=durable,
-        memory=_memory(config, gpu_info, precision),
+        memory=_memory(eff, config, gpu_info),
         warnings=list(platform.notes),
         **timing,
     )
     plan.decision, plan.reason = _decide(plan, config, gpu_info)
     if plan.fits is False:
-        plan.suggestions = _suggestions(config, samples_per_bucket, plan, gpu_info, left)
+        plan.suggestions = _suggestions(config, eff, samples_per_bucket, plan, gpu_info, left)
     plan.warnings += _warnings(config, plan, gpu_info, platform)
     if plan.fits is False and with_repeats(samples_per_bucket, config.repeats, 1) is None:
         plan.warnings.append("per-folder (kohya) repeats: --repeats does not change them; lower the N_ folder prefixes instead")
@@ -180,15 +181,6 @@ def _storage_platform(platform: PlatformInfo, gpu: str | None) -> PlatformInfo:
     if not gpu or platform.ephemeral_disk or not is_notebook_gpu(gpu):
         return platform
     return platform.model_copy(update={"kind": "colab"})
-
-
-def resolve_precision(requested: str, gpu: GpuInfo | None) -> str:
-    """auto = bf16 where the GPU has native bf16, fp16 on older GPUs, fp32 ("no") on CPU."""
-    if gpu is None:
-        return "no"
-    if requested == "auto":
-        return "bf16" if gpu.bf16_native else "fp16"
-    return requested
 
 
 def refresh_timing(plan: Plan, sec_per_step: float | None, steps_done: int, now: float | None = None) -> dict:
@@ -231,12 +223,10 @@ def _rate(config: TrainingConfig, gpu: GpuInfo | None, precision: str, resolutio
     )
 
 
-def _memory(config: TrainingConfig, gpu: GpuInfo | None, precision: str) -> MemoryEstimate:
+def _memory(eff: Effective, config: TrainingConfig, gpu: GpuInfo | None) -> MemoryEstimate:
     available = gpu.memory_gib if gpu else None
-    return check_memory(
-        config.resolution, config.batch_size, config.network_dim, config.gradient_checkpointing,
-        precision if config.trainer == "native" or precision != "fp16" else "bf16", available,
-    )  # fmt: skip; sd-scripts' fp16 has no fp32 islands of ours
+    precision = eff.precision if eff.backend == "native" or eff.precision != "fp16" else "bf16"  # sd-scripts' fp16 has no fp32 islands of ours
+    return check_memory(config.resolution, config.batch_size, config.network_dim, eff.gradient_checkpointing, precision, available)
 
 
 def _overrun_action(on_overrun: str, durable: bool) -> Literal["stop", "resume", "proceed"]:
@@ -301,13 +291,14 @@ def _decide(plan: Plan, config: TrainingConfig, gpu: GpuInfo | None) -> tuple[De
     return plan.overrun_action, reason
 
 
-def _suggestions(config: TrainingConfig, samples: Mapping, plan: Plan, gpu: GpuInfo | None, left_s: float | None) -> list[Suggestion]:
+def _suggestions(config: TrainingConfig, eff: Effective, samples: Mapping, plan: Plan, gpu: GpuInfo | None,
+                 left_s: float | None) -> list[Suggestion]:
     """Changes that finish in this session: fewer epochs, fewer repeats, fp16 on a T4, 512 px, or resume."""
     if plan.sec_per_step is None or left_s is None:
         return []
     seconds = max(0.0, left_s - SETUP_S - RESERVE_S)
     budget = max_steps_within(seconds, plan.sec_per_step) + plan.steps_done
-    batch, accum, epochs = config.batch_size, config.micro_batches_per_step, config.max_train_epochs
+    batch, accum, epochs = config.batch_size, eff.micro_batches_per_step, config.max_train_epochs
     out: list[Suggestion] = []
     best_epochs = largest_epochs(samples, batch, accum, epochs, budget)
     if best_epochs:

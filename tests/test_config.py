@@ -19,7 +19,7 @@ SEED_DEFAULTS = {
     "caption_dropout": 0.1,
     "batch_size": 1,
     "gradient_accumulation_steps": 1,
-    "optimizer": "adamw8bit",
+    "optimizer": "auto",  # the seed's AdamW8bit on sd-scripts, fused AdamW natively (tests/test_effective.py)
     "weight_decay": 0.1,
     "betas": (0.9, 0.99),
     "lr_scheduler": "cosine_with_restarts",

@@ -51,12 +51,35 @@ def component_identity(models_dir: Path, *names: str) -> str:
     return h.hexdigest()[:16]
 
 
-def build_transformer(models_dir: Path, dtype: torch.dtype, gradient_checkpointing: bool) -> torch.nn.Module:
-    """The frozen Cosmos DiT (CosmosTransformer3DModel) in `dtype`, prepared by prepare_frozen_transformer."""
+# RoPE positions per side: sd-scripts' table, enough for the validator's largest bucket side at the
+# default max_bucket_reso 4096 (4096 px / 8 (VAE) / 2 (patch) = 256).
+ROPE_PATCHES = 256
+
+
+def build_transformer(models_dir: Path, dtype: torch.dtype, gradient_checkpointing: bool,
+                      rope_patches: int = ROPE_PATCHES) -> torch.nn.Module:
+    """The frozen Cosmos DiT (CosmosTransformer3DModel) in `dtype`, prepared by prepare_frozen_transformer,
+    with a RoPE table of at least ROPE_PATCHES, or `rope_patches` (effective.Effective.rope_patches: the
+    largest bucket of a larger max_bucket_reso), positions per side."""
     from diffusers import CosmosTransformer3DModel
 
     model = CosmosTransformer3DModel.from_pretrained(Path(models_dir) / "transformer", torch_dtype=dtype)
+    enlarge_rope(model, max(ROPE_PATCHES, rope_patches))
     return prepare_frozen_transformer(model, dtype, gradient_checkpointing)
+
+
+def enlarge_rope(model: torch.nn.Module, patches: int) -> torch.nn.Module:
+    """Let diffusers' Cosmos RoPE cover `patches` positions per side (it covers 128: 2048 px for Anima).
+
+    CosmosRotaryPosEmbed builds its positions as arange(max(max_size)) and slices the first h and w;
+    a bucket side over 2048 px needs more ("Expected size 132 but got size 128"). The frequencies
+    depend only on the head dimension and rope_scale, never on max_size, so a longer range leaves
+    every smaller size's numbers exactly as they were. The saved config is not touched.
+    """
+    rope = model.rope
+    frames, height, width = rope.max_size
+    rope.max_size = [frames, max(height, patches), max(width, patches)]
+    return model
 
 
 def prepare_frozen_transformer(model: torch.nn.Module, dtype: torch.dtype, gradient_checkpointing: bool) -> torch.nn.Module:

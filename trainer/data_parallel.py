@@ -27,17 +27,24 @@ EXIT_DONE, EXIT_STOPPED = 0, 3
 WORKER_ENV = "ANIMA_LORA_WORKER"  # set in each started process so it trains instead of launching again
 
 
-def shard_group(group: Group, num_processes: int, rank: int) -> Group:
-    """This process's micro-batches of one optimizer step: every `num_processes`-th, from `rank`.
+def shard(group_size: int, num_processes: int, rank: int) -> list[tuple[int, float]]:
+    """(index, loss weight) of each micro-batch of one optimizer step that process `rank` runs.
 
-    A short last group is padded by repeating its first micro-batches, so every process runs the same
-    number of forward/backward passes (DDP's gradient all-reduce needs all of them) and no GPU idles.
+    Process `rank` takes every `num_processes`-th micro-batch. A short last group is padded by
+    repeating its first micro-batches, so every process runs the same number of forward/backward
+    passes (DDP's gradient all-reduce needs all of them) and no GPU idles. A repeat keeps its
+    original's index, so it draws the same noise (loop.micro_batch_seed), and each copy's loss weight
+    is divided by its number of copies: after DDP's mean over the processes, the gradient is the mean
+    over the group's micro-batches, exactly what one process accumulating the group computes.
     """
-    if num_processes == 1:
-        return group
-    size = -(-len(group) // num_processes) * num_processes
-    padded = [group[i % len(group)] for i in range(size)]
-    return padded[rank::num_processes]
+    size = -(-group_size // num_processes) * num_processes
+    padded = [i % group_size for i in range(size)]
+    return [(i, num_processes / (group_size * padded.count(i))) for i in padded[rank::num_processes]]
+
+
+def shard_group(group: Group, num_processes: int, rank: int) -> Group:
+    """This process's micro-batches of one optimizer step (see shard)."""
+    return [group[i] for i, _ in shard(len(group), num_processes, rank)]
 
 
 def is_worker() -> bool:

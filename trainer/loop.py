@@ -10,18 +10,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from anima_lora_flow.config import TrainingConfig
+from anima_lora_flow.effective import Effective
+from anima_lora_flow.errors import UserInputError
 
 from .cache import TrainingCache
 from .data import BucketSampler, collate
-from .data_parallel import shard_group
+from .data_parallel import shard
 from .events import EventSink, emit
 from .files import epoch_of, kohya_name, lora_file_name
 from .lora import (
     adapter_state_dict,
+    base_model_metadata,
     kohya_metadata,
     lora_metadata,
     lora_parameters,
@@ -33,6 +37,8 @@ from .loss import Objective, compute_loss
 from .state import OPTIMIZER_KEY, RNG_KEY, SCALER_KEY, SCHEDULER_KEY, TrainingProgress, prune_states, rng_state, save_state
 
 log = logging.getLogger(__name__)
+
+EFFECTIVE_KEY = "effective"  # training_state.pt: the Effective numbers the state was trained with
 
 LOG_EVERY = 10  # steps between loss read-outs: .item() is a host sync, so not every step
 NONFINITE_READS = 3  # loss read-outs in a row that are NaN/inf before the run is called diverged
@@ -68,17 +74,6 @@ def check_finite(s: "Session", params: list[torch.nn.Parameter]) -> None:
 # --- builders -----------------------------------------------------------------------------------
 
 
-def resolve_precision(setting: str) -> str:
-    """'auto' -> bf16 where the GPU has native bf16, fp16 on other GPUs (a T4 only emulates bf16), 'no' on CPU."""
-    if not torch.cuda.is_available():
-        if setting not in ("auto", "no"):
-            log.warning("mixed_precision=%r needs a GPU; training in fp32 on the CPU", setting)
-        return "no"
-    if setting != "auto":
-        return setting
-    return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
-
-
 def weight_dtype(precision: str) -> torch.dtype:
     """dtype of the frozen weights; the LoRA weights stay fp32 (GradScaler needs fp32 grads for fp16)."""
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
@@ -92,46 +87,91 @@ def build_accelerator(precision: str):
     return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
 
 
-def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainingConfig) -> torch.optim.Optimizer:
-    """AdamW (fused on CUDA, foreach elsewhere), AdamW8bit when bitsandbytes exists, or Adafactor."""
+def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainingConfig, eff: Effective) -> torch.optim.Optimizer:
+    """The optimizer `eff` names: AdamW (fused on CUDA, foreach elsewhere), AdamW8bit or Adafactor.
+
+    Raises:
+        UserInputError: adamw8bit without bitsandbytes (the plan refuses it first; never a silent fallback).
+    """
     kwargs = dict(lr=cfg.learning_rate, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adafactor":
+    if eff.optimizer == "adafactor":
         from transformers.optimization import Adafactor
 
         return Adafactor(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, relative_step=False, scale_parameter=False)
-    if cfg.optimizer == "adamw8bit":
+    if eff.optimizer == "adamw8bit":
         try:
             import bitsandbytes as bnb
-
-            return bnb.optim.AdamW8bit(params, **kwargs)
-        except ImportError:
-            log.warning("optimizer='adamw8bit' needs bitsandbytes, which is not installed: using torch AdamW (more memory)")
+        except ImportError as exc:
+            raise UserInputError(
+                "--optimizer adamw8bit needs bitsandbytes, which is not installed: pip install bitsandbytes, "
+                "or use --optimizer auto (torch AdamW, fused on a GPU)"
+            ) from exc
+        return bnb.optim.AdamW8bit(params, **kwargs)
     cuda = all(p.is_cuda for p in params)
     return torch.optim.AdamW(params, fused=True if cuda else None, foreach=None if cuda else True, **kwargs)
 
 
-def effective_warmup_steps(lr_warmup_steps: int, total_steps: int) -> int:
-    """Warm-up clamped to a tenth of the run: min(lr_warmup_steps, max(1, total // 10)); 0 stays 0.
+def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
+    """What was built, in sd-scripts' ss_optimizer form: `module.Class(arg=value,...)` (train_util.py line 5218)."""
+    from accelerate.optimizer import AcceleratedOptimizer
 
-    The seed's 100 warm-up steps would swallow a short run entirely; a tenth keeps a real decay phase.
+    if isinstance(optimizer, AcceleratedOptimizer):
+        optimizer = optimizer.optimizer
+    cls = type(optimizer)
+    defaults = optimizer.defaults
+    args = {k: defaults[k] for k in ("fused", "foreach", "weight_decay", "betas") if defaults.get(k) is not None}
+    return f"{cls.__module__}.{cls.__name__}(" + ",".join(f"{k}={v}" for k, v in args.items()) + ")"
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, eff: Effective, *, step: int = 0,
+                    lr_at_step: float | None = None):
+    """The LR schedule of `eff`'s counts, stepped by the loop once per optimizer step.
+
+    It is never passed through accelerator.prepare: accelerate's prepared scheduler steps once per
+    process when batches are not split, so with 2 GPUs the schedule would run twice as fast (a
+    cosine_with_restarts rate reached 0 halfway). Kept out, it counts optimizer steps whatever the
+    number of processes, and the LR is a pure function of the step (a skipped fp16 step still counts).
+
+    step > 0 starts the schedule there, for a resume whose total steps changed: the shape is the new
+    run's, scaled so that the LR at `step` is `lr_at_step` (the old schedule's), so the rate goes on
+    without a jump. Constant stays constant and linear decays in a straight line from the current
+    rate to 0 at the new end. Cosine keeps its value and follows the new total's cosine tail (a longer
+    run decays more slowly from there). The scale never lifts the peak above the configured LR: when a
+    continuous curve would need that (a resume during a longer new warm-up, a later restart of
+    cosine_with_restarts after shortening), the LR follows the new schedule itself from `step`.
     """
-    return 0 if lr_warmup_steps == 0 else min(lr_warmup_steps, max(1, total_steps // 10))
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, total_steps: int):
     from diffusers.optimization import get_scheduler
 
-    extra = {"num_cycles": cfg.lr_scheduler_num_cycles} if cfg.lr_scheduler == "cosine_with_restarts" else {}
-    return get_scheduler(
-        cfg.lr_scheduler,
-        optimizer,
-        num_warmup_steps=effective_warmup_steps(cfg.lr_warmup_steps, total_steps),
-        num_training_steps=total_steps,
-        **extra,
-    )
+    def make(opt, last_epoch=-1):
+        extra = {"num_cycles": cfg.lr_scheduler_num_cycles} if cfg.lr_scheduler == "cosine_with_restarts" else {}
+        return get_scheduler(cfg.lr_scheduler, opt, num_warmup_steps=eff.scheduler_warmup_steps,
+                             num_training_steps=eff.scheduler_training_steps, last_epoch=last_epoch, **extra)  # fmt: skip
+
+    if step <= 0:
+        return make(optimizer)
+    # The new schedule's factor per step, read from a throwaway optimizer with the same default LR
+    # (polynomial's factor depends on it: its end LR is absolute).
+    shape = make(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=optimizer.defaults["lr"])).lr_lambdas[0]
+    at_step = shape(step)
+    base = cfg.learning_rate if lr_at_step is None or at_step <= 0 else min(cfg.learning_rate, lr_at_step / at_step)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = base  # what a scheduler built with last_epoch >= 0 scales
+    return make(optimizer, last_epoch=step - 1)  # its first internal step lands on `step`
 
 
 # --- the loop -------------------------------------------------------------------------------------
+
+
+def micro_batch_seed(seed: int, step: int, index: int) -> int:
+    """The seed of one micro-batch's draws (noise level, noise, caption dropout).
+
+    A function of the run's seed, the optimizer step and the micro-batch's place in that step, not
+    of the process that runs it: N GPUs draw exactly what one GPU accumulating the same N
+    micro-batches draws, a padded repeat draws what its original drew, and a resume needs no
+    generator state to continue the same draws.
+    """
+    return int(np.random.SeedSequence([seed, step, index]).generate_state(1)[0])
+
 
 
 @dataclass
@@ -150,6 +190,7 @@ class Session:
     """Everything train() works with, built by run.run_training."""
 
     cfg: TrainingConfig
+    effective: Effective
     accelerator: object
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -180,12 +221,13 @@ def train(s: Session) -> TrainResult:
     while p.epoch < cfg.max_train_epochs:
         # The order is a pure function of (seed, epoch): a resume skips the groups already consumed.
         for group in s.sampler.epoch_groups(p.epoch)[p.step_in_epoch :]:
-            mine = shard_group(group, acc.num_processes, acc.process_index)
-            for i, micro_batch in enumerate(mine):
-                batch = collate(micro_batch, s.cache, s.generator, cfg.caption_dropout, acc.device)
+            mine = shard(len(group), acc.num_processes, acc.process_index)
+            for i, (index, weight) in enumerate(mine):
+                s.generator.manual_seed(micro_batch_seed(cfg.seed, p.global_step, index))
+                batch = collate(group[index], s.cache, s.generator, cfg.caption_dropout, acc.device)
                 # DDP averages gradients over the processes at the last backward of the step only.
                 with contextlib.nullcontext() if i == len(mine) - 1 else acc.no_sync(s.model):
-                    loss = compute_loss(s.model, batch, objective, s.generator) / len(mine)
+                    loss = compute_loss(s.model, batch, objective, s.generator) * weight
                     acc.backward(loss)
                 meter.add(loss.detach())
             if cfg.max_grad_norm > 0:
@@ -240,7 +282,7 @@ class LossMeter:
         total = self.total
         if accelerator is not None and accelerator.num_processes > 1 and total is not None:
             total = accelerator.reduce(total.detach().clone(), "mean")  # every process reads at the same steps
-        # each optimizer step's micro-losses were divided by the group size: the sum per step is the mean
+        # each micro-loss carries its share of the step (data_parallel.shard): the sum per step is the step's mean
         value = float(total.item()) / steps if total is not None else math.nan
         elapsed = time.monotonic() - self.time
         self.total, self.count, self.step, self.time = None, 0, step, time.monotonic()
@@ -273,9 +315,11 @@ def save_lora(s: Session, path: Path, prune: bool) -> Path:
     check_finite(s, lora_parameters(model))  # in every process: all raise or none
     if not s.accelerator.is_main_process:
         return path  # process 0 holds the same weights (DDP) and writes the file
-    save_dtype = weight_dtype(s.accelerator.mixed_precision)
+    save_dtype = weight_dtype(s.effective.precision)
     adapter = adapter_state_dict(model)
-    meta = lora_metadata(cfg, steps=p.global_step, epoch=p.epoch, total_steps=p.total_steps, dataset_fingerprint=s.dataset_fingerprint)
+    meta = lora_metadata(cfg, s.effective, optimizer=describe_optimizer(s.optimizer), steps=p.global_step, epoch=p.epoch,
+                         total_steps=p.total_steps, dataset_fingerprint=s.dataset_fingerprint)  # fmt: skip
+    meta.update(base_model_metadata(p.base_model))
     if cfg.save_kohya_lora:  # written first: the checkpoint event below makes the runner sync both
         save_lora_file(path.with_name(kohya_name(path.name)), to_kohya_state_dict(adapter, cfg.network_alpha, save_dtype),
                        kohya_metadata(meta))  # fmt: skip
@@ -311,6 +355,7 @@ def save_full_state(s: Session) -> str:
         SCHEDULER_KEY: s.scheduler.state_dict(),
         SCALER_KEY: acc.scaler.state_dict() if acc.scaler is not None else None,
         RNG_KEY: rngs,
+        EFFECTIVE_KEY: s.effective.record(),
     }
     save_state(folder, p, adapter_state_dict(s.accelerator.unwrap_model(s.model)), training_state)
     prune_states(folder.parent, s.cfg.keep_last_states)

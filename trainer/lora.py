@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 # diffusers module (inside transformer_blocks.{i}) -> original Anima module (inside blocks.{i}).
 # diffusers keeps its table local to _convert_non_diffusers_anima_lora_to_diffusers, so we keep these
@@ -176,17 +176,48 @@ def save_lora_file(path: Path, tensors: dict[str, torch.Tensor], metadata: Mappi
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
+    tmp.write_bytes(reproducible_safetensors(tensors, {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}))
     os.replace(tmp, path)
     return path
+
+
+def reproducible_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+    """safetensors bytes that depend only on the tensors and the metadata: the same run, the same file.
+
+    The safetensors writer keeps metadata in a Rust HashMap, whose order changes from process to
+    process. The header is a JSON object followed by the raw tensor bytes at offsets relative to the
+    end of the header, so it can be written again with its keys sorted (and space-padded to 8 bytes,
+    as the writer aligns it) without touching the data.
+    """
+    data = save(dict(tensors), metadata=dict(metadata))
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + size :]
 
 
 def load_lora_file(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def lora_metadata(cfg, *, steps: int, epoch: int, total_steps: int, dataset_fingerprint: str) -> dict[str, str]:
-    """kohya-style ss_* metadata plus modelspec keys, as strings (safetensors metadata is str -> str)."""
+def base_model_metadata(record: Mapping[str, object]) -> dict[str, str]:
+    """The base model (trainer/state.base_model_record) in kohya's key names where it has them."""
+    out = {"ss_sd_model_name": str(record.get("name") or "")}
+    if record.get("dit_sha256"):
+        out["ss_new_sd_model_hash"] = str(record["dit_sha256"])
+    for key in ("blocks", "hidden_size"):
+        if record.get(key) is not None:
+            out[f"ss_base_model_{key}"] = str(record[key])
+    return out if record else {}
+
+
+def lora_metadata(cfg, eff, *, optimizer: str, steps: int, epoch: int, total_steps: int, dataset_fingerprint: str) -> dict[str, str]:
+    """kohya-style ss_* metadata plus modelspec keys, as strings (safetensors metadata is str -> str).
+
+    Numbers come from `eff` (effective.Effective), the optimizer from what was built (loop.describe_optimizer):
+    the file says what was trained, never "auto". No time stamps: the same run writes the same bytes.
+    """
     return {
         "ss_network_module": "peft.lora (anima-lora-flow native)",
         "ss_network_dim": str(cfg.network_dim),
@@ -194,16 +225,21 @@ def lora_metadata(cfg, *, steps: int, epoch: int, total_steps: int, dataset_fing
         "ss_network_args": json.dumps({"alpha_folded_into": "lora_B"}),
         "ss_base_model_version": "anima",
         "ss_learning_rate": str(cfg.learning_rate),
-        "ss_optimizer": cfg.optimizer,
-        "ss_lr_scheduler": cfg.lr_scheduler,
-        "ss_mixed_precision": cfg.mixed_precision,
+        "ss_optimizer": optimizer,
+        "ss_lr_scheduler": eff.lr_scheduler,
+        "ss_lr_warmup_steps": str(eff.warmup_steps),
+        "ss_mixed_precision": eff.precision,
+        "ss_gradient_checkpointing": str(eff.gradient_checkpointing),
         "ss_resolution": str(cfg.resolution),
         "ss_seed": str(cfg.seed),
         "ss_steps": str(steps),
         "ss_epoch": str(epoch),
+        "ss_num_epochs": str(eff.steps.epochs),
+        "ss_num_batches_per_epoch": str(eff.steps.batches_per_epoch),
         "ss_max_train_steps": str(total_steps),
         "ss_batch_size_per_device": str(cfg.batch_size),
         "ss_gradient_accumulation_steps": str(cfg.gradient_accumulation_steps),
+        "ss_total_batch_size": str(cfg.batch_size * eff.micro_batches_per_step),
         "ss_caption_dropout_rate": str(cfg.caption_dropout),
         "ss_timestep_sampling": cfg.timestep_sampling,
         "ss_sigmoid_scale": str(cfg.sigmoid_scale),

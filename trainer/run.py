@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 from anima_lora_flow.config import TrainingConfig
-from anima_lora_flow.dataset.items import TrainItem
+from anima_lora_flow.dataset.items import TrainItem, samples_per_bucket
+from anima_lora_flow.effective import Effective, Machine, derive
+from anima_lora_flow.errors import UserInputError
 from anima_lora_flow.ui.progress import epoch_position
 
 from .cache import build_cache
@@ -23,12 +25,12 @@ from .data import build_sampler
 from .events import Event, EventSink, emit
 from .lora import build_lora_model, load_adapter_state_dict, lora_parameters
 from .loop import (
+    EFFECTIVE_KEY,
     Session,
     TrainResult,
     build_accelerator,
     build_optimizer,
     build_scheduler,
-    resolve_precision,
     train,
     weight_dtype,
 )
@@ -39,12 +41,14 @@ from .state import (
     SCALER_KEY,
     SCHEDULER_KEY,
     TrainingProgress,
+    apply_new_settings,
+    base_model_record,
     check_resume,
     load_state,
     restore_rng,
 )
 
-__all__ = ["TrainJob", "TrainResult", "run_training", "plan_steps"]
+__all__ = ["TrainJob", "TrainResult", "run_training", "effective_numbers"]
 
 log = logging.getLogger("anima_lora_flow.trainer")
 
@@ -77,11 +81,9 @@ class TrainJob:
         return cls.from_json(json.loads(Path(path).read_text()))
 
 
-def plan_steps(items: list[TrainItem], cfg: TrainingConfig) -> dict[str, int]:
-    """Total optimizer steps, steps per epoch and epochs, by the same functions as the planner."""
-    sampler = build_sampler(items, cfg.batch_size, cfg.micro_batches_per_step, cfg.seed)
-    per_epoch = sampler.steps_per_epoch
-    return {"total_steps": per_epoch * cfg.max_train_epochs, "steps_per_epoch": per_epoch, "epochs": cfg.max_train_epochs}
+def effective_numbers(items: list[TrainItem], cfg: TrainingConfig, machine: Machine | None = None) -> Effective:
+    """The run's numbers (effective.derive) for this machine; one process per GPU of cfg.num_gpus."""
+    return derive(cfg, samples_per_bucket(items), machine or Machine.detect(processes=cfg.num_gpus), "native")
 
 
 def run_training(
@@ -101,10 +103,13 @@ def run_training(
         log.setLevel(logging.INFO)  # so INFO lines reach the sink; the root logger still filters the console
     log.addHandler(forward)
     try:
-        plan = plan_steps(items, cfg)
+        eff = effective_numbers(items, cfg)
         # The step the state holds, so a resumed run's bar starts there and not at 0.
-        emit(sink, "plan", **plan, resume_state=job.resume_state, start_step=_saved_step(job.resume_state))
-        session = build_session(job, cfg, items, models_dir, plan["total_steps"])
+        emit(sink, "plan", total_steps=eff.total_steps, steps_per_epoch=eff.steps_per_epoch, epochs=eff.steps.epochs,
+             warmup_steps=eff.warmup_steps, precision=eff.precision, optimizer=eff.optimizer_class,
+             resume_state=job.resume_state, start_step=_saved_step(job.resume_state))  # fmt: skip
+        log.info("effective numbers: %s", json.dumps(eff.record(), sort_keys=True))
+        session = build_session(job, cfg, items, models_dir, eff)
         session.sink, session.show_progress = sink, show_progress
         session.stop_requested = stop_requested or (lambda: False)
         return train(session)
@@ -112,12 +117,16 @@ def run_training(
         log.removeHandler(forward)
 
 
-def build_session(job: TrainJob, cfg: TrainingConfig, items: list[TrainItem], models_dir: Path, total_steps: int) -> Session:
+def build_session(job: TrainJob, cfg: TrainingConfig, items: list[TrainItem], models_dir: Path, eff: Effective) -> Session:
     """Build every component in dependency order and restore a state if the job names one."""
     _seed_everything(cfg.seed)
-    precision = resolve_precision(cfg.mixed_precision)
-    dtype = weight_dtype(precision)
-    accelerator = build_accelerator(precision)
+    dtype = weight_dtype(eff.precision)
+    accelerator = build_accelerator(eff.precision)
+    if accelerator.num_processes != eff.processes:
+        raise RuntimeError(
+            f"{accelerator.num_processes} training processes, but num_gpus is {eff.processes}: "
+            "start data-parallel runs with `python -m anima_lora_flow.trainer`, which starts one process per GPU"
+        )
     # Caches first: the VAE and the text stack are freed before the transformer is loaded. With
     # several GPUs, process 0 encodes and the others then find every entry on disk. On fp16 GPUs the
     # encoders run in fp32: Qwen3 and the VAE were made for bf16's range, and this runs once per image.
@@ -129,44 +138,83 @@ def build_session(job: TrainJob, cfg: TrainingConfig, items: list[TrainItem], mo
              st.latents_reused, st.latents_encoded, st.texts_reused, st.texts_encoded,
              f"; {st.latents_repaired} latents and {st.texts_repaired} captions encoded again in fp32 (NaN/inf)"
              if st.latents_repaired or st.texts_repaired else "")  # fmt: skip
-    sampler = build_sampler(items, cfg.batch_size, cfg.micro_batches_per_step, cfg.seed)
-    model = build_lora_model(build_transformer(models_dir, dtype, cfg.gradient_checkpointing), cfg.network_dim, cfg.network_alpha, cfg.seed)
-    # The optimizer needs the LoRA parameters; the scheduler needs the optimizer and the step count.
+    sampler = build_sampler(items, cfg.batch_size, eff.micro_batches_per_step, cfg.seed)
+    transformer = build_transformer(models_dir, dtype, eff.gradient_checkpointing, rope_patches=eff.rope_patches)
+    model = build_lora_model(transformer, cfg.network_dim, cfg.network_alpha, cfg.seed)
+    # The optimizer needs the LoRA parameters; the scheduler needs the optimizer and the step counts.
     model.to(accelerator.device)  # before the optimizer is built: it must hold the device's parameters
     speed_up_transformer(accelerator.unwrap_model(model), attention_backend=cfg.attention_backend,
                          compile_blocks=cfg.compile_blocks and accelerator.device.type == "cuda")
-    optimizer = build_optimizer(lora_parameters(model), cfg)
-    scheduler = build_scheduler(optimizer, cfg, total_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    # Each process draws its own noise; process 0 of a data-parallel run draws what a one-GPU run would.
-    generator = torch.Generator(device=accelerator.device).manual_seed(cfg.seed + accelerator.process_index)
+    optimizer = build_optimizer(lora_parameters(model), cfg, eff)
+    # Built before a saved optimizer state is loaded: a new scheduler sets the LR to its step-0 value,
+    # the loaded state then puts the saved one back.
+    scheduler = build_scheduler(optimizer, cfg, eff)
+    # The scheduler stays out of prepare (see loop.build_scheduler): it counts optimizer steps.
+    model, prepared_optimizer = accelerator.prepare(model, optimizer)
+    # Reseeded for every micro-batch (loop.micro_batch_seed); its device is where the draws happen.
+    generator = torch.Generator(device=accelerator.device).manual_seed(cfg.seed)
     fingerprint = cfg.fingerprint(job.dataset_fingerprint)
     progress = TrainingProgress(
-        total_steps=total_steps, steps_per_epoch=sampler.steps_per_epoch, seed=cfg.seed, sampler_seed=sampler.seed,
-        fingerprint=fingerprint, training_fields=cfg.training_fields(),
+        total_steps=eff.total_steps, steps_per_epoch=eff.steps_per_epoch, seed=cfg.seed, sampler_seed=sampler.seed,
+        fingerprint=fingerprint, training_fields=cfg.training_fields(), dataset_fingerprint=job.dataset_fingerprint,
+        base_model=base_model_record(cfg, transformer),
     )  # fmt: skip
     if job.resume_state:
-        progress = _restore(Path(job.resume_state), cfg, fingerprint, accelerator, model, optimizer, scheduler, generator)
+        progress, scheduler = _restore(Path(job.resume_state), cfg, eff, progress, accelerator, model, optimizer,
+                                       scheduler, generator)  # fmt: skip
     return Session(
-        cfg=cfg, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler, sampler=sampler,
-        cache=cache, generator=generator, progress=progress, output_dir=Path(job.output_dir),
+        cfg=cfg, effective=eff, accelerator=accelerator, model=model, optimizer=prepared_optimizer, scheduler=scheduler,
+        sampler=sampler, cache=cache, generator=generator, progress=progress, output_dir=Path(job.output_dir),
         dataset_fingerprint=job.dataset_fingerprint, last_state=job.resume_state,
     )  # fmt: skip
 
 
-def _restore(folder, cfg, fingerprint, accelerator, model, optimizer, scheduler, generator) -> TrainingProgress:
-    """Continue exactly where the state left off: weights, optimizer, LR schedule, scaler, RNGs, data position."""
+def _restore(folder, cfg, eff: Effective, fresh: TrainingProgress, accelerator, model, optimizer, scheduler, generator):
+    """Continue exactly where the state left off: weights, optimizer, LR schedule, scaler, RNGs, data position.
+
+    Returns the progress and the scheduler: a new one when the run's total steps changed (more or
+    fewer epochs), continuing the LR from the saved step (loop.build_scheduler).
+    """
     progress, adapter, training_state = load_state(folder)
-    check_resume(progress, cfg, fingerprint)
+    for change in check_resume(progress, cfg, fresh.fingerprint, dataset_fingerprint=fresh.dataset_fingerprint,
+                               base_model=fresh.base_model):  # fmt: skip
+        log.warning("changed since the saved state: %s", change)
+    if progress.steps_per_epoch != eff.steps_per_epoch:
+        raise UserInputError(
+            f"cannot resume: the state's epochs have {progress.steps_per_epoch} steps, this run's {eff.steps_per_epoch} "
+            "(another batch size, number of GPUs or dataset); restore those settings or start over with restart=True"
+        )
+    if eff.total_steps < progress.global_step:
+        raise UserInputError(
+            f"cannot resume: the state is at step {progress.global_step}, past this run's {eff.total_steps} steps; "
+            "raise max_train_epochs or start over with restart=True"
+        )
     load_adapter_state_dict(accelerator.unwrap_model(model), adapter)
     optimizer.load_state_dict(training_state[OPTIMIZER_KEY])
+    # Saved after the last step: the rate the next step would use, and the peak it was scaled from.
+    saved_lr, saved_peak = optimizer.param_groups[0]["lr"], optimizer.param_groups[0].get("initial_lr")
     scheduler.load_state_dict(training_state[SCHEDULER_KEY])
+    apply_new_settings(optimizer, scheduler, cfg, progress.training_fields)
+    progress.adopt(fresh)  # after apply_new_settings, which reads the saved settings
+    if progress.total_steps != eff.total_steps:
+        # More or fewer epochs: the schedule is re-planned for the new total from this step, continuing
+        # from the saved rate (scaled when the learning rate setting changed too).
+        lr_at_step = saved_lr * cfg.learning_rate / saved_peak if saved_peak else saved_lr
+        scheduler = build_scheduler(optimizer, cfg, eff, step=progress.global_step, lr_at_step=lr_at_step)
+        log.info("the run now has %d steps instead of %d: the LR schedule continues from step %d at %.3g",
+                 eff.total_steps, progress.total_steps, progress.global_step, scheduler.get_last_lr()[0])  # fmt: skip
+        progress.total_steps = eff.total_steps
     if accelerator.scaler is not None and training_state[SCALER_KEY] is not None:
         accelerator.scaler.load_state_dict(training_state[SCALER_KEY])
+    saved = training_state.get(EFFECTIVE_KEY) or {}
+    changed = [f"{k} {saved[k]} -> {v}" for k, v in eff.record().items()
+               if k in ("precision", "optimizer_class") and k in saved and saved[k] != v]  # fmt: skip
+    if changed:  # auto settings resolve per machine: a T4 state resumed on an L4 goes on in bf16
+        log.warning("resuming on another kind of machine: %s", "; ".join(changed))
     restore_rng(training_state[RNG_KEY], generator, accelerator.process_index)
     log.info("resumed from %s at step %d of %d (%s)", folder, progress.global_step, progress.total_steps,
              epoch_position(progress.epoch, progress.step_in_epoch, cfg.max_train_epochs))  # fmt: skip
-    return progress
+    return progress, scheduler
 
 
 def _saved_step(resume_state: str | None) -> int:

@@ -17,12 +17,13 @@ import torch
 from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.dataset.items import TrainItem
 from anima_lora_flow.dataset.items import samples_per_bucket
+from anima_lora_flow.effective import Machine
 from anima_lora_flow.planner.steps import count_steps
-from anima_lora_flow.trainer.data_parallel import launch_workers, merge_exit_codes, shard_group
+from anima_lora_flow.trainer.data_parallel import launch_workers, merge_exit_codes, shard, shard_group
 from anima_lora_flow.trainer.events import read_events
 from anima_lora_flow.trainer.lora import load_lora_file
 from anima_lora_flow.trainer.process import signal_group, start_process_group
-from anima_lora_flow.trainer.run import TrainJob, plan_steps
+from anima_lora_flow.trainer.run import TrainJob, effective_numbers
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
@@ -33,6 +34,20 @@ def test_each_process_gets_an_equal_share_of_every_step():
     assert shares == [[[0], [2]], [[1], [0]]]  # padded by repeating the first micro-batch
     assert shard_group([[4], [5], [6], [7]], 2, 1) == [[5], [7]]
     assert shard_group(group, 1, 0) == group
+
+
+def test_shard_weights_make_the_step_the_mean_over_its_micro_batches():
+    # After DDP's mean over the processes, each distinct micro-batch must weigh 1/len(group), as in one
+    # process accumulating the group: a padded repeat shares its original's weight.
+    for size in range(1, 8):
+        for procs in (1, 2, 3, 4):
+            total: dict[int, float] = {}
+            for rank in range(procs):
+                for index, weight in shard(size, procs, rank):
+                    total[index] = total.get(index, 0.0) + weight / procs
+            assert sorted(total) == list(range(size))
+            assert all(abs(w - 1 / size) < 1e-12 for w in total.values()), (size, procs, total)
+    assert shard(1, 2, 1) == [(0, 1.0)]  # the repeat of a lone micro-batch: the same gradient, not half of it
 
 
 def test_exit_codes_merge_to_what_the_supervisor_understands():
@@ -55,10 +70,10 @@ def test_steps_per_epoch_shrink_by_the_gpu_count_in_planner_and_trainer(tmp_path
     items = [TrainItem(tmp_path / f"{i}.png", "c", (256, 256), repeats=1) for i in range(5)]
     for gpus in (1, 2):
         cfg = TrainingConfig(project_name="p", dataset="d", num_gpus=gpus, gradient_accumulation_steps=1, max_train_epochs=3)
-        trainer = plan_steps(items, cfg)
+        trainer = effective_numbers(items, cfg, Machine(processes=gpus))
         planner = count_steps(samples_per_bucket(items), cfg.batch_size, cfg.micro_batches_per_step, cfg.max_train_epochs)
-        assert trainer["total_steps"] == planner.total_steps
-    assert plan_steps(items, cfg)["steps_per_epoch"] == 3  # 5 batches over 2 GPUs: ceil(5 / 2)
+        assert trainer.total_steps == planner.total_steps
+    assert effective_numbers(items, cfg, Machine(processes=2)).steps_per_epoch == 3  # 5 batches over 2 GPUs: ceil(5 / 2)
 
 
 @pytest.fixture
@@ -104,6 +119,42 @@ def test_two_processes_train_stop_and_resume_to_the_same_weights(tmp_path, dp_jo
     expected, got = load_lora_file(events[-1]["lora"]), load_lora_file(final["lora"])
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_two_processes_follow_the_one_process_schedule_and_weights(tmp_path, items, tiny_model, tiny_config):
+    """2 processes x 1 micro-batch per step against 1 process accumulating 2: the same run.
+
+    Before the fix, accelerate's prepared scheduler stepped once per process, so the 2-process LR ran
+    at twice the speed (cosine_with_restarts reached 0 halfway), and each process drew its own noise.
+    """
+    # 39 batches in pairs: 20 steps, the last one a lone micro-batch (padded with its own repeat on 2 processes)
+    many = [TrainItem(i.image_path, i.caption, i.bucket, repeats=13) for i in items]
+
+    def run(name: str, **overrides):
+        config = tiny_config(max_train_epochs=1, save_every_n_epochs=0, **overrides)
+        job = TrainJob(config, [i.to_json() for i in many], str(tiny_model), str(tmp_path / "work"), str(tmp_path / name))
+        events_file = tmp_path / f"{name}.jsonl"
+        done = _train(job.save(tmp_path / f"{name}.json"), events_file)
+        assert done.returncode == 0, done.stderr[-3000:]
+        events = list(read_events(events_file))
+        return [e for e in events if e.event == "step"], load_lora_file(events[-1]["lora"])
+
+    one_steps, one_lora = run("one", num_gpus=1, gradient_accumulation_steps=2)
+    two_steps, two_lora = run("two", num_gpus=2, gradient_accumulation_steps=1)
+    assert [e["step"] for e in two_steps] == [e["step"] for e in one_steps] == [10, 20]
+    assert [e["lr"] for e in two_steps] == [e["lr"] for e in one_steps]
+    assert two_steps[0]["lr"] > 1e-4  # at 2x speed the cosine had reached 0 at step 10
+    for a, b in zip(one_steps, two_steps):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+    # Tolerance: the only difference in arithmetic is where the two micro-batch gradients are summed (the
+    # 1-process run adds g0/2 and g1/2 into .grad, DDP sums g0 and g1 over gloo and divides by 2). In fp32
+    # halving is exact and a sum of two terms does not depend on their order, so the files are expected to
+    # be bit-identical; 1e-6 of the largest weight leaves room for a gloo or kernel build that rounds once
+    # differently in one step, which 20 Adam steps at lr 1e-3 cannot grow past that.
+    assert one_lora.keys() == two_lora.keys()
+    scale = max(t.abs().max().item() for t in one_lora.values())
+    for key in one_lora:
+        assert torch.allclose(one_lora[key], two_lora[key], rtol=0, atol=1e-6 * scale), key
 
 
 def test_sigterm_to_the_group_stops_every_process_with_a_state(tmp_path, dp_job):

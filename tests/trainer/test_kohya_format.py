@@ -16,6 +16,7 @@ from diffusers.loaders.lora_pipeline import AnimaLoraLoaderMixin
 from safetensors import safe_open
 
 from anima_lora_flow.config import TrainingConfig
+from anima_lora_flow.effective import Machine, derive
 from anima_lora_flow.trainer.components import build_transformer
 from anima_lora_flow.trainer.files import epoch_of, kohya_name
 from anima_lora_flow.trainer.lora import (
@@ -48,7 +49,8 @@ def files(tiny_model, tmp_path_factory, tiny_inputs, random_lora_model):
     with torch.no_grad():
         expected = model(**tiny_inputs())[0]
     cfg = TrainingConfig(dataset="x", network_dim=RANK, network_alpha=ALPHA, resolution=256)
-    meta = lora_metadata(cfg, steps=5, epoch=1, total_steps=5, dataset_fingerprint="abc")
+    eff = derive(cfg, {(256, 256): 5}, Machine())
+    meta = lora_metadata(cfg, eff, optimizer="torch.optim.adamw.AdamW()", steps=5, epoch=1, total_steps=5, dataset_fingerprint="abc")
     peft_state = adapter_state_dict(model)
     comfy = save_lora_file(
         tmp_path_factory.mktemp("lora") / "tiny-000001.safetensors",

@@ -10,6 +10,7 @@ from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_anima
 from safetensors import safe_open
 
 from anima_lora_flow.config import TrainingConfig
+from anima_lora_flow.effective import Machine, derive
 from anima_lora_flow.trainer.components import build_transformer
 from anima_lora_flow.trainer.lora import (
     DIFFUSERS_TO_ORIGINAL,
@@ -32,7 +33,8 @@ def test_export_loads_in_diffusers_and_matches(tiny_model, tmp_path, tiny_inputs
     path = save_lora_file(
         tmp_path / "tiny.safetensors",
         to_comfy_state_dict(adapter_state_dict(model), cfg.network_scale, torch.float32),
-        lora_metadata(cfg, steps=5, epoch=1, total_steps=5, dataset_fingerprint="abc"),
+        lora_metadata(cfg, derive(cfg, {(256, 256): 5}, Machine()), optimizer="torch.optim.adamw.AdamW()", steps=5, epoch=1,
+                      total_steps=5, dataset_fingerprint="abc"),
     )
 
     state = load_lora_file(path)

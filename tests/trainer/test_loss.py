@@ -9,7 +9,6 @@ import torch
 
 from anima_lora_flow.errors import NotBuiltError
 from anima_lora_flow.trainer.components import build_transformer
-from anima_lora_flow.trainer.loop import effective_warmup_steps
 from anima_lora_flow.trainer.loss import Objective, compute_loss, sample_sigmas
 
 
@@ -38,10 +37,3 @@ def test_loss_is_finite_fp32_and_deterministic(tiny_model):
     again = compute_loss(model, batch, Objective(), torch.Generator().manual_seed(1))
     assert loss.dtype == torch.float32 and loss.ndim == 0 and math.isfinite(loss.item())
     assert torch.equal(loss, again)
-
-
-def test_warmup_clamp_rule():
-    assert effective_warmup_steps(100, 6) == 1
-    assert effective_warmup_steps(100, 500) == 50
-    assert effective_warmup_steps(100, 5000) == 100
-    assert effective_warmup_steps(0, 500) == 0

@@ -1,9 +1,10 @@
 """The sd-scripts training and dataset TOML files, rendered from `TrainingConfig` (seed notebook keys).
 
 The seed's keys and order are kept (seed-behaviour §5) except its mistakes: the no-op
-`noise_offset`/`multires_noise_discount` are dropped, warm-up is clamped to the run, optimizer
-arguments follow the optimizer, and every value is checked against sd-scripts' choices, since a
-`--config_file` TOML skips its argparse checks.
+`noise_offset`/`multires_noise_discount` are dropped, warm-up is the native trainer's (effective.py),
+optimizer arguments follow the optimizer, and every value is checked against sd-scripts' choices,
+since a `--config_file` TOML skips its argparse checks. Step counts, warm-up, precision and the
+optimizer are effective.py's numbers, so both backends train the same schedule.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import tomli_w
 
 from anima_lora_flow.config import TrainingConfig
+from anima_lora_flow.effective import resolve_optimizer, warmup_steps
 from anima_lora_flow.errors import UserInputError
 
 # Config names -> sd-scripts `optimizer_type` (matched case-insensitively by sd-scripts).
@@ -45,19 +47,6 @@ ATTN_MODES = ("torch", "xformers", "flash", "sageattn", "sdpa")
 _RUN_ID = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
-def clamp_warmup(warmup: int, total_steps: int) -> int:
-    """Warm-up steps that fit the run: a warm-up as long as the run becomes a tenth of it.
-
-    The seed's fixed 100 steps never reached the target LR on runs of 100 steps or fewer.
-    Same rule as the native trainer.
-    """
-    if total_steps <= 0:
-        return 0
-    if warmup >= total_steps:
-        return max(0, total_steps // 10)
-    return warmup
-
-
 def config_file_names(project: str, run_id: str) -> tuple[str, str]:
     """Training and dataset TOML names; the run id keeps two runs on one day apart (seed bug 11.1.4)."""
     if not _RUN_ID.match(run_id):
@@ -68,7 +57,7 @@ def config_file_names(project: str, run_id: str) -> tuple[str, str]:
 def optimizer_args(config: TrainingConfig) -> list[str]:
     """`optimizer_args` strings (sd-scripts `literal_eval`s each value) that the optimizer accepts."""
     args = [f"weight_decay={config.weight_decay}"]
-    if config.optimizer == "adafactor":
+    if resolve_optimizer(config.optimizer, "sd-scripts") == "adafactor":
         # With relative_step (transformers' default) Adafactor ignores our LR and scheduler.
         return args + ["relative_step=False", "scale_parameter=False", "warmup_init=False"]
     beta1, beta2 = config.betas
@@ -89,22 +78,23 @@ def render_training_toml(
     output_dir: str,
     mixed_precision: str,
     run_date: dt.date | str,
+    total_steps: int,
     resume_dir: str | None = None,
     save_state: bool = True,
-    total_steps: int | None = None,
     save_every_n_steps: int | None = None,
 ) -> dict[str, Any]:
     """The flat training TOML as a dict, in the seed's key order.
 
-    `mixed_precision` is the resolved value (bf16/fp16/no, never auto). `total_steps` clamps the
-    warm-up (unclamped when None). `resume_dir` resumes from an sd-scripts state folder.
+    `mixed_precision` and `total_steps` are the plan's effective values (effective.Effective.precision
+    and .total_steps): bf16/fp16/no, never auto, and the optimizer steps sd-scripts will count from
+    max_train_epochs. The warm-up is derived from them. `resume_dir` resumes from an sd-scripts state.
+
+    Raises:
+        ValueError: no step count (a caller bug, not a user's); an unresolved precision is refused by
+            validate_sdscripts_args.
     """
-    if config.lr_scheduler == "constant":
-        warmup = 0  # sd-scripts raises "constant does not require num_warmup_steps"
-    elif total_steps is None:
-        warmup = config.lr_warmup_steps
-    else:
-        warmup = clamp_warmup(config.lr_warmup_steps, total_steps)
+    if total_steps is None:
+        raise ValueError("render_training_toml needs the effective total steps (the plan's), got None")
     training: dict[str, Any] = {
         "pretrained_model_name_or_path": str(dit),
         "qwen3": str(qwen3),
@@ -114,11 +104,11 @@ def render_training_toml(
         "network_alpha": _number(config.network_alpha),
         "network_train_unet_only": True,  # required while text-encoder outputs are cached
         "learning_rate": float(config.learning_rate),
-        "optimizer_type": OPTIMIZER_NAMES[config.optimizer],
+        "optimizer_type": OPTIMIZER_NAMES[resolve_optimizer(config.optimizer, "sd-scripts")],
         "optimizer_args": optimizer_args(config),
         "lr_scheduler": config.lr_scheduler,
         "lr_scheduler_num_cycles": config.lr_scheduler_num_cycles,
-        "lr_warmup_steps": warmup,
+        "lr_warmup_steps": warmup_steps(config.lr_warmup_steps, total_steps, config.lr_scheduler),
         "max_train_epochs": config.max_train_epochs,
         "train_batch_size": config.batch_size,
         "gradient_accumulation_steps": config.gradient_accumulation_steps,

@@ -9,7 +9,6 @@ import pytest
 from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.errors import UserInputError
 from anima_lora_flow.trainer.sdscripts.render import (
-    clamp_warmup,
     config_file_names,
     render_dataset_toml,
     render_training_toml,
@@ -99,13 +98,14 @@ def _config(**overrides) -> TrainingConfig:
 
 
 def _training(config: TrainingConfig | None = None, **kwargs) -> dict:
-    args = dict(dit=DIT, qwen3=QWEN3, vae=VAE, output_dir=OUT, mixed_precision="bf16", run_date="2026-02-21")
+    # 1000 steps: the seed's 100 warm-up steps are a tenth of it, so they stay as the seed wrote them.
+    args = dict(dit=DIT, qwen3=QWEN3, vae=VAE, output_dir=OUT, mixed_precision="bf16", run_date="2026-02-21", total_steps=1000)
     return render_training_toml(config or _config(), **{**args, **kwargs})
 
 
 class TestTrainingToml:
     def test_matches_the_seed_key_by_key(self):
-        parsed = tomllib.loads(to_toml(_training(total_steps=500)))
+        parsed = tomllib.loads(to_toml(_training()))
         expected = {k: v for k, v in SEED_TRAINING.items() if k not in DROPPED}
         for key, value in expected.items():
             assert parsed[key] == value, key
@@ -119,18 +119,23 @@ class TestTrainingToml:
         keys = [k for k in _training() if k in SEED_TRAINING]
         assert keys == [k for k in SEED_TRAINING if k not in DROPPED]
 
-    def test_warmup_is_clamped_to_short_runs(self):
+    def test_warmup_is_the_native_trainers(self):
+        # effective.warmup_steps: at most a tenth of the run. Before, the TOML kept 100 steps on a run of 500
+        # (the native trainer used 50) and on one of 101 steps.
         assert _training(total_steps=80)["lr_warmup_steps"] == 8
-        assert _training(total_steps=100)["lr_warmup_steps"] == 10
-        assert _training(total_steps=101)["lr_warmup_steps"] == 100
+        assert _training(total_steps=101)["lr_warmup_steps"] == 10
+        assert _training(total_steps=500)["lr_warmup_steps"] == 50
+        assert _training(total_steps=5)["lr_warmup_steps"] == 1
         assert _training(_config(lr_scheduler="constant"), total_steps=1000)["lr_warmup_steps"] == 0
 
-    def test_clamp_warmup(self):
-        assert clamp_warmup(100, 1000) == 100
-        assert clamp_warmup(100, 100) == 10
-        assert clamp_warmup(100, 5) == 0
-        assert clamp_warmup(0, 50) == 0
-        assert clamp_warmup(10, 0) == 0
+    def test_needs_the_step_count(self):
+        with pytest.raises(ValueError, match="total steps"):
+            _training(total_steps=None)
+
+    def test_auto_optimizer_is_the_seeds_adamw8bit(self):
+        assert _config().optimizer == "auto"
+        assert _training()["optimizer_type"] == "AdamW8bit"
+        assert _training(_config(optimizer="adamw8bit"))["optimizer_type"] == "AdamW8bit"
 
     def test_optimizer_args_follow_the_optimizer(self):
         adafactor = _training(_config(optimizer="adafactor"))
@@ -263,7 +268,7 @@ def test_render_configs_writes_valid_named_files(tmp_path):
     assert tomllib.loads(dataset_path.read_text()) == rendered.dataset
     with pytest.raises(UserInputError, match="mixed_precision='auto'"):
         render_configs(_config(), run_id="r", image_dir="/d", dit=DIT, qwen3=QWEN3, vae=VAE, output_dir=OUT,
-                       mixed_precision="auto", run_date="2026-02-21")  # fmt: skip
+                       mixed_precision="auto", run_date="2026-02-21", total_steps=50)  # fmt: skip
 
 
 def test_nested_and_kohya_folders_become_one_subset_each(tmp_path):
