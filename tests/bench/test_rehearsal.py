@@ -1,6 +1,6 @@
 """The full-size rehearsal's code path at a reduced size (same layouts, 28 blocks, tiny widths): about 5 min.
 
-Run it with `python -m pytest -m slow tests/bench/test_rehearsal.py`; plain `pytest` skips it (conftest.py).
+Run it with `python -m pytest -m slow tests/bench/test_rehearsal.py`; plain `pytest` deselects it (pyproject addopts).
 The real size is `python bench/rehearse.py --json rehearsal.json` (bench/NOTES.md).
 """
 

@@ -82,7 +82,6 @@ def test_task_publishes_the_report_before_failing(tmp_path: Path, monkeypatch):
     assert "only.gif" in published[0]["markdown"]
 
 
-@pytest.mark.slow
 def test_task_in_a_flow_creates_the_artifact(prefect_harness, good_folder: Path, tmp_path: Path):
     from prefect import flow
     from prefect.client.orchestration import get_client
