@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from anima_lora_flow.core.hashing import sha256_file
 from anima_lora_flow.dataset.extract import ExtractLimits, is_archive, left_in_archive, safe_extract
 from anima_lora_flow.dataset.fetch import cache_key, classify_source, download_drive, download_fsspec, download_http
 from anima_lora_flow.dataset.formats import IMAGE_EXTENSIONS, is_image
@@ -86,7 +86,7 @@ def extract_to_work_dir(archive: Path, work_dir: Path, limits: ExtractLimits | N
         if archive.suffix.lower() in (".zip", ".tar", ".gz", ".tgz"):
             raise DatasetError(f"{archive.name} is not a readable archive (corrupt or cut short); download or zip it again")
         raise DatasetError(f"{archive.name} is neither a folder nor a .zip/.tar archive; pass a folder of images or a .zip of it")
-    dest = work_dir / "datasets" / _file_hash(archive)[:16]
+    dest = work_dir / "datasets" / sha256_file(archive)[:16]
     if dest.is_dir():  # safe_extract renames a finished extraction into place, so this one is whole
         return dest
     return safe_extract(archive, dest, limits)
@@ -111,14 +111,6 @@ def _is_web_page(path: Path) -> bool:
 def _url_file_name(url: str) -> str:
     name = Path(unquote(urlparse(url).path)).name
     return name if name and not name.startswith(".") else "dataset.zip"
-
-
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _nothing_to_train(report: DatasetReport) -> str:

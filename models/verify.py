@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 
+from ..core.hashing import sha256_file
 from .errors import ModelInputError
 
-_CHUNK = 8 * 1024 * 1024
 DISK_MARGIN = 0.10  # headroom for temporary files and the filesystem's own rounding
-
-
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 8 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class HashRecord:
@@ -40,7 +30,7 @@ class HashRecord:
         entry = self._data.get(real)
         if entry and entry["size"] == stat.st_size and entry["mtime_ns"] == stat.st_mtime_ns:
             return entry["sha256"]
-        digest = sha256_of(Path(real))
+        digest = sha256_file(real)
         self._data[real] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
         self._save()
         return digest

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.hashing import sha256_file
 from ..trainer.files import epoch_of, kohya_name, lora_file_name
 from .location import Location
 
@@ -64,14 +65,6 @@ class StateInfo:
     @property
     def total_steps(self) -> int | None:
         return self.manifest.get("total_steps")
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class StateVerificationError(OSError):
@@ -232,15 +225,8 @@ class RunStore:
                 raise StateVerificationError(
                     f"state at step {state.step}: {rel} has {size} bytes, manifest says {meta['size']}"
                 )
-            if check_hashes and self._remote_sha256(path) != meta["sha256"]:
+            if check_hashes and sha256_file(path, self.fs) != meta["sha256"]:
                 raise StateVerificationError(f"state at step {state.step}: {rel} does not match its sha256")
-
-    def _remote_sha256(self, path: str) -> str:
-        digest = hashlib.sha256()
-        with self.fs.open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(CHUNK), b""):
-                digest.update(chunk)
-        return digest.hexdigest()
 
     def iter_valid_states(self, *, check_hashes: bool = False) -> Iterator[tuple[StateInfo, str | None]]:
         """Newest first: (state, None) for a verified state, (state, reason) for one to skip."""
