@@ -16,8 +16,8 @@ from pydantic_core import PydanticUndefined
 
 from .config import TrainingConfig, canonical_choice, load_config_file, unwrap_optional
 from .dataset.commands import add_validate_parser
-from .models.commands import add_models_parser
 from .errors import NotBuiltError, UserInputError
+from .models.commands import add_models_parser
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -147,8 +147,8 @@ def dry_run(config: TrainingConfig, *, as_json: bool) -> int:
 def preflight(config: TrainingConfig) -> None:
     """Cheap checks of a user's input before a Prefect server is started (the flow repeats them)."""
     from .dataset.fetch import classify_source
-    from .storage import resolve_storage
     from .prefect_env import check_api_reachable
+    from .storage import resolve_storage
     from .tasks.preflight import check_supported, ensure_local_folders
 
     check_supported(config)

@@ -6,11 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from anima_lora_flow.config import TrainingConfig, cache_root
-from anima_lora_flow.dataset.intake import prepare_dataset
-from anima_lora_flow.dataset.report import DatasetError
-from anima_lora_flow.errors import UserInputError
-from anima_lora_flow.storage.location import ensure_cache_folder, ensure_local_folder
+from ..config import TrainingConfig, cache_root
+from ..errors import UserInputError
+from ..storage.location import ensure_cache_folder, ensure_local_folder
+from .intake import prepare_dataset
+from .report import DatasetError
 
 
 def add_validate_parser(subparsers) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from anima_lora_flow.core.hashing import sha256_file
-from anima_lora_flow.dataset.extract import ExtractLimits, is_archive, left_in_archive, safe_extract
-from anima_lora_flow.dataset.fetch import cache_key, classify_source, download_drive, download_fsspec, download_http
-from anima_lora_flow.dataset.formats import IMAGE_EXTENSIONS, is_image
-from anima_lora_flow.dataset.report import DatasetError, DatasetReport
-from anima_lora_flow.dataset.tokens import find_caption_tokenizers
-from anima_lora_flow.dataset.validate import validate_folder
+from ..core.hashing import sha256_file
+from .extract import ExtractLimits, is_archive, left_in_archive, safe_extract
+from .fetch import cache_key, classify_source, download_drive, download_fsspec, download_http
+from .formats import IMAGE_EXTENSIONS, is_image
+from .report import DatasetError, DatasetReport
+from .tokens import find_caption_tokenizers
+from .validate import validate_folder
 
 __all__ = ["DatasetError", "DatasetReport", "ExtractLimits", "locate_dataset", "prepare_dataset"]
 

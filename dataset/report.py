@@ -10,9 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from anima_lora_flow.dataset.buckets import Bucket
-from anima_lora_flow.dataset.items import TrainItem, samples_per_bucket
-from anima_lora_flow.errors import UserInputError
+from ..errors import UserInputError
+from .buckets import Bucket
+from .items import TrainItem, samples_per_bucket
 
 # What happens to the file: problems are "skipped"; warnings say what the trainer will do instead.
 Verdict = Literal["skipped", "ignored", "converted", "trained", "note"]

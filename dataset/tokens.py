@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from anima_lora_flow.errors import UserInputError
+from ..errors import UserInputError
 
 WINDOW = 512  # Anima's min_sequence_length, used when the models are not here to say it
 
@@ -102,8 +102,8 @@ def find_caption_tokenizers(models_dir: str | Path | None = None, base_model: st
             raise UserInputError(
                 f"--models-dir {folder} has no usable tokenizers ({exc}); point it at a Diffusers-format Anima folder"
             ) from exc
-    from anima_lora_flow.config import TrainingConfig
-    from anima_lora_flow.models.download import ready_models
+    from ..config import TrainingConfig
+    from ..models.download import ready_models
 
     paths = ready_models(base_model or TrainingConfig.model_fields["base_model"].default, "native")
     if paths is None or paths.diffusers_dir is None or not has_tokenizers(paths.diffusers_dir):

@@ -15,12 +15,12 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
-from anima_lora_flow.config import TrainingConfig
-from anima_lora_flow.dataset.buckets import Bucket, assign_bucket, cover_size, make_buckets
-from anima_lora_flow.dataset.formats import is_caption, is_image, is_junk
-from anima_lora_flow.dataset.orientation import exif_orientation, upright_size
-from anima_lora_flow.dataset.tokens import WINDOW, CaptionTokenizers, cut_reason
-from anima_lora_flow.dataset.report import DatasetError, DatasetReport, ImageRecord, Issue, bucket_histogram, fingerprint
+from ..config import TrainingConfig
+from .buckets import Bucket, assign_bucket, cover_size, make_buckets
+from .formats import is_caption, is_image, is_junk
+from .orientation import exif_orientation, upright_size
+from .report import DatasetError, DatasetReport, ImageRecord, Issue, bucket_histogram, fingerprint
+from .tokens import WINDOW, CaptionTokenizers, cut_reason
 
 MIN_IMAGE_SIDE = 64  # below this an image carries no detail even in the smallest bucket
 MAX_IMAGE_PIXELS = 8192 * 8192  # larger ones are decompression bombs or need downscaling first

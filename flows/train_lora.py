@@ -10,24 +10,24 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging.loggers import flow_run_logger
 from prefect.runtime import flow_run
 
-from anima_lora_flow.config import TrainingConfig
-from anima_lora_flow.planner.guard import guard_for
-from anima_lora_flow.planner.refine import refine
-from anima_lora_flow.runner.prepare import dry_run_result
-from anima_lora_flow.runner.train import new_run_id
-from anima_lora_flow.tasks.artifacts import artifact_key
-from anima_lora_flow.tasks.dataset import prepare_dataset_task
-from anima_lora_flow.tasks.history import label_this_flow_run, mark_stale_runs_crashed_task
-from anima_lora_flow.tasks.models import download_models_task
-from anima_lora_flow.storage.lock import acquire_project_lock
-from anima_lora_flow.tasks.plan import plan_task
-from anima_lora_flow.tasks.resume import check_resume_task
-from anima_lora_flow.tasks.preflight import check_supported, ensure_local_folders
-from anima_lora_flow.tasks.sdscripts import sd_scripts_dry_run_task
-from anima_lora_flow.tasks.storage import mount_storage_task, open_run_store, record_run_task, store_json_task
-from anima_lora_flow.tasks.train import train_task
-from anima_lora_flow.ui.console import FOR_CONSOLE
-from anima_lora_flow.ui.summary import summary_markdown
+from ..config import TrainingConfig
+from ..planner.guard import guard_for
+from ..planner.refine import refine
+from ..runner.prepare import dry_run_result
+from ..runner.train import new_run_id
+from ..storage.lock import acquire_project_lock
+from ..tasks.artifacts import artifact_key
+from ..tasks.dataset import prepare_dataset_task
+from ..tasks.history import label_this_flow_run, mark_stale_runs_crashed_task
+from ..tasks.models import download_models_task
+from ..tasks.plan import plan_task
+from ..tasks.preflight import check_supported, ensure_local_folders
+from ..tasks.resume import check_resume_task
+from ..tasks.sdscripts import sd_scripts_dry_run_task
+from ..tasks.storage import mount_storage_task, open_run_store, record_run_task, store_json_task
+from ..tasks.train import train_task
+from ..ui.console import FOR_CONSOLE
+from ..ui.summary import summary_markdown
 
 
 def tell_how_to_resume(flow, flow_run, state) -> None:
@@ -107,6 +107,6 @@ def _download_and_train(config: TrainingConfig, report, plan, run_id: str, start
 if __name__ == "__main__":
     import sys
 
-    from anima_lora_flow.cli import main
+    from ..cli import main
 
     sys.exit(main(["train", *sys.argv[1:]]))

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from anima_lora_flow.errors import UserInputError
+from ..errors import UserInputError
 
 from . import registry
 from .download import ensure_models

@@ -10,7 +10,7 @@ from typing import Literal
 
 from huggingface_hub import constants
 
-from anima_lora_flow.config import cache_root
+from ..config import cache_root
 
 from . import registry
 from .convert import convert_single_file_dit

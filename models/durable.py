@@ -14,7 +14,7 @@ from pathlib import Path
 
 from huggingface_hub.file_download import repo_folder_name
 
-from anima_lora_flow.storage.location import Location, resolve_location
+from ..storage.location import Location, resolve_location
 
 from .hub import Hub, Manifest, RemoteFile
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from anima_lora_flow.errors import UserInputError
+from ..errors import UserInputError
 
 
 class ModelDownloadError(Exception):

@@ -7,10 +7,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TextIO
 
-from anima_lora_flow.config import TrainingConfig
-from anima_lora_flow.errors import UserInputError
-from anima_lora_flow.planner.plan import make_plan
-from anima_lora_flow.platforms.detect import PlatformInfo, detect_platform
+from ..config import TrainingConfig
+from ..errors import UserInputError
+from ..platforms.detect import PlatformInfo, detect_platform
+from .plan import make_plan
 
 
 def run_plan(

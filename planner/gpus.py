@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from anima_lora_flow.errors import UserInputError
-from anima_lora_flow.platforms.gpu import GpuInfo
+from ..errors import UserInputError
+from ..platforms.gpu import GpuInfo
 
 
 @dataclass(frozen=True)

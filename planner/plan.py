@@ -9,19 +9,19 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from anima_lora_flow.config import TrainingConfig
-from anima_lora_flow.effective import Effective, Machine, derive
-from anima_lora_flow.errors import UserInputError
-from anima_lora_flow.planner import render
-from anima_lora_flow.planner.gpus import is_notebook_gpu, named_gpu
-from anima_lora_flow.planner.guard import DEFAULT_MARGIN_S, DEFAULT_SAVE_COST_S
-from anima_lora_flow.planner.memory import MemoryEstimate, check_memory
-from anima_lora_flow.planner.rates import Rate, lookup_rate
-from anima_lora_flow.planner.steps import StepCount, count_steps, with_repeats
-from anima_lora_flow.planner.suggest import largest_epochs, largest_repeats, max_steps_within
-from anima_lora_flow.platforms.detect import COLAB_FREE_LIMIT_S, HOUR, PlatformInfo
-from anima_lora_flow.platforms.durable import is_durable_storage
-from anima_lora_flow.platforms.gpu import GpuInfo
+from ..config import TrainingConfig
+from ..effective import Effective, Machine, derive
+from ..errors import UserInputError
+from ..platforms.detect import COLAB_FREE_LIMIT_S, HOUR, PlatformInfo
+from ..platforms.durable import is_durable_storage
+from ..platforms.gpu import GpuInfo
+from . import render
+from .gpus import is_notebook_gpu, named_gpu
+from .guard import DEFAULT_MARGIN_S, DEFAULT_SAVE_COST_S
+from .memory import MemoryEstimate, check_memory
+from .rates import Rate, lookup_rate
+from .steps import StepCount, count_steps, with_repeats
+from .suggest import largest_epochs, largest_repeats, max_steps_within
 
 Decision = Literal["ok", "stop", "resume", "proceed"]
 # Per-session setup before the first step: install, ~5.6 GB of models, latent and text caching (estimated).

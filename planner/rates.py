@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from anima_lora_flow.planner.gpus import find_spec
+from .gpus import find_spec
 
 Speed = Literal["fast", "slow"]  # fast: native bf16 or fp16 tensor cores; slow: fp32 or emulated bf16
 Status = Literal["measured", "estimated"]

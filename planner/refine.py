@@ -6,7 +6,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from anima_lora_flow.planner.plan import Plan, refresh_timing
+from .plan import Plan, refresh_timing
 
 
 class RateTracker:

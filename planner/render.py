@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from anima_lora_flow.planner.plan import Plan
+    from .plan import Plan
 
 
 def rows(plan: "Plan") -> list[tuple[str, str]]:

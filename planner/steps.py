@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from anima_lora_flow.effective import StepCount, count_steps
+from ..effective import StepCount, count_steps
 
 __all__ = ["StepCount", "count_steps", "with_repeats"]
 

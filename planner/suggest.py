@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from anima_lora_flow.planner.steps import count_steps, with_repeats
+from .steps import count_steps, with_repeats
 
 
 def max_steps_within(seconds: float, sec_per_step: float) -> int:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, computed_field
 
-from anima_lora_flow.platforms.gpu import GpuInfo, query_torch_gpu
+from .gpu import GpuInfo, query_torch_gpu
 
 PlatformKind = Literal["colab", "kaggle", "local", "prefect-worker"]
 

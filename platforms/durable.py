@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import PurePosixPath
 
-from anima_lora_flow.platforms.detect import PlatformInfo
+from .detect import PlatformInfo
 
 # Local folders that survive a Colab/Kaggle session: Drive, and Kaggle's saved output folder.
 _DURABLE_PREFIXES = ("/content/drive", "/kaggle/working")

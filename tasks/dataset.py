@@ -9,11 +9,11 @@ from prefect.exceptions import MissingContextError
 from prefect.artifacts import create_markdown_artifact
 from prefect.tasks import exponential_backoff
 
-from anima_lora_flow.config import TrainingConfig
-from anima_lora_flow.dataset.fetch import is_transient
-from anima_lora_flow.dataset.report import DatasetError, DatasetReport
-from anima_lora_flow.runner.prepare import dataset_report
-from anima_lora_flow.tasks.artifacts import artifact_key as shared_artifact_key
+from ..config import TrainingConfig
+from ..dataset.fetch import is_transient
+from ..dataset.report import DatasetError, DatasetReport
+from ..runner.prepare import dataset_report
+from .artifacts import artifact_key as shared_artifact_key
 
 
 def _retry_on_network_error(task, task_run, state) -> bool:

@@ -10,8 +10,8 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from prefect.tasks import exponential_backoff
 from prefect.utilities.hashing import hash_objects
 
-from anima_lora_flow.config import TrainingConfig
-from anima_lora_flow.models.download import ModelInputError, ModelPaths, ensure_models, ready_models, validate_models_dir
+from ..config import TrainingConfig
+from ..models.download import ModelInputError, ModelPaths, ensure_models, ready_models, validate_models_dir
 
 from .retry import retry_unless_user_error
 

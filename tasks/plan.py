@@ -5,11 +5,11 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from anima_lora_flow.config import TrainingConfig
-from anima_lora_flow.planner.plan import Plan, enforce_plan
-from anima_lora_flow.platforms.detect import detect_platform
-from anima_lora_flow.runner.prepare import plan_run
-from anima_lora_flow.tasks.artifacts import artifact_key
+from ..config import TrainingConfig
+from ..planner.plan import Plan, enforce_plan
+from ..platforms.detect import detect_platform
+from ..runner.prepare import plan_run
+from .artifacts import artifact_key
 
 
 @task(name="plan")  # no retries: nothing here is transient

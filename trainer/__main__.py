@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    from anima_lora_flow.errors import UserInputError
+    from ..errors import UserInputError
 
     from .data_parallel import is_worker, launch_workers
     from .events import JsonLinesSink, emit

@@ -21,11 +21,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from anima_lora_flow.dataset.buckets import cover_size
-from anima_lora_flow.dataset.items import TrainItem
-from anima_lora_flow.dataset.orientation import upright
-from anima_lora_flow.dataset.tokens import cut_reason, load_caption_tokenizers
-from anima_lora_flow.errors import UserInputError
+from ..dataset.buckets import cover_size
+from ..dataset.items import TrainItem
+from ..dataset.orientation import upright
+from ..dataset.tokens import cut_reason, load_caption_tokenizers
+from ..errors import UserInputError
 
 from .components import TextStack, build_text_stack, build_vae, component_identity, latent_stats, release_memory
 

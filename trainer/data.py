@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from anima_lora_flow.dataset.buckets import batches_per_epoch, optimizer_steps_per_epoch
-from anima_lora_flow.dataset.items import TrainItem, samples_per_bucket
+from ..dataset.buckets import batches_per_epoch, optimizer_steps_per_epoch
+from ..dataset.items import TrainItem, samples_per_bucket
 
 from .cache import TrainingCache
 

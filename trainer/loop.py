@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from anima_lora_flow.config import TrainingConfig
-from anima_lora_flow.effective import Effective
-from anima_lora_flow.errors import UserInputError
+from ..config import TrainingConfig
+from ..effective import Effective
+from ..errors import UserInputError
 
 from .cache import TrainingCache
 from .data import BucketSampler, collate

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from anima_lora_flow.errors import NotBuiltError
+from ..errors import NotBuiltError
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from anima_lora_flow.config import TrainingConfig
-from anima_lora_flow.dataset.items import TrainItem, samples_per_bucket
-from anima_lora_flow.effective import Effective, Machine, derive
-from anima_lora_flow.errors import UserInputError
-from anima_lora_flow.ui.progress import epoch_position
+from ..config import TrainingConfig
+from ..dataset.items import TrainItem, samples_per_bucket
+from ..effective import Effective, Machine, derive
+from ..errors import UserInputError
+from ..ui.progress import epoch_position
 
 from .cache import build_cache
 from .components import build_transformer, check_models_dir, speed_up_transformer

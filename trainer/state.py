@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from anima_lora_flow.config import TrainingConfig, change_note, resume_differences
-from anima_lora_flow.errors import UserInputError
+from ..config import TrainingConfig, change_note, resume_differences
+from ..errors import UserInputError
 
 ADAPTER_FILE = "adapter.safetensors"
 TRAINING_STATE_FILE = "training_state.pt"
@@ -194,7 +194,7 @@ def base_model_record(cfg: TrainingConfig, transformer: torch.nn.Module) -> dict
     heads, head_dim = conf.get("num_attention_heads"), conf.get("attention_head_dim")
     sha256 = None
     if not cfg.models_dir:  # a folder of the user's may hold anything: only a pinned download is known
-        from anima_lora_flow.models.registry import base_model  # noqa: PLC0415
+        from ..models.registry import base_model  # noqa: PLC0415
 
         sha256 = base_model(cfg.base_model).dit.sha256
     return {

@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from anima_lora_flow.trainer.events import Event
+from ..events import Event
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _BAR = re.compile(r"^steps:\s*\d+%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)\s*\[(?P<info>[^\]]*)\]\s*$")

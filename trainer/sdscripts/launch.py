@@ -18,11 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from anima_lora_flow.config import TrainingConfig
-from anima_lora_flow.trainer.events import Event, EventSink, emit
-from anima_lora_flow.trainer.process import stop_process_group
-from anima_lora_flow.trainer.sdscripts.console import ConsoleParser
-from anima_lora_flow.trainer.sdscripts.oom import detect_oom, kernel_oom_lines, oom_advice, uptime_seconds
+from ...config import TrainingConfig
+from ..events import Event, EventSink, emit
+from ..process import stop_process_group
+from .console import ConsoleParser
+from .oom import detect_oom, kernel_oom_lines, oom_advice, uptime_seconds
 
 _POLL_S = 0.5  # how often a stop request is checked while the trainer is quiet
 

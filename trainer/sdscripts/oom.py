@@ -6,7 +6,7 @@ import re
 import subprocess
 from collections.abc import Iterable
 
-from anima_lora_flow.config import TrainingConfig
+from ...config import TrainingConfig
 
 _CUDA_OOM = re.compile(r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED", re.IGNORECASE)
 _KERNEL_OOM = re.compile(r"Out of memory|Killed process|oom_reaper|oom-kill", re.IGNORECASE)

@@ -17,9 +17,9 @@ from typing import Any
 
 import tomli_w
 
-from anima_lora_flow.config import TrainingConfig
-from anima_lora_flow.effective import resolve_optimizer, warmup_steps
-from anima_lora_flow.errors import UserInputError
+from ...config import TrainingConfig
+from ...effective import resolve_optimizer, warmup_steps
+from ...errors import UserInputError
 
 # Config names -> sd-scripts `optimizer_type` (matched case-insensitively by sd-scripts).
 OPTIMIZER_NAMES = {"adamw8bit": "AdamW8bit", "adamw": "AdamW", "adafactor": "Adafactor"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from anima_lora_flow.config import TrainingConfig
-from anima_lora_flow.trainer.sdscripts.console import ConsoleParser
+from ...config import TrainingConfig
+from .console import ConsoleParser
 
 TRAIN_STATE_FILE = "train_state.json"  # {"current_epoch": e, "current_step": s}, written by sd-scripts
 

@@ -32,9 +32,9 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
-from anima_lora_flow.dataset.orientation import exif_orientation, upright
-from anima_lora_flow.dataset.report import DatasetError, DatasetReport, ImageRecord
-from anima_lora_flow.errors import UserInputError
+from ...dataset.orientation import exif_orientation, upright
+from ...dataset.report import DatasetError, DatasetReport, ImageRecord
+from ...errors import UserInputError
 
 STAGE_VERSION = 1  # bump when the layout or the file rules change, so old stages are not reused
 MANIFEST = "manifest.json"
