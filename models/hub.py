@@ -1,10 +1,8 @@
-"""Talk to the Hub through huggingface_hub: list a repo's files, download one, retry, and name the fix on failure."""
+"""Talk to the Hub through huggingface_hub: list a repo's files, download one, and name the fix on failure."""
 
 from __future__ import annotations
 
 import json
-import logging
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -23,7 +21,6 @@ from huggingface_hub.utils import filter_repo_objects
 
 from .errors import ModelDownloadError, ModelInputError, ModelNetworkError
 
-log = logging.getLogger("anima_lora_flow.models")
 T = TypeVar("T")
 
 # Errors worth another attempt: httpx/httpx2 and requests spell them alike, so match by class name.
@@ -79,14 +76,12 @@ class Manifest:
 
 @dataclass
 class Hub:
-    """Where files come from (endpoint, token) and go (HF cache, our state folder), and how hard to retry."""
+    """Where files come from (endpoint, token) and go (HF cache, our state folder)."""
 
     cache_dir: Path
     state_dir: Path
     endpoint: str | None = None
     token: str | None = None
-    attempts: int = 4
-    backoff_s: float = 2.0
 
     @property
     def url(self) -> str:
@@ -128,7 +123,7 @@ def fetch_manifest(hub: Hub, repo_id: str, revision: str) -> Manifest:
     def call():
         return api.model_info(repo_id, revision=revision, files_metadata=True)
 
-    info = with_retries(hub, f"listing {repo_id}", call, repo_id=repo_id, first_contact=True)
+    info = translated(hub, f"listing {repo_id}", call, repo_id=repo_id, first_contact=True)
     files = [
         RemoteFile(
             filename=s.rfilename,
@@ -157,7 +152,7 @@ def download(hub: Hub, manifest: Manifest, file: RemoteFile, *, force: bool = Fa
             force_download=force,
         )
 
-    return Path(with_retries(hub, f"downloading {manifest.repo_id}/{file.filename}", call, repo_id=manifest.repo_id))
+    return Path(translated(hub, f"downloading {manifest.repo_id}/{file.filename}", call, repo_id=manifest.repo_id, retried=True))
 
 
 def remove_cached(path: Path) -> None:
@@ -168,33 +163,33 @@ def remove_cached(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def with_retries(hub: Hub, what: str, call: Callable[[], T], *, repo_id: str, first_contact: bool = False) -> T:
-    """Run `call`, retrying transient network errors with exponential backoff; translate the rest.
+def translated(hub: Hub, what: str, call: Callable[[], T], *, repo_id: str, first_contact: bool = False,
+               retried: bool = False) -> T:
+    """Run `call` once; a failure becomes one sentence that names the fix.
 
-    `first_contact` marks the first request of a run: if it can never connect, the machine is offline,
-    which the user fixes (internet switch, proxy), so that case is not left to Prefect retries.
+    One retry layer per operation. huggingface_hub retries a file download itself (the metadata request
+    with backoff on 408/429/5xx and network errors, the body resumed with a Range request after a cut),
+    so a download passes `retried=True` and its network error is final: Prefect's task retries skip it
+    (tasks/retry.py). The listing (HfApi.model_info) has no retries of its own: its network errors are
+    left to the models task's retries. `first_contact` marks the listing: if it cannot connect at all,
+    the machine is offline, which the user fixes (internet switch, proxy), so no layer retries that.
     """
-    for attempt in range(hub.attempts):
-        try:
-            return call()
-        except ModelDownloadError:
+    try:
+        return call()
+    except ModelDownloadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - classified below; unknown errors are re-raised unchanged
+        error = classify(exc, hub=hub, what=what, repo_id=repo_id, first_contact=first_contact)
+        if error is None:
             raise
-        except Exception as exc:  # noqa: BLE001 - classified below; unknown errors are re-raised unchanged
-            error, transient = classify(exc, hub=hub, what=what, repo_id=repo_id, first_contact=first_contact)
-            if error is None:
-                raise
-            if not transient or attempt == hub.attempts - 1:
-                raise error from exc
-            delay = hub.backoff_s * 2**attempt
-            log.warning("%s failed (%s); retrying in %.0f s", what, type(exc).__name__, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+        error.retried = retried
+        raise error from exc
 
 
 def classify(
     exc: BaseException, *, hub: Hub, what: str, repo_id: str, first_contact: bool
-) -> tuple[ModelDownloadError | None, bool]:
-    """(error to raise, worth retrying). (None, False) for errors that are bugs, not download problems."""
+) -> ModelDownloadError | None:
+    """The error to raise instead of `exc`; None for errors that are bugs, not download problems."""
     page = f"{hub.url}/{repo_id}"
     if isinstance(exc, LocalEntryNotFoundError) and exc.__cause__ is not None and not constants.is_offline_mode():
         # hf_hub_download wraps the real HEAD failure (HTTP status, connection) when the file is not cached.
@@ -202,40 +197,40 @@ def classify(
     if isinstance(exc, GatedRepoError):
         return ModelInputError(
             f"{repo_id} is gated: accept its terms at {page} and set HF_TOKEN to a token of that account"
-        ), False
+        )
     if isinstance(exc, RepositoryNotFoundError):
         return ModelInputError(
             f"{repo_id} was not found at {hub.url} (or it is private): check the name, or set HF_TOKEN to a token with access"
-        ), False
+        )
     if isinstance(exc, RevisionNotFoundError):
-        return ModelInputError(f"{repo_id} has no such revision: check the revision name at {page}"), False
+        return ModelInputError(f"{repo_id} has no such revision: check the revision name at {page}")
     if isinstance(exc, RemoteEntryNotFoundError):
         return ModelInputError(
             f"{what}: the file is not in {repo_id} (HTTP 404); it may have been renamed: pick another --base-model "
             "or update anima-lora-flow"
-        ), False
+        )
     if _offline_mode(exc):
         return ModelInputError(
             f"{what}: HF_HUB_OFFLINE is set and the file is not in the local cache; unset HF_HUB_OFFLINE "
             "or train from a local Diffusers-format copy with `anima-lora train --models-dir DIR`"
-        ), False
+        )
     if isinstance(exc, HfHubHTTPError) and exc.response is not None:
         status = exc.response.status_code
         if status in (401, 403):
-            return ModelInputError(f"{what}: HTTP {status}, access denied; set HF_TOKEN to a token that can read {page}"), False
+            return ModelInputError(f"{what}: HTTP {status}, access denied; set HF_TOKEN to a token that can read {page}")
         if status in (408, 429) or status >= 500:
-            return ModelNetworkError(f"{what}: the Hub answered HTTP {status}; wait a minute and run again"), True
+            return ModelNetworkError(f"{what}: the Hub answered HTTP {status}; wait a minute and run again")
     names = _chain_names(exc)
     if names & _CONNECT_NAMES and first_contact:
         return ModelInputError(
             f"cannot reach {hub.url}: check the internet connection (on Kaggle switch Internet on in the "
             "notebook settings), or train from a local Diffusers-format copy with `anima-lora train --models-dir DIR`"
-        ), True
+        )
     if names & _TRANSIENT_NAMES or isinstance(exc, LocalEntryNotFoundError) or _consistency_error(exc):
         return ModelNetworkError(
             f"{what} failed ({type(exc).__name__}): the connection dropped; run again, finished files are kept"
-        ), True
-    return None, False
+        )
+    return None
 
 
 def _chain_names(exc: BaseException) -> set[str]:

@@ -27,7 +27,7 @@ def hub_online(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-tokens"))
     monkeypatch.setenv("ANIMA_LORA_CACHE", str(tmp_path / "anima-cache"))
-    monkeypatch.setattr("anima_lora_flow.models.hub.time.sleep", lambda s: None)
+    monkeypatch.setattr("time.sleep", lambda s: None)  # huggingface_hub's own backoff
 
 
 @pytest.fixture

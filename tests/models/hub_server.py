@@ -47,7 +47,7 @@ class Faults:
 
     truncate: dict[str, list[int]] = field(default_factory=dict)  # send only N bytes, then drop the connection
     corrupt: dict[str, int] = field(default_factory=dict)  # number of GETs that return flipped bytes
-    status: dict[str, list[int]] = field(default_factory=dict)  # answer HEAD/GET with these statuses first
+    status: dict[str, list[int]] = field(default_factory=dict)  # answer HEAD/GET with these statuses first ("api/<repo>": the listing)
 
 
 class FakeHub:
@@ -121,6 +121,8 @@ def _handler(hub: FakeHub):
             return repo
 
         def _api(self, repo_id: str) -> None:
+            if (status := hub._take(hub.faults.status, f"api/{repo_id}")) is not None:
+                return self._error(status, None)
             repo = self._repo(repo_id)
             if repo is None:
                 return

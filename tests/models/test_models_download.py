@@ -124,6 +124,31 @@ class TestFaults:
             ensure_models("anima-base-v1.0", backend="sd-scripts", cache_dir=tmp_path / "m", endpoint=fake_hub.url)
         assert isinstance(info.value, OSError) and not isinstance(info.value, UserInputError)
 
+    def test_a_download_is_retried_by_huggingface_hub_alone(self, fake_hub, tmp_path):
+        """One retry layer: huggingface_hub's backoff, not a loop of ours around it nor Prefect's task retries after it."""
+        from prefect.states import Failed
+
+        from anima_lora_flow.tasks.retry import retry_unless_user_error
+
+        fake_hub.faults.status[TE] = [503] * 40
+        with pytest.raises(ModelNetworkError) as info:
+            ensure_models("anima-base-v1.0", backend="sd-scripts", cache_dir=tmp_path / "m", endpoint=fake_hub.url)
+        tries = [r for r in fake_hub.requests if r[1].endswith("/" + TE)]
+        assert 2 <= len(tries) <= 7  # huggingface_hub: one quick try, then up to six with backoff
+        assert retry_unless_user_error(None, None, Failed(data=info.value)) is False
+
+    def test_a_failed_listing_is_left_to_the_task_retries(self, fake_hub, tmp_path):
+        from prefect.states import Failed
+
+        from anima_lora_flow.tasks.retry import retry_unless_user_error
+
+        fake_hub.faults.status[f"api/{registry.SINGLE_FILE_REPO}"] = [503]
+        with pytest.raises(ModelNetworkError, match="HTTP 503") as info:
+            ensure_models("anima-base-v1.0", backend="sd-scripts", cache_dir=tmp_path / "m", endpoint=fake_hub.url)
+        assert retry_unless_user_error(None, None, Failed(data=info.value)) is True
+        paths = ensure_models("anima-base-v1.0", backend="sd-scripts", cache_dir=tmp_path / "m", endpoint=fake_hub.url)
+        assert sha(paths.text_encoder) == registry.TEXT_ENCODER.sha256
+
     def test_no_internet_names_the_fix(self, hub_online, tmp_path):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
