@@ -16,10 +16,9 @@ from pydantic_core import PydanticUndefined
 
 from .config import TrainingConfig, canonical_choice, load_config_file, unwrap_optional
 from .dataset.commands import add_validate_parser
-from .errors import NotBuiltError, UserInputError
+from .errors import EXIT_BAD_INPUT, EXIT_OK, NotBuiltError, UserInputError, error_line, exit_code, one_line, speaking_to
+from .errors import user_error_names as _user_error_names
 from .models.commands import add_models_parser
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 DESCRIPTION = """\
 Train Anima LoRAs on Colab, Kaggle or your own GPU, as a resumable Prefect flow.
@@ -31,10 +30,6 @@ Start here:
   anima-lora train --dataset ./my_dataset --storage /content/drive/MyDrive/lora_training/output
 Run the same train command again after a disconnect: it resumes from the last saved state.
 """
-
-
-class BadInput(Exception):
-    """Raised inside the CLI for a bad flag; becomes exit code 2."""
 
 
 # --- config flags -----------------------------------------------------------------------------
@@ -96,13 +91,13 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainingConfig:
         try:
             from_file = load_config_file(config_file)
         except (OSError, ValueError) as exc:
-            raise BadInput(str(exc)) from exc
+            raise UserInputError(str(exc)) from exc
     from_flags = {name: getattr(args, name) for name in TrainingConfig.model_fields if getattr(args, name, None) is not None}
     from_flags.update({k: v for k, v in overrides.items() if v is not None})
     values = {**from_file, **from_flags}
     if "dataset" not in values:
         in_file = f", or write dataset = \"...\" in {config_file}" if config_file else ""
-        raise BadInput(f"no dataset given: pass --dataset PATH_OR_URL (a folder, a .zip, a Drive link or a URL){in_file}")
+        raise UserInputError(f"no dataset given: pass --dataset PATH_OR_URL (a folder, a .zip, a Drive link or a URL){in_file}")
     try:
         return TrainingConfig(**values)
     except ValidationError as exc:
@@ -110,10 +105,10 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainingConfig:
         message = _problem(first)
         field = str(first["loc"][0]) if first["loc"] else ""
         if field not in TrainingConfig.model_fields:  # a cross-field check: its message names the flags
-            raise BadInput(message) from exc
+            raise UserInputError(message) from exc
         if field in from_file and field not in from_flags:  # blame the line the user wrote, not a flag never typed
-            raise BadInput(f"{config_file}: {field}: {message}") from exc
-        raise BadInput(f"--{field.replace('_', '-')}: {message}") from exc
+            raise UserInputError(f"{config_file}: {field}: {message}") from exc
+        raise UserInputError(f"--{field.replace('_', '-')}: {message}") from exc
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -138,7 +133,7 @@ def dry_run(config: TrainingConfig, *, as_json: bool) -> int:
     try:
         result = prepare_dry_run(config, new_run_id(), log=say)
     except ResumeRefusedError as exc:
-        print(f"would refuse: {_one_line(exc)}", file=sys.stderr)
+        print(f"would refuse: {one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     _print_result(config, result, as_json=as_json)
     return EXIT_OK
@@ -187,15 +182,6 @@ def run_flow(config: TrainingConfig, *, dry_run: bool = False, verbose: bool = F
 
 
 _FAILED_STATE = re.compile(r"encountered an exception:? (\w+):")
-
-
-def _user_error_names() -> set[str]:
-    names, todo = set(), [UserInputError, NotBuiltError]
-    while todo:
-        cls = todo.pop()
-        names.add(cls.__name__)
-        todo.extend(cls.__subclasses__())
-    return names
 
 
 def _no_console_echo_of_user_errors(record: logging.LogRecord) -> bool:
@@ -257,9 +243,9 @@ def _saved_progress(config: TrainingConfig, report) -> tuple[int, list[str]]:
             return 0, []
         point = judge_resume(store, config, report.fingerprint)
     except ResumeRefusedError as exc:
-        return 0, [f"train would refuse the saved state: {_one_line(exc)}"]
+        return 0, [f"train would refuse the saved state: {one_line(exc)}"]
     except (OSError, UserInputError) as exc:  # the plan stands without it; train will meet the storage itself
-        return 0, [f"saved states in {config.storage} not read ({_one_line(exc)}): counted from step 0"]
+        return 0, [f"saved states in {config.storage} not read ({one_line(exc)}): counted from step 0"]
     if point.state is None:
         return 0, point.notes
     return point.step, [point.describe().splitlines()[0], *point.changes]
@@ -285,7 +271,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         # The runner's advice names train's flags; demo has no --project-name, and its own --restart.
         reason = str(exc).split("; run again with --restart")[0]
         elsewhere = "another --work-dir and --storage" if args.storage else "another --work-dir"
-        raise BadInput(f"{reason}; run `anima-lora demo --restart` to start over (old states are archived), "
+        raise UserInputError(f"{reason}; run `anima-lora demo --restart` to start over (old states are archived), "
                        f"or pass {elsewhere}") from exc
     _print_result(config, result, as_json=args.json)
     return EXIT_OK
@@ -297,7 +283,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     store = RunStore(resolve_location(args.storage), args.project)
     if not store.fs.exists(store.root):
-        raise BadInput(f"no project '{args.project}' in {args.storage}; check --storage and the project name")
+        raise UserInputError(f"no project '{args.project}' in {args.storage}; check --storage and the project name")
     print(status_text(store, as_json=args.json))
     return EXIT_OK
 
@@ -446,24 +432,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     try:
-        return args.func(args)
-    except (BadInput, UserInputError) as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except NotBuiltError as exc:  # the user asked for something this version cannot do: bad input, not a crash
-        print(f"error: not built yet: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted: the trainer was stopped; run the same command again to resume", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence: one line, exit 1
-        print(f"error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_FAILED
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return " ".join(text.split())
+        with speaking_to("cli"):  # every message below names settings as this command's flags
+            return args.func(args)
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the CLI's last line of defence: one line
+        print(error_line(exc, "cli"), file=sys.stderr)
+        return exit_code(exc)
 
 
 if __name__ == "__main__":
