@@ -131,6 +131,13 @@ def download_http(url: str, dest: Path, *, attempts: int = 5, backoff: float = 2
     the ones saved with it (an updated dataset must not be trained from a stale copy); when the server
     cannot be asked, the copy is used with a one-line notice.
 
+    This is the only retry layer of an http(s) dataset (the dataset task has no retries of its own).
+    Why not fsspec's HTTP filesystem (measured with fsspec 2026.9 against the servers of
+    tests/dataset/test_dataset_fetch.py): its `get_file` neither retries nor resumes, so a connection
+    cut at 200 of 400 KB failed the download after one request; its ranged reads refuse a server
+    without Range support (`python -m http.server`: "The HTTP server doesn't appear to support range
+    requests"); and it keeps no ETag/Last-Modified stamp to revalidate a cached copy against.
+
     Raises:
         DatasetError: the server refuses the URL (404, 401, 403...), its host cannot be reached (name
             not resolved, connection refused), or it answers with a web page instead of a file:
@@ -150,7 +157,9 @@ def download_http(url: str, dest: Path, *, attempts: int = 5, backoff: float = 2
             part.replace(dest)
             _stamp_path(dest).write_text(json.dumps(stamp))
             return dest
-        except (requests.RequestException, FetchError) as exc:
+        except Exception as exc:  # noqa: BLE001 - classified by is_transient; anything else is raised as it is
+            if not is_transient(exc):
+                raise
             unreachable = unreachable_error(url, exc)
             if unreachable:  # DNS or a closed port does not heal during a backoff: say so now
                 raise unreachable from exc

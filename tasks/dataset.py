@@ -7,29 +7,21 @@ import logging
 from prefect import get_run_logger, task
 from prefect.exceptions import MissingContextError
 from prefect.artifacts import create_markdown_artifact
-from prefect.tasks import exponential_backoff
 
 from ..config import TrainingConfig
-from ..dataset.fetch import is_transient
 from ..dataset.report import DatasetError, DatasetReport
 from ..runner.prepare import dataset_report
 from .artifacts import artifact_key as shared_artifact_key
-
-
-def _retry_on_network_error(task, task_run, state) -> bool:
-    """Retry downloads that failed on the network; never bad input (UserInputError) or bugs."""
-    try:
-        state.result()
-    except Exception as exc:  # noqa: BLE001  (re-raised by state.result(), classified here)
-        return is_transient(exc)
-    return False
 
 
 def artifact_key(project_name: str) -> str:
     return shared_artifact_key("dataset-report", project_name)
 
 
-@task(retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=10), retry_condition_fn=_retry_on_network_error)
+# No task retries: each download retries in its own library, once (an http(s) URL in dataset/fetch.py's
+# resumable client, Drive in gdown, gs://, s3://, hf:// in their fsspec filesystems); retrying the task
+# around them multiplied the tries (5 x 3 for a URL).
+@task
 def prepare_dataset_task(config: TrainingConfig) -> DatasetReport:
     """Fetch, extract and validate the dataset; publish the report as a markdown artifact."""
     try:
