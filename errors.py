@@ -32,25 +32,30 @@ FLOW_PARAMETERS = frozenset({"dry_run"})
 # U+2039/U+203A around the setting's name: readable if a message ever escapes unrendered, and absent from
 # paths, URLs and TOML, so rendering cannot touch anything else in a message.
 _OPEN, _CLOSE = "\u2039", "\u203a"
-_PLACEHOLDER = re.compile(f"{_OPEN}([a-z][a-z0-9_]*){_CLOSE}")
+_PLACEHOLDER = re.compile(f"{_OPEN}([a-z][a-z0-9_]*)(?:=([^{_CLOSE}]*))?{_CLOSE}")
 _AUDIENCE: contextvars.ContextVar[Audience | None] = contextvars.ContextVar("anima_lora_audience", default=None)
 
 
-def setting(name: str) -> str:
-    """A placeholder for the setting `name` (a config field, or a command's own option such as `gpu`)."""
+def setting(name: str, value: object = None) -> str:
+    """A placeholder for the setting `name` (a config field, or a command's own option such as `gpu`),
+    with the value it has or should have when one is given: rendered as `--num-gpus 2` or `num_gpus=2`."""
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise ValueError(f"setting names are snake_case config fields, got {name!r}")
-    return f"{_OPEN}{name}{_CLOSE}"
+    shown = "" if value is None else f"={' '.join(map(str, value)) if isinstance(value, tuple) else value}"
+    return f"{_OPEN}{name}{shown}{_CLOSE}"
 
 
-def spell(name: str, audience: Audience | None = None) -> str:
-    """How `audience` (default: the current one) writes the setting `name`."""
+def spell(name: str, audience: Audience | None = None, value: str | None = None) -> str:
+    """How `audience` (default: the current one) writes the setting `name`, with `value` when given."""
     audience = audience or current_audience()
     if audience == "cli":
-        return "--" + name.replace("_", "-")
-    if audience == "flow" and name not in FLOW_PARAMETERS:
-        return f"config.{name}"
-    return name  # the notebooks' form fields carry the config fields' names
+        flag = "--" + name.replace("_", "-")
+        if value in ("True", "False"):  # argparse.BooleanOptionalAction: --x / --no-x
+            return flag if value == "True" else "--no-" + flag[2:]
+        return flag if value is None else f"{flag} {value}"
+    # The notebooks' form fields carry the config fields' names; the flow's parameter is `config`.
+    spelled = f"config.{name}" if audience == "flow" and name not in FLOW_PARAMETERS else name
+    return spelled if value is None else f"{spelled}={value}"
 
 
 def render(message: str | BaseException, audience: Audience | None = None) -> str:
@@ -59,7 +64,7 @@ def render(message: str | BaseException, audience: Audience | None = None) -> st
         text = message.reason
     else:
         text = message if isinstance(message, str) else str(message)
-    return _PLACEHOLDER.sub(lambda m: spell(m.group(1), audience), text)
+    return _PLACEHOLDER.sub(lambda m: spell(m.group(1), audience, m.group(2)), text)
 
 
 def current_audience() -> Audience:
