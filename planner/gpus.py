@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import UserInputError
+from ..errors import UserInputError, setting
 from ..platforms.gpu import GpuInfo
 
 
@@ -64,7 +64,7 @@ def named_gpu(name: str) -> GpuInfo:
     spec = find_spec(name)
     if spec is None:
         known = ", ".join(s.name for s in GPU_SPECS)
-        raise UserInputError(f"unknown GPU {name!r} for --gpu; use one of: {known}")
+        raise UserInputError(f"unknown GPU {name!r} for {setting('gpu')}; use one of: {known}", field="gpu")
     return GpuInfo(name=spec.name, memory_gib=spec.memory_gib, capability=spec.capability)
 
 

@@ -11,7 +11,8 @@ from pydantic import BaseModel, Field
 
 from ..config import TrainingConfig
 from ..effective import Effective, Machine, derive
-from ..errors import UserInputError
+from ..errors import UserInputError, setting
+from ..errors import render as spoken
 from ..platforms.detect import COLAB_FREE_LIMIT_S, HOUR, PlatformInfo
 from ..platforms.durable import is_durable_storage
 from ..platforms.gpu import GpuInfo
@@ -146,7 +147,7 @@ def make_plan(
         plan.suggestions = _suggestions(config, eff, samples_per_bucket, plan, gpu_info, left)
     plan.warnings += _warnings(config, plan, gpu_info, platform)
     if plan.fits is False and with_repeats(samples_per_bucket, config.repeats, 1) is None:
-        plan.warnings.append("per-folder (kohya) repeats: --repeats does not change them; lower the N_ folder prefixes instead")
+        plan.warnings.append(spoken(f"per-folder (kohya) repeats: {setting('repeats')} does not change them; lower the N_ folder prefixes instead"))
     return plan
 
 
@@ -262,19 +263,20 @@ def _decide(plan: Plan, config: TrainingConfig, gpu: GpuInfo | None) -> tuple[De
             return "stop", f"this {plan.platform_kind} session has no GPU: {NO_GPU_FIX[plan.platform_kind]}, then run again"
         return "stop", (
             "this machine has no CUDA GPU, and the Anima model (a 5.6 GB download) cannot train on a CPU: run on a "
-            "GPU runtime (Colab, Kaggle or a machine with an NVIDIA GPU), or pass --models-dir with a small local "
+            f"GPU runtime (Colab, Kaggle or a machine with an NVIDIA GPU), or pass {spoken(setting('models_dir'))} with a small local "
             "model such as the demo's"
         )
     if config.num_gpus > 1 and plan.gpu_source != "named" and config.num_gpus > (gpu.count if gpu else 0):
         have = f"{gpu.count} ({gpu.name})" if gpu else "none"
         fix = f"; on Kaggle: {NO_GPU_FIX['kaggle']}" if plan.platform_kind == "kaggle" else ""
-        return "stop", f"--num-gpus {config.num_gpus} needs {config.num_gpus} CUDA GPUs, this machine has {have}: use --num-gpus {gpu.count if gpu else 1}{fix}"
+        return "stop", spoken(f"{setting('num_gpus', config.num_gpus)} needs {config.num_gpus} CUDA GPUs, this machine has {have}: "
+                              f"use {setting('num_gpus', gpu.count if gpu else 1)}{fix}")
     if plan.fits is not False:
         return "ok", ""
     if plan.sessions_needed is None:
         return "stop", (
             f"a session of {plan.session_limit_hours} h is too short for setup and a checkpoint; "
-            "raise --session-budget-hours or train on a machine without a session limit"
+            f"raise {spoken(setting('session_budget_hours'))} or train on a machine without a session limit"
         )
     reason = (
         f"{plan.steps.total_steps - plan.steps_done} steps at ~{plan.sec_per_step:.3g} s/step need {plan.train_hours:.1f} h, "
@@ -284,10 +286,11 @@ def _decide(plan: Plan, config: TrainingConfig, gpu: GpuInfo | None) -> tuple[De
     if plan.overrun_action == "resume" and not plan.storage_durable:
         return "stop", (
             f"{reason}, and storage {config.storage!r} is this VM's local disk, lost with the session; "
-            "set --storage to /content/drive/MyDrive/..., /kaggle/working/..., gs://, s3:// or hf:// to train across sessions"
+            f"set {spoken(setting('storage'))} to /content/drive/MyDrive/..., /kaggle/working/..., gs://, s3:// or hf:// to train "
+            "across sessions"
         )
     if plan.overrun_action == "stop":
-        return "stop", f"{reason}; pass --on-overrun resume with a durable --storage, or a suggestion below"
+        return "stop", spoken(f"{reason}; pass {setting('on_overrun', 'resume')} with a durable {setting('storage')}, or a suggestion below")
     return plan.overrun_action, reason
 
 
@@ -312,7 +315,7 @@ def _suggestions(config: TrainingConfig, eff: Effective, samples: Mapping, plan:
     if plan.overrun_action != "resume" and plan.sessions_needed:
         out.append(Suggestion(
             setting="on_overrun", value="resume", total_steps=plan.steps.total_steps, hours=plan.total_hours,
-            text=f"--on-overrun resume with a durable --storage: train across {plan.sessions_needed} sessions",
+            text=spoken(f"{setting('on_overrun', 'resume')} with a durable {setting('storage')}: train across {plan.sessions_needed} sessions"),
         ))
     return out
 
@@ -339,10 +342,9 @@ def _suggestion(plan: Plan, setting: str, value, steps: int, flag: str, sec_per_
     return Suggestion(setting=setting, value=value, total_steps=steps, hours=hours, text=f"{flag}: {steps} steps, ~{hours:.1f} h")
 
 
-def flag(setting: str, value) -> str:
-    """The CLI flag for a TrainingConfig field (the CLI makes one kebab-case flag per field)."""
-    name = "--" + setting.replace("_", "-")
-    return name if value is True else f"{name} {value}"
+def flag(name: str, value) -> str:
+    """A TrainingConfig field set to `value`, as the current audience writes it (`--network-dim 8` on the CLI)."""
+    return spoken(setting(name, value))
 
 
 def _warnings(config: TrainingConfig, plan: Plan, gpu: GpuInfo | None, platform: PlatformInfo) -> list[str]:
@@ -350,12 +352,12 @@ def _warnings(config: TrainingConfig, plan: Plan, gpu: GpuInfo | None, platform:
     if gpu is None:
         out.append("no GPU: only the demo's tiny model trains on CPU; the time is measured once training starts")
     elif plan.sec_per_step is None:
-        out.append(f"{gpu.name} is not in the speed table: time is measured once training starts (or plan with --gpu NAME)")
+        out.append(spoken(f"{gpu.name} is not in the speed table: time is measured once training starts (or plan with {setting('gpu', 'NAME')})"))
     if gpu is not None and plan.gpu_source == "detected" and gpu.count > 1 and config.num_gpus == 1 and config.trainer == "native":
         out.append(f"this machine has {gpu.count} GPUs and the run uses one: {flag('num_gpus', gpu.count)} trains on all of them "
                    f"(about {gpu.count}x fewer steps per epoch)")
     if gpu is not None and plan.precision == "bf16" and not gpu.bf16_native:
-        out.append(f"bf16 on {gpu.name} ({gpu.sm}) is emulated at fp32 speed; --mixed-precision auto (fp16 here) is ~3x faster")
+        out.append(spoken(f"bf16 on {gpu.name} ({gpu.sm}) is emulated at fp32 speed; {setting('mixed_precision', 'auto')} (fp16 here) is ~3x faster"))
     if plan.memory.fits is False:
         fix = "; ".join(" ".join(flag(k, v) for k, v in o.changes.items()) + f" ({o.predicted_gib:.1f} GiB)" for o in plan.memory.options)
         out.append(
