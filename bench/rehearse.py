@@ -51,6 +51,8 @@ RANK = 20
 MODULES = 280  # 10 linears x 28 blocks (anima-internals §A4)
 REAL_LORA_PARAMS = 28_672_000  # 1,433,600 x rank 20
 HOST_LIMIT_GIB = 10.0  # free Colab's 12.7 GB minus the notebook's own
+# The CPU runs train on the host in fp32; a GPU run holds none of this on the host (see gpu_host_session).
+CPU_ONLY_LABELS = {"load": "load fp32 (CPU training)", "first step": "first step (CPU, fp32)", "save": "save (CPU run)"}
 
 
 # --- the Hub stand-in over the generated files ---------------------------------------------------------
@@ -454,12 +456,17 @@ def rehearse(args) -> dict:
             checks["sd-scripts' LoRA names the same 280 modules"] = got == want
     report["lora"] = lora_report
     report["memory"] = memory_summary(report, generated)
-    report["bf16_load"] = bf16_load(generated, env, logs) if not args.skip_bf16_load else None
-    if report["bf16_load"]:
-        report["memory"]["load bf16 (as on a GPU host)"] = report["bf16_load"]["peak_bytes"]
+    report["gpu_host"] = gpu_host(generated, env, logs) if not args.skip_gpu_host else None
+    host_stages = ["download", "verify", "convert", "cache"]
+    if report["gpu_host"]:
+        for name, entry in report["gpu_host"].get("stages", {}).items():
+            report["memory"][f"GPU host: {name}"] = entry["peak_bytes"]
+            host_stages.append(f"GPU host: {name}")
+        checks["GPU host stages measured (cache, fp16 and bf16 load)"] = len(report["gpu_host"].get("stages", {})) == 3
     limit = HOST_LIMIT_GIB * GIB
-    host = {k: v for k, v in report["memory"].items() if k in ("download", "verify", "convert", "cache", "load bf16 (as on a GPU host)")}
-    checks[f"host memory of download, verify, convert, cache and bf16 load under {HOST_LIMIT_GIB:g} GiB"] = (
+    host = {k: v for k, v in report["memory"].items() if k in host_stages}
+    report["host_stages"] = host_stages
+    checks[f"host memory of {', '.join(host_stages)} under {HOST_LIMIT_GIB:g} GiB"] = (
         bool(host) and all(v < limit for v in host.values())
     )
     report["seconds"] = round(time.time() - t0, 1)
@@ -544,6 +551,8 @@ def sd_scripts_stage(timed_cli, report, work, checks, singles, env, logs) -> dic
         second.get("outcome") == "completed" and second.get("steps_done") == 2 and second.get("start_step", 0) >= 1)
     if second.get("final_lora") and Path(second["final_lora"]).exists():
         out["lora"] = second["final_lora"]
+    # Not a check (the parser is not this script's): whether the runner got sd-scripts' losses at all.
+    out["losses_parsed"] = first.get("losses", []) + second.get("losses", [])
     return out
 
 
@@ -575,7 +584,8 @@ def sd_scripts_session(spec_path: str) -> int:
 
     def on_event(event, outcome):
         print(f"event {event.event} {json.dumps(event.data, default=str)[:300]}", flush=True)
-        if event.event == "checkpoint" and event.get("kind") == "state":
+        # Stopped after the first state before the end; the resumed session's last state ends it normally.
+        if event.event == "checkpoint" and event.get("kind") == "state" and event.get("step", 0) < Plan.steps.total_steps:
             state_seen["saved"] = True
 
     try:
@@ -583,7 +593,7 @@ def sd_scripts_session(spec_path: str) -> int:
             config, items=report.train_items(), dataset_fingerprint=report.fingerprint, models_dir=None,
             store=open_run_store(config), work_dir=config.resolved_work_dir(), run_id=new_run_id(),
             should_stop=lambda *_: state_seen["saved"], on_event=on_event, log=print,
-            sd_scripts=sd_scripts_spec(report, Models, Plan),
+            sd_scripts=sd_scripts_spec(config, report, Models, Plan),
         )  # fmt: skip
         print(json.dumps(result.to_dict(), default=str))
         return 0
@@ -609,23 +619,77 @@ def stopping_line(text: str) -> str | None:
     return None
 
 
-def bf16_load(generated, env, logs) -> dict:
-    """The trainer's build_transformer in bf16, in a fresh process: the host peak a GPU run's load stage has."""
+def gpu_host(generated, env, logs) -> dict:
+    """The host side of a GPU run, in a fresh process: gpu_host_session on the Diffusers repo (see there)."""
     folder = generated.repos / registry.DIFFUSERS_REPO
-    code = (
-        "import resource, time, torch\n"
-        "from anima_lora_flow.trainer.components import build_transformer\n"
-        "t = time.time()\n"
-        f"m = build_transformer({str(folder)!r}, torch.bfloat16, True)\n"
-        "print('RESULT', time.time() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n"
-    )
     clean = {k: v for k, v in env.items() if k != "ANIMA_REHEARSAL_PROBE"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean)
-    (logs / "bf16-load.log").write_text(out.stdout + out.stderr)
-    match = re.search(r"RESULT (\S+) (\d+)", out.stdout)
-    if not match:
-        return {"error": (out.stderr or out.stdout)[-300:]}
-    return {"seconds": round(float(match.group(1)), 1), "peak_bytes": int(match.group(2))}
+    work = logs.parent / "gpu-host"
+    shutil.rmtree(work, ignore_errors=True)
+    started = time.time()
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--gpu-host-session", str(folder), str(work),
+                          "--json", "-"], capture_output=True, text=True, env=clean)  # fmt: skip
+    (logs / "gpu-host.log").write_text(out.stdout + out.stderr)
+    result = _json_tail(out.stdout)
+    if out.returncode != 0 or "stages" not in result:
+        return {"error": (out.stderr or out.stdout)[-500:], "seconds": round(time.time() - started, 1)}
+    return result
+
+
+def gpu_host_session(models_dir: str, work: str) -> int:
+    """What a GPU run holds on the host: build_cache, then build_transformer, in build_session's order.
+
+    On a T4 (fp16) the encoders run in fp32 and the DiT loads in fp16; on bf16 GPUs both are bf16.
+    Here the device is the CPU, so the cache stage also holds the encoders' activations (an upper
+    bound at 256 px); every loaded weight is read once, as `.to("cuda")` reads it. Peaks are VmHWM
+    (anonymous + file-backed pages: the bf16 safetensors are memory-mapped, so their pages are page
+    cache the kernel can drop), reset per stage; RssAnon at the end of each stage is what cannot be dropped.
+    """
+    import gc
+
+    import torch
+
+    from anima_lora_flow.trainer.cache import build_cache
+    from anima_lora_flow.trainer.components import build_transformer, release_memory
+    from anima_lora_flow.dataset.items import TrainItem
+
+    def status() -> dict:
+        with open("/proc/self/status") as fh:
+            return {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh
+                    if line.startswith(("VmRSS:", "VmHWM:", "RssAnon:", "RssFile:"))}  # fmt: skip
+
+    def reset_peak() -> None:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+
+    def stage(name, fn):
+        reset_peak()
+        started = time.time()
+        value = fn()
+        now = status()
+        stages[name] = {"seconds": round(time.time() - started, 1), "peak_bytes": now["VmHWM"],
+                        "rss_anon_bytes": now["RssAnon"], "rss_file_bytes": now["RssFile"]}  # fmt: skip
+        return value
+
+    def load_and_read(dtype):
+        model = build_transformer(Path(models_dir), dtype, True)
+        with torch.no_grad():
+            for p in model.parameters():  # every page read once, as the copy to the GPU reads it
+                p.sum()
+        return model
+
+    dataset = make_dataset(Path(work) / "images", 2)
+    items = [TrainItem(p, p.with_suffix(".txt").read_text(), (256, 256)) for p in sorted(dataset.glob("*.png"))]
+    stages: dict[str, dict] = {}
+    base = status()
+    stage("cache fp32 (T4)", lambda: build_cache(items, Path(models_dir), Path(work) / "run", torch.device("cpu"),
+                                                 torch.float32))  # fmt: skip
+    model = stage("load fp16 (T4)", lambda: load_and_read(torch.float16))
+    del model
+    gc.collect()
+    release_memory()
+    model = stage("load bf16", lambda: load_and_read(torch.bfloat16))
+    print(json.dumps({"outcome": "measured", "base_rss_bytes": base["VmRSS"], "stages": stages}))
+    return 0
 
 
 def memory_summary(report, generated) -> dict:
@@ -642,10 +706,13 @@ def print_table(report: dict) -> None:
     for run_name, run in report["stages"].items():
         print(f"{run_name:<26} {run['seconds']:>7.0f}   {'':>8}   ({run['tree_peak_bytes'] / GIB:.2f}; exit {run['rc']})")
         for name, entry in run.get("stages", {}).items():
-            print(f"  {name:<24} {entry['seconds']:>7.1f}   {entry['peak_bytes'] / GIB:>8.2f}")
-    if report.get("bf16_load") and "peak_bytes" in report["bf16_load"]:
-        print(f"  {'load bf16 (GPU host)':<24} {report['bf16_load']['seconds']:>7.1f}   "
-              f"{report['bf16_load']['peak_bytes'] / GIB:>8.2f}")
+            label = CPU_ONLY_LABELS.get(name, name) if run_name.startswith("train") else name
+            print(f"  {label:<24} {entry['seconds']:>7.1f}   {entry['peak_bytes'] / GIB:>8.2f}")
+    if report.get("gpu_host") and "stages" in report["gpu_host"]:
+        print(f"{'GPU host (CPU stand-in)':<26} {'':>7}   {'':>8}   (anonymous GiB at the end of the stage)")
+        for name, entry in report["gpu_host"]["stages"].items():
+            print(f"  {name:<24} {entry['seconds']:>7.1f}   {entry['peak_bytes'] / GIB:>8.2f}   "
+                  f"({entry['rss_anon_bytes'] / GIB:.2f})")
     for name, run in report["stages"].items():
         if run.get("resident_during_training"):
             mods = ", ".join(f"{m['class']} {m['parameters'] / 1e6:.1f}M {m['dtype'].removeprefix('torch.')}"
@@ -653,6 +720,8 @@ def print_table(report: dict) -> None:
             print(f"resident during training ({name}): {mods}")
     for name, lora in report.get("lora", {}).items():
         print(f"LoRA {name}: " + ", ".join(f"{k} {v}" for k, v in lora.items() if k in ("tensors", "modules", "parameters")))
+    if "losses_parsed" in report.get("sd_scripts", {}):
+        print(f"sd-scripts losses the runner parsed: {report['sd_scripts']['losses_parsed'] or 'none'}")
     if report.get("sd_scripts", {}).get("stopped_at"):
         print(f"sd-scripts stopped at: {report['sd_scripts']['stopped_at']}")
     print("\nchecks")
@@ -672,11 +741,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sd-scripts-dir", type=Path, default=os.environ.get("ANIMA_SD_SCRIPTS_DIR"),
                         help="local sd-scripts clone at the pinned commit (default: $ANIMA_SD_SCRIPTS_DIR)")
     parser.add_argument("--skip-sd-scripts", action="store_true", help="leave out the sd-scripts backend")
-    parser.add_argument("--skip-bf16-load", action="store_true", help="leave out the bf16 load measurement")
+    parser.add_argument("--skip-gpu-host", action="store_true", help="leave out the GPU host's cache and load measurement")
     parser.add_argument("--sd-scripts-session", help=argparse.SUPPRESS)
+    parser.add_argument("--gpu-host-session", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.sd_scripts_session:
         return sd_scripts_session(args.sd_scripts_session)
+    if args.gpu_host_session:
+        return gpu_host_session(*args.gpu_host_session)
     args.models = args.models or str(Path(args.work) / f"models-{args.scale}")
     report = rehearse(args)
     print_table(report)

@@ -22,7 +22,7 @@ def test_reduced_rehearsal_passes_every_check(tmp_path: Path):
     env = {k: v for k, v in __import__("os").environ.items() if k not in ("HF_HUB_OFFLINE", "ANIMA_SD_SCRIPTS_DIR")}
     out = subprocess.run(
         [sys.executable, str(REHEARSE), "--scale", "reduced", "--work", str(tmp_path / "work"), "--skip-sd-scripts",
-         "--skip-bf16-load", "--json", str(report_path)],
+         "--json", str(report_path)],
         capture_output=True, text=True, env=env, timeout=1500,
     )  # fmt: skip
     assert out.stdout.strip().splitlines()[-1] == str(report_path), out.stdout[-3000:] + out.stderr[-3000:]
@@ -35,3 +35,5 @@ def test_reduced_rehearsal_passes_every_check(tmp_path: Path):
     assert {"cache", "load", "first step", "save"} <= set(native["stages"])
     assert [m["class"] for m in native["resident_during_training"]] == ["CosmosTransformer3DModel"]
     assert report["stages"]["download + convert"]["stages"]["convert"]["peak_bytes"] > 0
+    assert set(report["gpu_host"]["stages"]) == {"cache fp32 (T4)", "load fp16 (T4)", "load bf16"}
+    assert "GPU host: load fp16 (T4)" in report["host_stages"]
