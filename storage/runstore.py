@@ -1,9 +1,10 @@
 """The run store under <storage>/<project>/: checkpoints, resumable states, configs, logs, history.
 
-Every write is published atomically. fsspec has no atomic rename on object stores (its `mv` is copy +
-delete), so the rule is: a file is written under a temporary name and moved into place only after its
-size checks out; a state counts only once its manifest (sha256 of each file) exists; and `state/LATEST`
-is written last. Readers ignore temporary names and states without a manifest.
+Every write is published whole. On local disk a file is written under a temporary name and renamed
+into place once its size checks out; on an object store it is put once at its final name (an object
+appears only when its upload completes; fsspec's `mv` there is a copy and a delete). A state counts only
+once its manifest (sha256 of each file) exists, and `state/LATEST` is written last. Readers ignore
+temporary names and states without a manifest.
 
 Layout:
     configs/<run-id>/...            config.json, training.toml, dataset.toml
@@ -22,7 +23,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,6 @@ from ..core.hashing import sha256_file
 from ..trainer.files import epoch_of, kohya_name, lora_file_name
 from .location import Location
 
-CHUNK = 4 * 1024 * 1024
 PART_MARK = ".part-"
 MANIFEST = "manifest.json"
 LATEST = "LATEST"
@@ -94,47 +94,42 @@ class RunStore:
     def publish_file(self, local_path: str | Path, rel_dest: str) -> PublishedFile:
         """Upload a local file so that `rel_dest` appears only when complete and size-checked."""
         local_path = Path(local_path)
-        dest = self.path(rel_dest)
-        return self._publish_stream(local_path.open("rb"), dest, expected_size=local_path.stat().st_size)
+        size, digest = local_path.stat().st_size, sha256_file(local_path)
+        dest = self._publish(self.path(rel_dest), size, lambda target: self.fs.put_file(str(local_path), target))
+        return PublishedFile(dest, size, digest)
 
     def write_bytes(self, rel_dest: str, data: bytes) -> PublishedFile:
-        import io  # noqa: PLC0415
-
-        return self._publish_stream(io.BytesIO(data), self.path(rel_dest), expected_size=len(data))
+        dest = self._publish(self.path(rel_dest), len(data), lambda target: self.fs.pipe_file(target, data))
+        return PublishedFile(dest, len(data), hashlib.sha256(data).hexdigest())
 
     def write_json(self, rel_dest: str, payload: Any) -> PublishedFile:
         return self.write_bytes(rel_dest, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
 
-    def _publish_stream(self, source, dest: str, expected_size: int) -> PublishedFile:
-        parent = dest.rsplit("/", 1)[0]
-        name = dest.rsplit("/", 1)[1]
-        tmp = f"{parent}/.{name}{PART_MARK}{uuid.uuid4().hex[:8]}"
-        self.fs.makedirs(parent, exist_ok=True)
-        digest = hashlib.sha256()
-        written = 0
-        try:
-            with source, self.fs.open(tmp, "wb") as out:
-                for chunk in iter(lambda: source.read(CHUNK), b""):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    written += len(chunk)
-            remote_size = self.fs.size(tmp)
-            if written != expected_size or remote_size != expected_size:
-                raise OSError(
-                    f"upload of {name} is incomplete ({remote_size} of {expected_size} bytes); it was not published"
-                )
-            self._replace(tmp, dest)
-        except BaseException:
-            self._remove_quietly(tmp)
-            raise
-        return PublishedFile(dest, expected_size, digest.hexdigest())
+    def _publish(self, dest: str, size: int, upload: Callable[[str], None]) -> str:
+        """Run `upload(target)` so that `dest` is whole once this returns; on local disk, never partly visible.
 
-    def _replace(self, tmp: str, dest: str) -> None:
-        if self.location.is_local:
-            os.replace(tmp, dest)  # atomic on one local filesystem, unlike fsspec's shutil.move
-        else:
-            self.fs.mv(tmp, dest)
-        self.fs.invalidate_cache(dest.rsplit("/", 1)[0])
+        Local disk (Drive's mount too): a temporary name, then one atomic rename. Anywhere else one put
+        at the final name: an object store shows an object only once its upload completes, and the
+        manifest, written last, is what commits a state; a temporary name there cost a copy and a delete
+        per file (three commits per file on hf://), as fsspec's `mv` is no rename on object stores.
+        """
+        parent, name = dest.rsplit("/", 1)
+        self.fs.makedirs(parent, exist_ok=True)
+        target = f"{parent}/.{name}{PART_MARK}{uuid.uuid4().hex[:8]}" if self.location.is_local else dest
+        try:
+            upload(target)
+            written = self.fs.size(target)
+            if written != size:
+                raise OSError(f"upload of {name} is incomplete ({written} of {size} bytes); it was not published")
+            if target != dest:
+                os.replace(target, dest)  # atomic on one local filesystem, unlike fsspec's shutil.move
+        except BaseException:
+            if target != dest:
+                self._remove_quietly(target)
+            raise
+        finally:
+            self.fs.invalidate_cache(parent)
+        return dest
 
     def _remove_quietly(self, path: str) -> None:
         try:

@@ -35,37 +35,55 @@ def test_publish_file_round_trip(store, tmp_path):
 
 
 def test_interrupted_publish_leaves_nothing_visible(store, tmp_path):
-    class Exploding:
-        """A source that fails half-way through, as a dropped connection would."""
+    def upload_then_drop(target):  # part of the bytes arrive, then the connection drops, as a dropped network would
+        with store.fs.open(target, "wb") as out:
+            out.write(b"y" * 1000)
+        raise ConnectionError("network dropped mid-copy")
 
-        def __init__(self):
-            self.calls = 0
-
-        def read(self, n):
-            self.calls += 1
-            if self.calls > 1:
-                raise ConnectionError("network dropped mid-copy")
-            return b"y" * 1000
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
+    dest = store.path("checkpoints/proj.safetensors")
     with pytest.raises(ConnectionError):
-        store._publish_stream(Exploding(), store.path("checkpoints/proj.safetensors"), expected_size=5000)
-    assert store.list_checkpoints() == []
-    leftovers = store.fs.ls(store.path("checkpoints"), detail=False) if store.exists("checkpoints") else []
-    assert not [p for p in leftovers if PART_MARK in p]
+        store._publish(dest, 5000, upload_then_drop)
+    if store.location.is_local:  # a temporary name, removed: nothing at all under checkpoints/
+        assert store.list_checkpoints() == []
+        assert not [p for p in store.fs.ls(store.path("checkpoints"), detail=False) if PART_MARK in p]
 
 
 def test_short_upload_is_refused(store, tmp_path):
-    import io
-
     with pytest.raises(OSError, match="incomplete"):
-        store._publish_stream(io.BytesIO(b"abc"), store.path("checkpoints/proj.safetensors"), expected_size=10)
-    assert store.list_checkpoints() == []
+        store._publish(store.path("checkpoints/proj.safetensors"), 10, lambda target: store.fs.pipe_file(target, b"abc"))
+    if store.location.is_local:
+        assert store.list_checkpoints() == []
+
+
+def test_a_state_whose_upload_failed_is_not_published(tmp_path, memory_fs, monkeypatch):
+    """Object stores get no temporary names: the manifest, written last, is what makes a state count."""
+    store = RunStore(resolve_location("memory://runs"), "proj")
+    real_put = store.fs.put_file
+
+    def put_file(lpath, rpath, **kwargs):
+        real_put(lpath, rpath, **kwargs)
+        if rpath.endswith("progress.json"):  # the second file of the state fails after its bytes landed
+            raise ConnectionError("network dropped")
+
+    monkeypatch.setattr(store.fs, "put_file", put_file)
+    with pytest.raises(ConnectionError):
+        store.publish_state(_state_dir(tmp_path, 100), 100, epoch=1, fingerprint="fp")
+    assert list(store.iter_valid_states()) == [] and store.latest_pointer() is None
+
+
+def test_object_store_writes_are_one_put_each(tmp_path, memory_fs, monkeypatch):
+    """No temporary name on an object store: each file is put once at its final name, never copied or deleted."""
+    store = RunStore(resolve_location("memory://runs"), "proj")
+    calls = []
+    for name in ("put_file", "pipe_file", "mv", "copy", "cp_file", "rm", "rm_file"):
+        real = getattr(store.fs, name)
+        monkeypatch.setattr(store.fs, name, lambda *a, _real=real, _name=name, **k: (calls.append((_name, a[0])), _real(*a, **k))[1])
+    store.publish_state(_state_dir(tmp_path, 100), 100, epoch=1, fingerprint="fp")
+    files = ["adapter.safetensors", "sub/progress.json"]
+    state = store.path("state", "000000100")
+    assert calls == [("put_file", str(tmp_path / "local-state-100" / f)) for f in files] + [
+        ("pipe_file", f"{state}/manifest.json"), ("pipe_file", store.path("state", "LATEST"))]
+    assert next(store.iter_valid_states(check_hashes=True))[1] is None
 
 
 def test_state_publish_verify_and_latest(store, tmp_path):
