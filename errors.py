@@ -61,7 +61,7 @@ def spell(name: str, audience: Audience | None = None, value: str | None = None)
 def render(message: str | BaseException, audience: Audience | None = None) -> str:
     """The text of `message` (or of an error) with every setting spelled for `audience` (default: the current one)."""
     if isinstance(message, _NamesSettings):
-        text = message.reason
+        text = message.template
     else:
         text = message if isinstance(message, str) else str(message)
     return _PLACEHOLDER.sub(lambda m: spell(m.group(1), audience, m.group(2)), text)
@@ -97,12 +97,12 @@ class _NamesSettings:
         self.field = field  # the config field the error is about, when there is one
 
     @property
-    def reason(self) -> str:
+    def template(self) -> str:
         """The message with its placeholders, for passing to another process that renders it."""
         return self.args[0] if self.args and isinstance(self.args[0], str) else ""
 
     def __str__(self) -> str:
-        return render(self.reason) if self.reason else super().__str__()
+        return render(self.template) if self.template else super().__str__()
 
 
 class UserInputError(_NamesSettings, ValueError):
