@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..config import TrainingConfig, cache_root
-from ..errors import UserInputError
+from ..errors import UserInputError, setting
 from ..storage.location import ensure_cache_folder, ensure_local_folder
 from .intake import prepare_dataset
 from .report import DatasetError
@@ -38,9 +38,9 @@ def run_validate(args: argparse.Namespace) -> int:
     try:
         check_setting_bounds(args, "resolution", "repeats")
         if args.work_dir:
-            ensure_local_folder(work_dir, "--work-dir")
+            ensure_local_folder(work_dir, setting("work_dir"))
         else:
-            ensure_cache_folder(work_dir, label="work folder", alternative=", or pass --work-dir")
+            ensure_cache_folder(work_dir, label="work folder", alternative=f", or pass {setting('work_dir')}")
         report = prepare_dataset(args.source, work_dir, resolution=args.resolution, repeats=args.repeats, models_dir=args.models_dir)
     except DatasetError as exc:
         if exc.report is not None:  # show why every file was skipped before the verdict

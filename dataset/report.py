@@ -24,8 +24,8 @@ _GROUP_NAMES = 6  # file names shown per group of like findings in the terminal
 class DatasetError(UserInputError):
     """The dataset cannot be trained (missing, unsafe, unreadable or empty); the message says what to do."""
 
-    def __init__(self, message: str, report: "DatasetReport | None" = None):
-        super().__init__(message)
+    def __init__(self, message: str, report: "DatasetReport | None" = None, *, field: str | None = None):
+        super().__init__(message, field=field)
         self.report = report
 
 

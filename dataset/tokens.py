@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserInputError
+from ..errors import UserInputError, setting
 
 WINDOW = 512  # Anima's min_sequence_length, used when the models are not here to say it
 
@@ -100,7 +100,8 @@ def find_caption_tokenizers(models_dir: str | Path | None = None, base_model: st
             return load_caption_tokenizers(folder)
         except (OSError, ValueError, KeyError) as exc:
             raise UserInputError(
-                f"--models-dir {folder} has no usable tokenizers ({exc}); point it at a Diffusers-format Anima folder"
+                f"{setting('models_dir', folder)} has no usable tokenizers ({exc}); point it at a Diffusers-format Anima folder",
+                field="models_dir",
             ) from exc
     from ..config import TrainingConfig
     from ..models.download import ready_models

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 
 from ..config import TrainingConfig
+from ..errors import render, setting
 from .buckets import Bucket, assign_bucket, cover_size, make_buckets
 from .formats import is_caption, is_image, is_junk
 from .orientation import exif_orientation, upright_size
@@ -313,7 +314,8 @@ def _check_samples(records: list[ImageRecord]) -> None:
     folder = "(the top level)" if folder == "." else repr(folder)
     raise DatasetError(
         f"the dataset gives {total} samples per epoch (images x repeats), over the limit of {MAX_SAMPLES_PER_EPOCH}; "
-        f"folder {folder} gives {most} of them: lower its repeats (N_name or --repeats) or split the dataset"
+        f"folder {folder} gives {most} of them: lower its repeats (N_name or {setting('repeats')}) or split the dataset",
+        field="repeats",
     )
 
 
@@ -389,8 +391,8 @@ def _length_warning(text: str, tokenizers: CaptionTokenizers | None) -> str | No
     if tokens <= MAX_CAPTION_TOKENS * ESTIMATE_MARGIN:
         return None
     cut = f"about {tokens - MAX_CAPTION_TOKENS} are cut" if tokens > MAX_CAPTION_TOKENS else "its end may be cut"
-    return (f"caption is about {tokens} tokens (an estimate: no tokenizer here; pass --models-dir or download the models "
-            f"for an exact count): the text encoder reads {MAX_CAPTION_TOKENS}, so {cut}; shorten it")
+    return render(f"caption is about {tokens} tokens (an estimate: no tokenizer here; pass {setting('models_dir')} or download "
+                  f"the models for an exact count): the text encoder reads {MAX_CAPTION_TOKENS}, so {cut}; shorten it")
 
 
 def read_caption(path: Path) -> tuple[str, str]:

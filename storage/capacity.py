@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from ..config import TrainingConfig
-from ..errors import UserInputError
+from ..errors import UserInputError, setting
 from .location import Location
 
 LORA_PARAMS_PER_RANK = 1_433_600
@@ -61,7 +61,8 @@ def check_capacity(location: Location, config: TrainingConfig, existing_bytes: i
     if free is not None and free < needed:
         raise UserInputError(
             f"storage {location.url} has {free / 2**30:.2f} GiB free but this run needs about {needed / 2**30:.2f} GiB "
-            "(LoRA files and resumable states); free some space, or lower --keep-last-states, --save-last-n-epochs "
-            "or --network-dim"
+            f"(LoRA files and resumable states); free some space, or lower {setting('keep_last_states')}, "
+            f"{setting('save_last_n_epochs')} or {setting('network_dim')}",
+            field="storage",
         )
     return needed

@@ -6,15 +6,11 @@ import errno
 import importlib
 from pathlib import Path
 
-from ..errors import UserInputError
+from ..errors import UserInputError, setting
 
 DRIVE_MOUNT_POINT = "/content/drive"
 # errno values a dropped Drive FUSE mount raises ("Transport endpoint is not connected" and kin).
 DROPPED_MOUNT_ERRNOS = frozenset({errno.ENOTCONN, errno.EIO, errno.ESTALE, errno.ENODEV, errno.EHOSTDOWN})
-
-
-class DriveUnavailableError(UserInputError):
-    """A Google Drive path was given but Drive cannot be used here (the user must change the path or mount it)."""
 
 
 def is_drive_path(path: str) -> bool:
@@ -46,19 +42,20 @@ def ensure_drive_mounted(path: str, *, force_remount: bool = False, mount_point:
         return
     drive = _colab_drive()
     if drive is None:
-        raise DriveUnavailableError(
+        raise UserInputError(
             f"{path} is a Google Drive path, but this is not Colab and no Drive is mounted at {mount_point}; "
-            "use a local folder or a gs:// / s3:// URL as --storage"
+            f"use a local folder or a gs:// / s3:// URL as {setting('storage')}",
+            field="storage",
         )
     try:
         drive.mount(mount_point, force_remount=force_remount)
     except Exception as exc:  # google.colab raises plain Exceptions with the user-facing reason
-        raise DriveUnavailableError(
+        raise UserInputError(
             f"Google Drive could not be mounted at {mount_point} ({exc}); mount it in a notebook cell first: "
             "from google.colab import drive; drive.mount('/content/drive')"
         ) from exc
     if not is_mounted(mount_point):
-        raise DriveUnavailableError(
+        raise UserInputError(
             f"Google Drive mount at {mount_point} did not appear; re-run the cell and accept the Drive permission prompt"
         )
 

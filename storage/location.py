@@ -19,7 +19,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.registry import known_implementations, registry
 
 from ..config import cache_root, cache_root_setting
-from ..errors import UserInputError
+from ..errors import UserInputError, setting
 from .drive import ensure_drive_mounted, is_drive_path
 
 
@@ -89,11 +89,12 @@ def resolve_storage(location: str, *, create: bool = True) -> Location:
     protocols = loc.fs.protocol if isinstance(loc.fs.protocol, tuple) else (loc.fs.protocol,)
     if "memory" in protocols:
         raise UserInputError(
-            f"--storage {location}: memory:// lives only inside this process, so the LoRA would be lost when it ends; "
-            "pass a folder or a URL such as gs://bucket/runs"
+            f"{setting('storage', location)}: memory:// lives only inside this process, so the LoRA would be lost when "
+            "it ends; pass a folder or a URL such as gs://bucket/runs",
+            field="storage",
         )
     if loc.is_local:
-        ensure_local_folder(loc.root, "--storage", instead="a folder or a URL such as gs://bucket/runs", create=create)
+        ensure_local_folder(loc.root, setting("storage"), instead="a folder or a URL such as gs://bucket/runs", create=create)
     else:
         _check_reachable(loc)
     return loc
@@ -114,34 +115,35 @@ def _check_reachable(loc: Location) -> None:
 
 
 def ensure_local_folder(
-    path: str | Path, flag: str, *, instead: str = "a folder", fix: str | None = None, create: bool = True
+    path: str | Path, what: str, *, instead: str = "a folder", fix: str | None = None, create: bool = True
 ) -> Path:
     """Create `path` (and parents) or raise UserInputError saying why it cannot be a folder.
 
-    `instead` is what the message tells the user to pass (a flag that also takes URLs says so); `fix`
-    replaces the whole advice, for folders that come from an environment variable rather than a flag.
+    `what` names the folder: a setting (`errors.setting("work_dir")`), a variable or a plain label.
+    `instead` is what the message tells the user to pass (a setting that also takes URLs says so); `fix`
+    replaces the whole advice, for folders that come from an environment variable rather than a setting.
     `create=False` only checks: the folder, or else its nearest existing parent, must be writable.
     """
     path = Path(path).expanduser()
     pass_instead, pass_writable = (fix, fix) if fix else (f"pass {instead}", "pass a writable folder")
     blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
     if blocker == path:
-        raise UserInputError(f"{flag} {path} is a file, not a folder; {pass_instead}")
+        raise UserInputError(f"{what} {path} is a file, not a folder; {pass_instead}")
     if blocker is not None:
-        raise UserInputError(f"{flag} {path}: {blocker} is a file, not a folder; {pass_instead}")
+        raise UserInputError(f"{what} {path}: {blocker} is a file, not a folder; {pass_instead}")
     if not create:
         existing = next(p for p in (path, *path.parents) if p.exists())
         if not os.access(existing, os.W_OK | os.X_OK):
             where = "" if existing == path else f": its parent {existing}"
-            raise UserInputError(f"{flag} {path}{where} is not writable (read-only or not yours); {pass_writable}")
+            raise UserInputError(f"{what} {path}{where} is not writable (read-only or not yours); {pass_writable}")
         return path
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserInputError(f"{flag} {path}: cannot create this folder ({exc.strerror or exc}); {pass_writable}") from exc
+        raise UserInputError(f"{what} {path}: cannot create this folder ({exc.strerror or exc}); {pass_writable}") from exc
     # An existing folder on a read-only mount passes mkdir; access() says EROFS even to root.
     if not os.access(path, os.W_OK | os.X_OK):
-        raise UserInputError(f"{flag} {path} is not writable (read-only or not yours); {pass_writable}")
+        raise UserInputError(f"{what} {path} is not writable (read-only or not yours); {pass_writable}")
     return path
 
 
@@ -150,11 +152,11 @@ def ensure_cache_folder(
 ) -> Path:
     """Create the local cache folder (or `path`, a folder under it); a refusal names the variable that placed it.
 
-    `alternative` is a flag that avoids the folder, offered after the fix (", or pass --work-dir").
+    `alternative` is a setting that avoids the folder, offered after the fix (", or pass " + setting("work_dir")).
     """
-    setting = cache_root_setting()
-    value = os.environ.get(setting) or str(Path.home())
-    fix = f"it comes from {setting}={value}: set ANIMA_LORA_CACHE to a writable folder"
+    variable = cache_root_setting()
+    value = os.environ.get(variable) or str(Path.home())
+    fix = f"it comes from {variable}={value}: set ANIMA_LORA_CACHE to a writable folder"
     return ensure_local_folder(cache_root() if path is None else path, label, fix=fix + alternative, create=create)
 
 

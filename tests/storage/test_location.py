@@ -7,7 +7,7 @@ import os
 import pytest
 
 from anima_lora_flow.storage import resolve_location
-from anima_lora_flow.storage.drive import DriveUnavailableError
+from anima_lora_flow.errors import UserInputError, render
 
 
 def test_local_path_is_absolute(tmp_path, monkeypatch):
@@ -23,8 +23,9 @@ def test_memory_url(memory_fs):
 
 
 def test_drive_path_outside_colab_is_a_clear_error():
-    with pytest.raises(DriveUnavailableError, match="not Colab"):
+    with pytest.raises(UserInputError, match="not Colab") as info:
         resolve_location("/content/drive/MyDrive/lora_training/output")
+    assert info.value.field == "storage" and render(info.value, "notebook").endswith("gs:// / s3:// URL as storage")
 
 
 def test_unknown_protocol_names_the_fix():
