@@ -11,6 +11,7 @@ from typing import Literal
 from huggingface_hub import constants
 
 from ..config import cache_root
+from ..errors import setting
 
 from . import registry
 from .convert import convert_single_file_dit
@@ -172,7 +173,8 @@ def expected_sha256(repo_id: str, file: RemoteFile) -> str | None:
     if file.sha256 and file.sha256 != known.sha256:
         raise ModelInputError(
             f"{repo_id}/{file.filename} changed on the Hub (SHA-256 {file.sha256[:12]}…, anima-lora-flow expects "
-            f"{known.sha256[:12]}…); update anima-lora-flow or pick another --base-model"
+            f"{known.sha256[:12]}…); update anima-lora-flow or pick another {setting('base_model')}",
+            field="base_model",
         )
     return known.sha256
 
@@ -185,12 +187,14 @@ def validate_models_dir(models_dir: str | Path) -> ModelPaths:
     """
     root = Path(models_dir).expanduser()
     if not root.is_dir():
-        raise ModelInputError(f"--models-dir {root} does not exist; point it at a Diffusers-format Anima folder")
+        raise ModelInputError(f"{setting('models_dir', root)} does not exist; point it at a Diffusers-format Anima folder",
+                              field="models_dir")
     missing = [s for s in registry.DIFFUSERS_SUBFOLDERS if not (root / s).is_dir()]
     if missing:
         raise ModelInputError(
-            f"--models-dir {root} lacks {', '.join(m + '/' for m in missing)}; point it at a Diffusers-format Anima folder "
-            f"(like {registry.DIFFUSERS_REPO}) or leave out --models-dir to download one"
+            f"{setting('models_dir', root)} lacks {', '.join(m + '/' for m in missing)}; point it at a Diffusers-format "
+            f"Anima folder (like {registry.DIFFUSERS_REPO}) or leave out {setting('models_dir')} to download one",
+            field="models_dir",
         )
     return ModelPaths(diffusers_dir=root)
 
@@ -240,7 +244,8 @@ def _select(manifest: Manifest, wanted: Wanted) -> list[RemoteFile]:
     if missing:
         raise ModelInputError(
             f"{', '.join(missing)} is not in {wanted.repo_id} (HTTP 404); it may have been renamed: pick another "
-            "--base-model or update anima-lora-flow"
+            f"{setting('base_model')} or update anima-lora-flow",
+            field="base_model",
         )
     return files
 

@@ -19,6 +19,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import filter_repo_objects
 
+from ..errors import setting
 from .errors import ModelDownloadError, ModelInputError, ModelNetworkError
 
 T = TypeVar("T")
@@ -206,8 +207,9 @@ def classify(
         return ModelInputError(f"{repo_id} has no such revision: check the revision name at {page}")
     if isinstance(exc, RemoteEntryNotFoundError):
         return ModelInputError(
-            f"{what}: the file is not in {repo_id} (HTTP 404); it may have been renamed: pick another --base-model "
-            "or update anima-lora-flow"
+            f"{what}: the file is not in {repo_id} (HTTP 404); it may have been renamed: pick another "
+            f"{setting('base_model')} or update anima-lora-flow",
+            field="base_model",
         )
     if _offline_mode(exc):
         return ModelInputError(

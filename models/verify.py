@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from ..core.hashing import sha256_file
+from ..errors import setting
 from .errors import ModelInputError
 
 DISK_MARGIN = 0.10  # headroom for temporary files and the filesystem's own rounding
@@ -88,5 +89,5 @@ def ensure_disk_space(folder: Path, needed_bytes: int) -> None:
     if free < needed:
         raise ModelInputError(
             f"not enough disk space for the models: {needed / 1e9:.1f} GB needed, {free / 1e9:.1f} GB free at "
-            f"{probe}; free some space or pass --cache-dir on a larger disk"
+            f"{probe}; free some space or pass {setting('cache_dir')} on a larger disk"
         )
