@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, computed_field
 
+from ..errors import render, setting
 from .gpu import GpuInfo, query_torch_gpu
 
 PlatformKind = Literal["colab", "kaggle", "local", "prefect-worker"]
@@ -99,7 +100,7 @@ def detect_platform(
         info.tier = "paid" if gpu_info and _matches(gpu_info.name, _COLAB_PAID_GPUS) else "free"
         info.session_limit_s = COLAB_FREE_LIMIT_S
         if info.tier == "paid":
-            info.notes.append("Colab paid GPU: assuming 12 h; Colab Pro+ runs up to 24 h (pass --session-budget-hours 24)")
+            info.notes.append(render(f"Colab paid GPU: assuming 12 h; Colab Pro+ runs up to 24 h (pass {setting('session_budget_hours', 24)})"))
     elif kind == "kaggle":
         info.batch = env.get("KAGGLE_KERNEL_RUN_TYPE", "").lower() == "batch"
         info.session_limit_s = KAGGLE_LIMIT_S

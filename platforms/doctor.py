@@ -17,7 +17,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import UserInputError
+from ..errors import UserInputError, render, setting
 from .detect import detect_platform
 
 SECRET_NAMES = ("HF_TOKEN", "PREFECT_API_KEY")
@@ -57,7 +57,7 @@ def check_gpu(platform) -> Finding:
     count = f"{gpu.count}x " if gpu.count > 1 else ""
     action = f"mixed precision auto -> {precision}"
     if gpu.count > 1:
-        action += f"; one GPU unless you pass --num-gpus {gpu.count} (data parallel, {gpu.count}x fewer steps per epoch)"
+        action += render(f"; one GPU unless you pass {setting('num_gpus', gpu.count)} (data parallel, {gpu.count}x fewer steps per epoch)")
     return Finding("gpu", f"{count}{gpu.name}, {gpu.memory_gib:.1f} GiB", action)
 
 
@@ -70,7 +70,8 @@ def check_storage(location: str) -> Finding:
     try:
         loc = resolve_storage(location, create=False)  # for a local path: the folder or its nearest parent is writable
     except UserInputError as exc:  # a file, memory://, Drive off Colab, an unknown scheme, an unreachable host
-        return Finding("storage", str(exc), "train stops with this same message; fix it or pass another --storage", ok=False)
+        return Finding("storage", str(exc), render(f"train stops with this same message; fix it or pass another {setting('storage')}"),
+                       ok=False)
     try:
         if not loc.fs.exists(loc.root):
             return Finding("storage", f"{location}: does not exist; train would create it{_parent_note(loc)}",
@@ -83,7 +84,8 @@ def check_storage(location: str) -> Finding:
             exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
         )
         return Finding("storage", f"{location}: not writable ({why})",
-                       "train would stop before it starts; fix its access rights or pass another --storage", ok=False)
+                       render(f"train would stop before it starts; fix its access rights or pass another {setting('storage')}"),
+                       ok=False)
     return Finding("storage", f"{location}: writable{_free_space(loc.root) if loc.is_local else ''}",
                    "checkpoints and states are published here")
 
