@@ -26,8 +26,8 @@ Audience = Literal["cli", "notebook", "flow"]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-# The flow's own parameters besides `config`; every other setting is a field of its config.
-FLOW_PARAMETERS = frozenset({"dry_run"})
+# The flow's own parameters; every other setting is a field of its `config`.
+FLOW_PARAMETERS = frozenset({"config", "dry_run"})
 
 # U+2039/U+203A around the setting's name: readable if a message ever escapes unrendered, and absent from
 # paths, URLs and TOML, so rendering cannot touch anything else in a message.
