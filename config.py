@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from .errors import UserInputError
+from .errors import UserInputError, render, setting
 
 BaseModelName = Literal["anima-base-v1.0", "anima-preview3-base", "anima-preview", "anima-preview2"]
 Optimizer = Literal["auto", "adamw", "adamw8bit", "adafactor"]
@@ -292,12 +292,13 @@ class TrainingConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_buckets(self) -> "TrainingConfig":
-        # Flag names: a cross-field error has no single key to blame, and most users typed flags.
+        # Every setting named: a cross-field error has no single key to blame. Rendered now, for whoever
+        # reads it (pydantic keeps the message's text, not the error).
         if self.min_bucket_reso > self.resolution or self.max_bucket_reso < self.resolution:
-            raise ValueError(
-                f"--resolution {self.resolution} must lie between --min-bucket-reso {self.min_bucket_reso} "
-                f"and --max-bucket-reso {self.max_bucket_reso}; change one of them"
-            )
+            raise ValueError(render(
+                f"{setting('resolution', self.resolution)} must lie between {setting('min_bucket_reso', self.min_bucket_reso)} "
+                f"and {setting('max_bucket_reso', self.max_bucket_reso)}; change one of them"
+            ))
         return self
 
     # --- Derived values -------------------------------------------------------------------------
@@ -388,7 +389,7 @@ def resume_rule(field: str, trainer: str = "native") -> ResumeRule:
 
 
 def resume_differences(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[tuple[str, Any, Any]]]:
-    """What differs between a state's recorded settings and this run's: (refusals as "--flag old -> new",
+    """What differs between a state's recorded settings and this run's: (refusals as setting_change spells them,
     changes a resume continues under as (field, old, new)). A setting missing from either record (a state
     from an older version) is not compared."""
     trainer = new.get("trainer") or old.get("trainer") or "native"
@@ -398,7 +399,7 @@ def resume_differences(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[s
             continue
         rule = resume_rule(key, trainer)
         if rule == "match":
-            refused.append(flag_change(key, old[key], new[key]))
+            refused.append(setting_change(key, old[key], new[key]))
         elif rule == "continue":
             changed.append((key, old[key], new[key]))
     return refused, changed
@@ -411,15 +412,15 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def flag_change(field: str, old: Any, new: Any) -> str:
-    """"--network-dim 20 -> 8": a setting's change in the spelling of its CLI flag."""
-    return f"--{field.replace('_', '-')} {_shown_value(old)} -> {_shown_value(new)}"
+def setting_change(field: str, old: Any, new: Any) -> str:
+    """A setting's change as the current audience spells the setting: "--network-dim 20 -> 8" on the CLI."""
+    return render(f"{setting(field)} {_shown_value(old)} -> {_shown_value(new)}")
 
 
 def change_note(field: str, old: Any, new: Any, step: int) -> str:
     """The warning for a setting a resumed run continues under, naming the step it applies from."""
     what = "the learning-rate schedule is re-planned" if field in _SCHEDULE_FIELDS else "it applies"
-    return f"{flag_change(field, old, new)}: {what} from step {step}"
+    return f"{setting_change(field, old, new)}: {what} from step {step}"
 
 
 def _shown_value(value: Any) -> str:
@@ -452,7 +453,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}; check the --config path")
+        raise FileNotFoundError(render(f"config file not found: {path}; check the {setting('config')} path"))
     suffix = path.suffix.lower()
     if suffix not in (".toml", ".json"):
         raise UserInputError(f"config file must end in .toml or .json: {path}")
