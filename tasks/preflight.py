@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 
 from ..config import TrainingConfig
-from ..errors import NotBuiltError, UserInputError
+from ..errors import NotBuiltError, UserInputError, setting
 from ..storage.location import ensure_cache_folder, ensure_hf_cache_folder, ensure_local_folder
 
 # Settings that exist in the config (for the sd-scripts backend or for later) but that the native
@@ -34,7 +34,7 @@ BNB_INSTALL = "pip install bitsandbytes"  # the [bnb] extra's package; this pack
 def unsupported_settings(config: TrainingConfig) -> list[str]:
     problems = []
     if config.sample_every_n_epochs:
-        problems.append("sample images during training are not built yet; use --sample-every-n-epochs 0")
+        problems.append(f"sample images during training are not built yet; use {setting('sample_every_n_epochs', 0)}")
     if config.trainer == "sd-scripts" and config.num_gpus > 1:
         problems.append("--num-gpus above 1 is built for the native trainer only; use --trainer native or --num-gpus 1")
     if config.trainer == "native" and config.timestep_sampling in _NATIVE_UNBUILT_TIMESTEPS:
@@ -46,7 +46,8 @@ def unsupported_settings(config: TrainingConfig) -> list[str]:
 
 
 def missing_packages(config: TrainingConfig) -> list[str]:
-    """The optional packages the chosen settings need that are not installed here, each with its install line.
+    """The optional packages the chosen settings need that are not installed here, each with its install line
+    (settings as errors.setting placeholders: the error that joins them renders them).
 
     find_spec only: importing flash-attn or bitsandbytes can take seconds or fail loudly on a CPU machine.
     """
@@ -54,10 +55,12 @@ def missing_packages(config: TrainingConfig) -> list[str]:
     backend = config.attention_backend
     module, install = _ATTENTION_PACKAGES.get(backend) or (_KERNELS if backend.endswith("_hub") else (None, None))
     if module and not _installed(module):
-        missing.append(f"--attention-backend {backend} needs the {module} package: {install}, or use --attention-backend native")
+        missing.append(f"{setting('attention_backend', backend)} needs the {module} package: {install}, "
+                       f"or use {setting('attention_backend', 'native')}")
     # sd-scripts runs in its own virtual environment from its own requirements: only the native trainer imports it here.
     if config.trainer == "native" and config.optimizer == "adamw8bit" and not _installed("bitsandbytes"):
-        missing.append(f"--optimizer adamw8bit needs bitsandbytes: {BNB_INSTALL}, or use --optimizer auto (torch AdamW on the native trainer)")
+        missing.append(f"{setting('optimizer', 'adamw8bit')} needs bitsandbytes: {BNB_INSTALL}, "
+                       f"or use {setting('optimizer', 'auto')} (torch AdamW on the native trainer)")
     return missing
 
 
@@ -89,10 +92,10 @@ def ensure_local_folders(config: TrainingConfig, *, downloads: bool = True) -> N
     Call it after the storage is resolved: a work folder on Google Drive needs Drive mounted first.
     `downloads=False` skips the Hugging Face cache (models_dir is used as is, or nothing is downloaded).
     """
-    ensure_cache_folder()  # Prefect's home and the models' download state live here whatever --work-dir says
+    ensure_cache_folder()  # Prefect's home and the models' download state live here whatever work_dir says
     if config.work_dir:
-        ensure_local_folder(config.resolved_work_dir(), "--work-dir")
+        ensure_local_folder(config.resolved_work_dir(), setting("work_dir"))
     else:
-        ensure_cache_folder(config.resolved_work_dir(), label="work folder", alternative=", or pass --work-dir")
+        ensure_cache_folder(config.resolved_work_dir(), label="work folder", alternative=f", or pass {setting('work_dir')}")
     if downloads and not config.models_dir:
         ensure_hf_cache_folder()
