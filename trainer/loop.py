@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..config import TrainingConfig
 from ..effective import Effective
-from ..errors import UserInputError
+from ..errors import TrainingError, UserInputError, setting
 
 from .cache import TrainingCache
 from .data import BucketSampler, collate
@@ -44,7 +44,7 @@ LOG_EVERY = 10  # steps between loss read-outs: .item() is a host sync, so not e
 NONFINITE_READS = 3  # loss read-outs in a row that are NaN/inf before the run is called diverged
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(TrainingError):
     """The loss or the LoRA weights became NaN/inf; nothing is saved from that point on.
 
     Saving would write a poisoned state and prune the good ones, and training on would spend the
@@ -55,13 +55,15 @@ class TrainingDivergedError(RuntimeError):
 def diverged(s: "Session", what: str) -> TrainingDivergedError:
     cfg, p = s.cfg, s.progress
     if s.accelerator.mixed_precision == "fp16":
-        fix = "--mixed-precision bf16 on a GPU that has it (A100, L4, H100...), or --mixed-precision no (slower)"
+        fix = (f"{setting('mixed_precision', 'bf16')} on a GPU that has it (A100, L4, H100...), "
+               f"or {setting('mixed_precision', 'no')} (slower)")
     else:
-        fix = f"a lower --learning-rate (now {cfg.learning_rate:g})"
+        fix = f"a lower {setting('learning_rate')} (now {cfg.learning_rate:g})"
     good = f"the last good state is {s.last_state}" if s.last_state else "no state was saved before it"
     return TrainingDivergedError(
         f"training diverged at step {p.global_step}: {what} became NaN/inf; nothing was saved after that, {good}. "
-        f"Start over with --restart and {fix}"
+        f"Start over with {setting('restart')} and {fix}",
+        field="mixed_precision" if s.accelerator.mixed_precision == "fp16" else "learning_rate",
     )
 
 
@@ -103,8 +105,9 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainingConfig, eff: 
             import bitsandbytes as bnb
         except ImportError as exc:
             raise UserInputError(
-                "--optimizer adamw8bit needs bitsandbytes, which is not installed: pip install bitsandbytes, "
-                "or use --optimizer auto (torch AdamW, fused on a GPU)"
+                f"{setting('optimizer', 'adamw8bit')} needs bitsandbytes, which is not installed: pip install bitsandbytes, "
+                f"or use {setting('optimizer', 'auto')} (torch AdamW, fused on a GPU)",
+                field="optimizer",
             ) from exc
         return bnb.optim.AdamW8bit(params, **kwargs)
     cuda = all(p.is_cuda for p in params)
