@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.processes import signal_group, stop_process_group
 from ..trainer.events import Event
-from ..trainer.process import signal_group, stop_process_group
 from .sync import CheckpointSyncer
 
 # Exit code the native trainer uses for "saved a state and stopped on request".

@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..errors import UserInputError, setting
-from ..trainer.process import pid_alive
+from ..core.processes import pid_alive
+from ..errors import UserInputError
 from .runstore import RunStore
 
 LOCK_FILE = "LOCK.json"
@@ -84,9 +84,8 @@ def acquire_project_lock(store: RunStore, run_id: str, *, clock: Callable[[], fl
             raise UserInputError(
                 f"project {store.project!r} is being trained by run {holder.get('run_id')} on {holder.get('host')} "
                 f"(pid {holder.get('pid')}) since {started}, last heard from {age:.0f} s ago; wait for it to finish "
-                f"or use another {setting('project_name')} (a run that died frees the project {stale_s / 60:.1f} min after its "
-                "last heartbeat)",
-                field="project_name",
+                f"or use another --project-name (a run that died frees the project {stale_s / 60:.1f} min after its "
+                "last heartbeat)"
             )
         log.info("taking over the lock of run %s: %s", holder.get("run_id"), why_free)
     record = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), "started": now, "heartbeat": now}

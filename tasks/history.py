@@ -32,10 +32,10 @@ from prefect.runtime import flow_run
 from prefect.states import Crashed
 
 from ..config import TrainingConfig
+from ..core.processes import pid_alive
 from ..storage.location import resolve_location
 from ..storage.lock import STALE_S, read_lock
 from ..storage.runstore import RunStore
-from ..trainer.process import pid_alive
 
 FLOW_NAME = "train-anima-lora"
 HOST_LABEL = "anima-lora.host"

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Sequence
+
+from ..core.processes import free_port
 
 Group = list[list[int]]
 
@@ -49,12 +50,6 @@ def shard_group(group: Group, num_processes: int, rank: int) -> Group:
 
 def is_worker() -> bool:
     return os.environ.get(WORKER_ENV) == "1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def worker_env(base: dict[str, str], rank: int, num_processes: int, port: int) -> dict[str, str]:

@@ -19,9 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.processes import free_port, pid_alive
 from ..errors import UserInputError
-from ..trainer.data_parallel import free_port
-from ..trainer.process import pid_alive
 
 PID_FILE = "anima-ui-server.json"  # not Prefect's own server.pid, which `prefect server start -b` owns
 LOG_FILE = "anima-ui-server.log"

@@ -7,7 +7,7 @@ import sys
 import textwrap
 import time
 
-from anima_lora_flow.trainer.process import group_alive, start_process_group, stop_process_group
+from anima_lora_flow.core.processes import group_alive, start_process_group, stop_process_group
 
 STUBBORN = textwrap.dedent(
     """

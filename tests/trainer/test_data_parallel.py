@@ -22,7 +22,7 @@ from anima_lora_flow.planner.steps import count_steps
 from anima_lora_flow.trainer.data_parallel import launch_workers, merge_exit_codes, shard, shard_group
 from anima_lora_flow.trainer.events import read_events
 from anima_lora_flow.trainer.lora import load_lora_file
-from anima_lora_flow.trainer.process import signal_group, start_process_group
+from anima_lora_flow.core.processes import signal_group, start_process_group
 from anima_lora_flow.trainer.run import TrainJob, effective_numbers
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from anima_lora_flow.cli import main
-from anima_lora_flow.trainer.data_parallel import free_port
+from anima_lora_flow.core.processes import free_port
 from anima_lora_flow.ui import notify
 from anima_lora_flow.ui import server as ui_server
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from ...config import TrainingConfig
+from ...core.processes import stop_process_group
 from ..events import Event, EventSink, emit
-from ..process import stop_process_group
 from .console import ConsoleParser
 from .oom import detect_oom, kernel_oom_lines, oom_advice, uptime_seconds
 

@@ -1,13 +1,15 @@
-"""A trainer in its own process group, so a stop reaches every child it started.
+"""Processes: a child in its own process group, whether a pid is alive, a free local port for a server.
 
-The seed killed only `accelerate launch` and left the real training process holding the GPU; here
-every stop goes to the whole group: SIGTERM first (a trainer saves a state), SIGKILL after a grace.
+A trainer runs in its own process group, so a stop reaches every child it started. The seed killed
+only `accelerate launch` and left the real training process holding the GPU; here every stop goes to
+the whole group: SIGTERM first (a trainer saves a state), SIGKILL after a grace.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -49,6 +51,13 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (the OS picks it), for a server or a rendezvous to listen on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def group_alive(pgid: int) -> bool:
