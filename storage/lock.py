@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..core.processes import pid_alive
-from ..errors import UserInputError
+from ..errors import UserInputError, setting
 from .runstore import RunStore
 
 LOCK_FILE = "LOCK.json"
@@ -84,8 +84,9 @@ def acquire_project_lock(store: RunStore, run_id: str, *, clock: Callable[[], fl
             raise UserInputError(
                 f"project {store.project!r} is being trained by run {holder.get('run_id')} on {holder.get('host')} "
                 f"(pid {holder.get('pid')}) since {started}, last heard from {age:.0f} s ago; wait for it to finish "
-                f"or use another --project-name (a run that died frees the project {stale_s / 60:.1f} min after its "
-                "last heartbeat)"
+                f"or use another {setting('project_name')} (a run that died frees the project {stale_s / 60:.1f} min after its "
+                "last heartbeat)",
+                field="project_name",
             )
         log.info("taking over the lock of run %s: %s", holder.get("run_id"), why_free)
     record = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), "started": now, "heartbeat": now}
