@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..errors import UserInputError
+from ..errors import UserInputError, render, setting
 
 SUBFOLDERS = ("transformer", "text_conditioner", "text_encoder", "tokenizer", "t5_tokenizer", "vae", "scheduler")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -28,10 +28,10 @@ def check_models_dir(models_dir: Path) -> Path:
     models_dir = Path(models_dir)
     missing = [name for name in SUBFOLDERS if not (models_dir / name).is_dir()]
     if missing:
-        raise FileNotFoundError(
+        raise FileNotFoundError(render(
             f"{models_dir} is not a Diffusers-format Anima folder: missing {', '.join(missing)} "
-            "(pass --models-dir a Diffusers-format Anima folder, or leave it out to download one)"
-        )
+            f"(pass {setting('models_dir')} a Diffusers-format Anima folder, or leave it out to download one)"
+        ))
     return models_dir
 
 
@@ -113,7 +113,8 @@ def speed_up_transformer(model: torch.nn.Module, *, attention_backend: str = "na
         try:
             model.set_attention_backend(attention_backend)
         except (ValueError, ImportError, RuntimeError) as exc:
-            raise UserInputError(f"--attention-backend {attention_backend}: {exc}; use native") from exc
+            raise UserInputError(f"{setting('attention_backend', attention_backend)}: {exc}; use native",
+                                 field="attention_backend") from exc
     if compile_blocks:
         for block in model.transformer_blocks:
             block.compile(backend=compile_backend)

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..config import TrainingConfig, change_note, resume_differences
-from ..errors import UserInputError
+from ..errors import UserInputError, setting
 
 ADAPTER_FILE = "adapter.safetensors"
 TRAINING_STATE_FILE = "training_state.pt"
@@ -173,7 +173,7 @@ def check_resume(
     if refused:
         raise UserInputError(
             f"cannot resume the state at step {saved.global_step}: it was trained with other settings "
-            f"({'; '.join(refused)}); restore them, or start over with --restart (the old states are archived)"
+            f"({'; '.join(refused)}); restore them, or start over with {setting('restart')} (the old states are archived)"
         )
     return [change_note(key, old, new, saved.global_step) for key, old, new in changed]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from urllib.parse import urlparse
 
-from ..errors import UserInputError
+from ..errors import UserInputError, setting
 
 FLOW_NAME = "train-anima-lora"  # the name in flows/train_lora.py's @flow
 AUTOMATION_NAME = "anima-lora: a training run failed or crashed"
@@ -39,7 +39,9 @@ def check_webhook_url(url: str) -> str:
     parsed = urlparse(url.strip())
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise UserInputError(
-            f"--webhook {url!r} is not an http(s) URL; pass the full address, e.g. https://hooks.slack.com/services/..."
+            f"{setting('webhook', repr(url))} is not an http(s) URL; pass the full address, "
+            "e.g. https://hooks.slack.com/services/...",
+            field="webhook",
         )
     return url.strip()
 

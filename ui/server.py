@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.processes import free_port, pid_alive
-from ..errors import UserInputError
+from ..errors import UserInputError, setting
 
 PID_FILE = "anima-ui-server.json"  # not Prefect's own server.pid, which `prefect server start -b` owns
 LOG_FILE = "anima-ui-server.log"
@@ -63,7 +63,7 @@ def start_ui_server(port: int = 4200, *, home: Path | None = None, host: str = "
     """Start `prefect server start` in the background (or find ours already running) and wait for /api/health.
 
     Raises:
-        UserInputError: the port is taken by something else (pass another --port).
+        UserInputError: the port is taken by something else (pass another port).
         RuntimeError: the server exited during start-up (the message names its log file).
         TimeoutError: /api/health did not answer within `timeout_s` (the server is stopped; see its log).
     """
@@ -80,7 +80,8 @@ def start_ui_server(port: int = 4200, *, home: Path | None = None, host: str = "
         os.environ["PREFECT_API_URL"] = server.api_url
         return server
     if not _port_free(host, port):
-        raise UserInputError(f"port {port} on {host} is already in use by another program; pick another with --port")
+        raise UserInputError(f"port {port} on {host} is already in use by another program; pick another with {setting('port')}",
+                             field="port")
 
     proxy_url = _colab_proxy_url(port)
     ui_url = proxy_url or _local_ui_url(host, port)
