@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.lora_files import kohya_name
 from ..storage.runstore import RunStore
-from ..trainer.files import kohya_name
 
 
 @dataclass

@@ -15,13 +15,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..config import TrainingConfig
+from ..core.lora_files import kohya_name
 from ..core.processes import start_process_group
 from ..dataset.items import TrainItem
 from ..errors import NotBuiltError
 from ..storage.drive import remount_on_drop
 from ..storage.runstore import RunStore
 from ..trainer.events import Event
-from ..trainer.files import kohya_name
 from .resume import ResumePoint, find_resume_point, state_extra
 from .supervise import EXIT_STOPPED, Outcome, supervise
 from .sync import CheckpointSyncer

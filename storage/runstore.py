@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.hashing import sha256_file
-from ..trainer.files import epoch_of, kohya_name, lora_file_name
+from ..core.lora_files import epoch_of, kohya_name, lora_file_name
 from .location import Location
 
 PART_MARK = ".part-"

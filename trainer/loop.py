@@ -18,11 +18,11 @@ from ..config import TrainingConfig
 from ..effective import Effective
 from ..errors import TrainingError, UserInputError, setting
 
+from ..core.lora_files import epoch_of, kohya_name, lora_file_name
 from .cache import TrainingCache
 from .data import BucketSampler, collate
 from .data_parallel import shard
 from .events import EventSink, emit
-from .files import epoch_of, kohya_name, lora_file_name
 from .lora import (
     adapter_state_dict,
     base_model_metadata,

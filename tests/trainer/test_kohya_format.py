@@ -18,7 +18,7 @@ from safetensors import safe_open
 from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.effective import Machine, derive
 from anima_lora_flow.trainer.components import build_transformer
-from anima_lora_flow.trainer.files import epoch_of, kohya_name
+from anima_lora_flow.core.lora_files import epoch_of, kohya_name
 from anima_lora_flow.trainer.lora import (
     DIFFUSERS_TO_ORIGINAL,
     ORIGINAL_TO_DIFFUSERS,

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 from ...config import TrainingConfig, cache_root
+from ...core.lora_files import lora_file_name
 from ...errors import UserInputError
 from ..events import JsonLinesSink, emit
-from ..files import lora_file_name
 from .install import SdScriptsInstallError, ensure_sd_scripts
 from .launch import SdScriptsFailed, run_sd_scripts
 from .prepare import prepare_sd_scripts_run
