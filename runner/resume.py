@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TrainingConfig, change_note, resume_differences
+from ..core.formatting import epoch_position
 from ..core.lora_files import kohya_name
 from ..errors import UserInputError
 from ..storage.runstore import RunStore, StateInfo, StateVerificationError
-from ..ui.progress import epoch_position
 
 PROGRESS_FILE = "progress.json"  # the native trainer's progress record (trainer/state.py)
 

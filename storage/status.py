@@ -12,7 +12,7 @@ import json
 import math
 import time
 
-from ..ui.progress import epoch_position
+from ..core.formatting import epoch_position
 from .lock import STALE_S, _why_free, read_lock
 from .runstore import RunStore
 

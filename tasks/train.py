@@ -12,7 +12,7 @@ from ..runner.train import run_training_session
 from ..trainer.sdscripts.staging import stage_dataset
 from ..ui.console import FOR_CONSOLE
 from ..ui.loss_chart import loss_chart_png, loss_table
-from ..ui.progress import TrainingProgress
+from ..ui.progress import ConsoleProgress
 from .artifacts import artifact_key
 from .progress import PrefectProgress
 from .storage import open_run_store
@@ -24,7 +24,7 @@ def train_task(config: TrainingConfig, report, models, run_id: str, guard=None, 
     """Train (resuming from storage), sync checkpoints while training, return the session result."""
     logger = get_run_logger()
     # Checkpoints and the trainer's own lines are reported once, by the Prefect log (the cell and the UI alike).
-    cell = TrainingProgress(session_left=guard.remaining_s if guard is not None else None, echo_checkpoints=False,
+    cell = ConsoleProgress(session_left=guard.remaining_s if guard is not None else None, echo_checkpoints=False,
                             echo_messages=False)
     prefect_progress = PrefectProgress(artifact_key("progress", config.project_name))
 

@@ -80,12 +80,12 @@ def _run_fake_train(tmp_path, monkeypatch, capfd, *flags):
     import anima_lora_flow.flows.train_lora as train_module
     from anima_lora_flow.trainer.events import Event
     from anima_lora_flow.ui.console import FOR_CONSOLE
-    from anima_lora_flow.ui.progress import TrainingProgress
+    from anima_lora_flow.ui.progress import ConsoleProgress
 
     @task(name="train")
     def train():
         get_run_logger().info("checkpoint (state) at step 12")
-        bar = TrainingProgress(echo_checkpoints=False, echo_messages=False)
+        bar = ConsoleProgress(echo_checkpoints=False, echo_messages=False)
         bar(Event("plan", {"total_steps": 24, "start_step": 0}))
         bar(Event("step", {"step": 24, "total": 24, "loss": 0.25, "sec_per_step": 0.5}))
         bar(Event("done", {"lora": "x"}))

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from ..config import TrainingConfig
+from ..core.formatting import epoch_position
 from ..dataset.items import TrainItem, samples_per_bucket
 from ..effective import Effective, Machine, derive
 from ..errors import UserInputError
-from ..ui.progress import epoch_position
 
 from .cache import build_cache
 from .components import build_transformer, check_models_dir, speed_up_transformer

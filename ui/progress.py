@@ -9,33 +9,8 @@ from collections.abc import Callable
 
 from tqdm import tqdm
 
+from ..core.formatting import format_duration
 from ..trainer.events import Event
-
-
-def epoch_position(epochs_done: int | None, step_in_epoch: int | None = None, epochs: int | None = None) -> str:
-    """Where a step stands among the epochs, 1-based: "after epoch 2 of 2", "in epoch 4 of 10".
-
-    The one wording for the runner's resume line, the trainer's log and `status`: a state's manifest
-    and TrainingProgress both count finished epochs, which read one lower than the epoch in progress.
-    Without `step_in_epoch` it cannot tell an epoch's end from its middle, so it says only what is done.
-    """
-    if epochs_done is None:
-        return ""
-    of = f" of {epochs}" if epochs else ""
-    if step_in_epoch is None:
-        return f"{epochs_done}{of} epoch{'' if (epochs or epochs_done) == 1 else 's'} done"
-    if step_in_epoch > 0:
-        return f"in epoch {epochs_done + 1}{of}"
-    return f"after epoch {epochs_done}{of}" if epochs_done else f"before epoch 1{of}"
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds < 0:
-        return "?"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def redraws_in_place(file) -> bool:
@@ -50,7 +25,7 @@ def _percent(step: int, total: int | None) -> str:
     return f" ({100 * step // total}%)" if total else ""
 
 
-class TrainingProgress:
+class ConsoleProgress:
     """Renders step events as one progress line: step, loss, s/step, ETA, next save, session time left.
 
     Where the output redraws in place (a terminal, a notebook cell) it is a tqdm bar. Elsewhere (a log

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import TrainingConfig
-from .progress import format_duration
+from ..core.formatting import format_duration
 
 
 def format_bytes(n: int) -> str:

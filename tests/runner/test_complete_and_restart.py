@@ -21,7 +21,7 @@ from anima_lora_flow.dataset.intake import prepare_dataset
 from anima_lora_flow.demo import demo_config
 from anima_lora_flow.runner.train import run_training_session
 from anima_lora_flow.storage import RunStore, resolve_location
-from anima_lora_flow.ui.progress import TrainingProgress
+from anima_lora_flow.ui.progress import ConsoleProgress
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_restart_keeps_the_earlier_loras_and_resume_names_the_epoch(demo, tmp_pa
 
     # Resumed mid-epoch 1: the runner, the trainer and the bar agree on the step and the epoch.
     out = io.StringIO()
-    bar = TrainingProgress(file=out, echo_checkpoints=False)
+    bar = ConsoleProgress(file=out, echo_checkpoints=False)
     lines, events = [], []
     result = run_training_session(
         cfg, items=report.train_items(), dataset_fingerprint=report.fingerprint, models_dir=Path(cfg.models_dir),

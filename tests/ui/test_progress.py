@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 
 from anima_lora_flow.trainer.events import Event
-from anima_lora_flow.ui.progress import TrainingProgress, format_duration
+from anima_lora_flow.core.formatting import format_duration
+from anima_lora_flow.ui.progress import ConsoleProgress
 from anima_lora_flow.ui.summary import summary_text
 from anima_lora_flow.config import TrainingConfig
 
@@ -17,7 +18,7 @@ class _Terminal(io.StringIO):
 
 def test_a_run_of_events_draws_one_bar():
     out = _Terminal()
-    progress = TrainingProgress(file=out, session_left=lambda: 3600.0, echo_checkpoints=False)
+    progress = ConsoleProgress(file=out, session_left=lambda: 3600.0, echo_checkpoints=False)
     progress(Event("plan", {"total_steps": 200, "start_step": 0}))
     for step in range(1, 201):
         progress(Event("step", {"step": step, "total": 200, "loss": 0.1, "sec_per_step": 0.5}))
@@ -29,7 +30,7 @@ def test_a_run_of_events_draws_one_bar():
 
 
 def test_postfix_eta():
-    progress = TrainingProgress(file=io.StringIO())
+    progress = ConsoleProgress(file=io.StringIO())
     progress(Event("plan", {"total_steps": 100}))
     assert "ETA 0m50s" in progress.postfix(Event("step", {"step": 50, "total": 100, "sec_per_step": 1.0}))
     assert format_duration(5400) == "1h30m" and format_duration(None) == "?"
@@ -58,7 +59,7 @@ DEMO_EVENTS = [
 
 def test_a_log_file_gets_each_step_once_as_plain_lines():
     out = io.StringIO()  # no tty: a log file, a pipe, Kaggle's saved output
-    progress = TrainingProgress(file=out, echo_checkpoints=False, every_s=0)
+    progress = ConsoleProgress(file=out, echo_checkpoints=False, every_s=0)
     for event in DEMO_EVENTS:
         progress(event)
     text = out.getvalue()
@@ -76,7 +77,7 @@ def test_a_log_file_gets_each_step_once_as_plain_lines():
 
 def test_plain_lines_are_throttled_but_the_last_step_is_always_shown():
     out = io.StringIO()
-    progress = TrainingProgress(file=out, every_s=3600)
+    progress = ConsoleProgress(file=out, every_s=3600)
     for event in DEMO_EVENTS:
         progress(event)
     steps = [line for line in out.getvalue().splitlines() if line.startswith("training: step")]
@@ -85,7 +86,7 @@ def test_plain_lines_are_throttled_but_the_last_step_is_always_shown():
 
 def test_a_terminal_redraws_each_step_with_its_own_numbers():
     out = _Terminal()
-    progress = TrainingProgress(file=out, echo_checkpoints=False, redraw_s=0)
+    progress = ConsoleProgress(file=out, echo_checkpoints=False, redraw_s=0)
     for event in DEMO_EVENTS:
         progress(event)
     frames = [f for f in out.getvalue().replace("\n", "\r").split("\r") if "/24" in f]
