@@ -89,6 +89,16 @@ def speaking_to(audience: Audience) -> Iterator[None]:
         _AUDIENCE.reset(token)
 
 
+@contextlib.contextmanager
+def speaking_by_default(audience: Audience) -> Iterator[None]:
+    """Render for `audience` inside the block unless an edge chose already (the CLI) or a notebook kernel runs it."""
+    if audience_chosen() or current_audience() == "notebook":
+        yield
+        return
+    with speaking_to(audience):
+        yield
+
+
 class _NamesSettings:
     """Mixed into the error types: `str()` renders the message's settings for the current audience."""
 
