@@ -11,6 +11,7 @@ from prefect.logging.loggers import flow_run_logger
 from prefect.runtime import flow_run
 
 from ..config import TrainingConfig
+from ..errors import speaking_by_default
 from ..planner.guard import guard_for
 from ..planner.refine import refine
 from ..runner.prepare import dry_run_result
@@ -42,6 +43,13 @@ def tell_how_to_resume(flow, flow_run, state) -> None:
 @flow(name="train-anima-lora", log_prints=True, on_crashed=[tell_how_to_resume], on_cancellation=[tell_how_to_resume])
 def train_lora(config: TrainingConfig, dry_run: bool = False) -> dict:
     """Validate, plan, download, train (resuming from storage) and publish one Anima LoRA."""
+    # A deployment's run names a setting by this flow's parameter (config.learning_rate); the CLI and a
+    # notebook have chosen their own spelling (--learning-rate, learning_rate) before they call it.
+    with speaking_by_default("flow"):
+        return _train_lora(config, dry_run)
+
+
+def _train_lora(config: TrainingConfig, dry_run: bool) -> dict:
     logger = get_run_logger()
     check_supported(config)
     ensure_local_folders(config)

@@ -30,7 +30,7 @@ def test_a_changed_setting_or_dataset_is_refused_before_the_models_stage(prefect
     args = base_args(tmp_path)
     if change == "network_dim":
         args += ["--network-dim", "8"]
-        expected = r"state at step 12 .*\(--network-dim 20 -> 8\)"
+        expected = r"state at step 12 .*\(config\.network_dim 20 -> 8\)"  # the flow names its parameter, not a flag
     else:
         (tmp_path / "ds" / "3.txt").write_text("1boy, a caption edited since")
         expected = r"state at step 12 .*\(the dataset's images or captions\)"
