@@ -1,6 +1,15 @@
 """`anima-lora ui`: a local Prefect server with its UI, started as a logged subprocess and stopped by pid file.
 
 POSIX only (Colab, Kaggle, Linux, macOS): the server runs in its own session so `--stop` can end its process group.
+
+Why not Prefect's own `prefect server start --background` / `prefect server stop` (read in Prefect 3.9.1,
+prefect/cli/_server_utils.py `_run_in_background` and prefect/cli/server.py `stop`): the background
+server's output goes to a pipe that nobody reads once the command exits, so a server that fails to
+start leaves no log to show; the command returns before /api/health answers; the server stays in the
+caller's process group, so a Ctrl-C in the terminal stops it along with the flow (the case
+`server_for_this_command` exists for); and `stop` sends one SIGTERM and neither waits for the server
+to end nor kills one that does not. Prefect's own `prefect server start` is what runs, in the foreground
+of a process this module starts in its own session, logging to a file.
 """
 
 from __future__ import annotations
