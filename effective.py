@@ -4,7 +4,7 @@ The planner, both backends (the native loop and the sd-scripts TOML), the LoRA m
 resumable state all read these numbers; none of them derives its own. Inputs:
 
 - the config (`TrainingConfig`);
-- the dataset: samples (images x repeats) per bucket, as `dataset.items.samples_per_bucket` counts them;
+- the dataset: samples (images x repeats) per bucket, as `core.train_items.samples_per_bucket` counts them;
 - the machine (`Machine`): a GPU or not, native bf16 or not, and how many training processes.
 
 Step arithmetic is kohya's (sd-scripts 48d368fa): a batch holds one bucket, every bucket ends with
@@ -22,7 +22,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from .config import TrainingConfig
-from .dataset.buckets import Bucket, batches_per_epoch, make_buckets, optimizer_steps_per_epoch
+from .core.buckets import Bucket, batches_per_epoch, make_buckets, optimizer_steps_per_epoch
 
 log = logging.getLogger(__name__)
 

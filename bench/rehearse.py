@@ -650,7 +650,7 @@ def gpu_host_session(models_dir: str, work: str) -> int:
 
     from anima_lora_flow.trainer.cache import build_cache
     from anima_lora_flow.trainer.components import build_transformer, release_memory
-    from anima_lora_flow.dataset.items import TrainItem
+    from anima_lora_flow.core.train_items import TrainItem
 
     def status() -> dict:
         with open("/proc/self/status") as fh:

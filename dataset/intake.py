@@ -6,11 +6,11 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from ..core.hashing import sha256_file
+from .caption_tokenizers import find_caption_tokenizers
 from .extract import ExtractLimits, is_archive, left_in_archive, safe_extract
 from .fetch import cache_key, classify_source, download_drive, download_fsspec, download_http
 from .formats import IMAGE_EXTENSIONS, is_image
 from .report import DatasetError, DatasetReport
-from .tokens import find_caption_tokenizers
 from .validate import validate_folder
 
 __all__ = ["DatasetError", "DatasetReport", "ExtractLimits", "locate_dataset", "prepare_dataset"]

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import TrainingConfig, cache_root
+from ..core.caption_tokens import has_tokenizers
 from ..dataset.intake import prepare_dataset
 from ..dataset.report import DatasetReport
-from ..dataset.tokens import has_tokenizers
 from ..planner.plan import Plan, enforce_plan, make_plan
 from ..platforms.detect import PlatformInfo, detect_platform
 from ..platforms.kaggle import import_previous_run_store, on_kaggle

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..config import TrainingConfig
 from ..core.lora_files import kohya_name
 from ..core.processes import start_process_group
-from ..dataset.items import TrainItem
+from ..core.train_items import TrainItem
 from ..errors import NotBuiltError
 from ..storage.drive import remount_on_drop
 from ..storage.runstore import RunStore

@@ -21,10 +21,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from ..dataset.buckets import cover_size
-from ..dataset.items import TrainItem
-from ..dataset.orientation import upright
-from ..dataset.tokens import cut_reason, load_caption_tokenizers
+from ..core.buckets import cover_size
+from ..core.caption_tokens import cut_reason, load_caption_tokenizers
+from ..core.orientation import upright
+from ..core.train_items import TrainItem
 from ..errors import UserInputError
 
 from .components import TextStack, build_text_stack, build_vae, component_identity, latent_stats, release_memory

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..dataset.buckets import batches_per_epoch, optimizer_steps_per_epoch
-from ..dataset.items import TrainItem, samples_per_bucket
+from ..core.buckets import batches_per_epoch, optimizer_steps_per_epoch
+from ..core.train_items import TrainItem, samples_per_bucket
 
 from .cache import TrainingCache
 
@@ -53,7 +53,7 @@ class BucketSampler:
 
 
 def build_sampler(items: Sequence[TrainItem], batch_size: int, micro_batches_per_step: int, seed: int) -> BucketSampler:
-    """A sampler whose batch count equals dataset.buckets.batches_per_epoch(samples_per_bucket(items))."""
+    """A sampler whose batch count equals core.buckets.batches_per_epoch(samples_per_bucket(items))."""
     per_bucket: dict[tuple[int, int], list[int]] = {}
     for index, item in enumerate(items):
         per_bucket.setdefault(tuple(item.bucket), []).extend([index] * item.repeats)

@@ -15,7 +15,7 @@ import torch
 
 from ..config import TrainingConfig
 from ..core.formatting import epoch_position
-from ..dataset.items import TrainItem, samples_per_bucket
+from ..core.train_items import TrainItem, samples_per_bucket
 from ..effective import Effective, Machine, derive
 from ..errors import UserInputError
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anima_lora_flow.dataset.orientation import exif_orientation, upright, upright_size
+from anima_lora_flow.core.orientation import exif_orientation, upright, upright_size
 from anima_lora_flow.dataset.validate import validate_folder
 from anima_lora_flow.trainer.cache import load_image
 

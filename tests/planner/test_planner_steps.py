@@ -2,7 +2,7 @@
 
 import pytest
 
-from anima_lora_flow.dataset.buckets import batches_per_epoch, optimizer_steps_per_epoch
+from anima_lora_flow.core.buckets import batches_per_epoch, optimizer_steps_per_epoch
 from anima_lora_flow.planner.steps import count_steps, with_repeats
 from anima_lora_flow.planner.suggest import largest_epochs, largest_repeats, max_steps_within
 

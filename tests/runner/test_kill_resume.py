@@ -31,7 +31,7 @@ DRIVER = textwrap.dedent(
     import json, sys
     from pathlib import Path
     from anima_lora_flow.config import TrainingConfig
-    from anima_lora_flow.dataset.items import TrainItem
+    from anima_lora_flow.core.train_items import TrainItem
     from anima_lora_flow.runner.train import run_training_session
     from anima_lora_flow.storage import RunStore, resolve_location
     spec = json.loads(Path(sys.argv[1]).read_text())

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anima_lora_flow.dataset.items import TrainItem
+from anima_lora_flow.core.train_items import TrainItem
 from anima_lora_flow.trainer.tiny import build_tiny_model
 
 CAPTIONS = ["1girl, solo, smile, blue hair", "1boy, short hair, school uniform", "cat ears, red eyes, portrait"]

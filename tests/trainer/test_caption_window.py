@@ -15,7 +15,8 @@ import torch
 
 from anima_lora_flow.cli import main
 from anima_lora_flow.dataset.intake import prepare_dataset
-from anima_lora_flow.dataset.tokens import find_caption_tokenizers, load_caption_tokenizers
+from anima_lora_flow.core.caption_tokens import load_caption_tokenizers
+from anima_lora_flow.dataset.caption_tokenizers import find_caption_tokenizers
 from anima_lora_flow.dataset.validate import validate_folder
 from anima_lora_flow.errors import UserInputError
 from anima_lora_flow.trainer.cache import build_cache

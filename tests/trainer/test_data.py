@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from anima_lora_flow.dataset.buckets import batches_per_epoch, optimizer_steps_per_epoch
-from anima_lora_flow.dataset.items import TrainItem, samples_per_bucket
+from anima_lora_flow.core.buckets import batches_per_epoch, optimizer_steps_per_epoch
+from anima_lora_flow.core.train_items import TrainItem, samples_per_bucket
 from anima_lora_flow.trainer.data import build_sampler
 
 

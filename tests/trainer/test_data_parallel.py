@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from anima_lora_flow.config import TrainingConfig
-from anima_lora_flow.dataset.items import TrainItem
-from anima_lora_flow.dataset.items import samples_per_bucket
+from anima_lora_flow.core.train_items import TrainItem
+from anima_lora_flow.core.train_items import samples_per_bucket
 from anima_lora_flow.effective import Machine
 from anima_lora_flow.planner.steps import count_steps
 from anima_lora_flow.trainer.data_parallel import launch_workers, merge_exit_codes, shard, shard_group

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from anima_lora_flow.config import TrainingConfig
-from anima_lora_flow.dataset.items import TrainItem
+from anima_lora_flow.core.train_items import TrainItem
 from anima_lora_flow.trainer.components import build_transformer
 from anima_lora_flow.trainer.data import collate
 from anima_lora_flow.trainer.loop import train

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from anima_lora_flow.dataset.buckets import make_buckets
+from anima_lora_flow.core.buckets import make_buckets
 from anima_lora_flow.trainer.components import build_transformer, enlarge_rope
 from anima_lora_flow.trainer.loss import Objective, compute_loss
 

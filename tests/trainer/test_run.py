@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from anima_lora_flow.dataset.buckets import batches_per_epoch, optimizer_steps_per_epoch
-from anima_lora_flow.dataset.items import samples_per_bucket
+from anima_lora_flow.core.buckets import batches_per_epoch, optimizer_steps_per_epoch
+from anima_lora_flow.core.train_items import samples_per_bucket
 from anima_lora_flow.errors import UserInputError
 from anima_lora_flow.trainer.lora import load_lora_file
 from anima_lora_flow.trainer.run import TrainJob, run_training

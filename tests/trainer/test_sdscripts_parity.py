@@ -51,7 +51,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:In CPU autocast:UserWarning")
 for _module, _package in (("einops", "einops"), ("cv2", "opencv-python-headless"), ("torchvision", "torchvision")):
     pytest.importorskip(_module, reason=f"sd-scripts' Anima model code imports {_module}: pip install {_package}")
 
-from anima_lora_flow.dataset.items import TrainItem  # noqa: E402
+from anima_lora_flow.core.train_items import TrainItem  # noqa: E402
 from anima_lora_flow.models.convert import convert_single_file_dit  # noqa: E402
 from anima_lora_flow.trainer.cache import build_cache  # noqa: E402
 from anima_lora_flow.trainer.components import build_transformer  # noqa: E402

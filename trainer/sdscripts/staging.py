@@ -11,7 +11,7 @@ as an image (a folder `x.png/` matches kohya's `*.png`). In each:
   (another filesystem, or a file the user may not hard-link), else a copy; no bytes are copied where
   a link works;
 - an upright PNG instead, for an image whose EXIF orientation turns it (the one rule of
-  dataset/orientation.py, so both backends train the same pixels);
+  core/orientation.py, so both backends train the same pixels);
 - beside each image, a UTF-8 caption file with the text the validator read, so kohya reads nothing
   from the user's folder but the validated images.
 
@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
-from ...dataset.orientation import exif_orientation, upright
+from ...core.orientation import exif_orientation, upright
 from ...dataset.report import DatasetError, DatasetReport, ImageRecord
 from ...errors import UserInputError
 

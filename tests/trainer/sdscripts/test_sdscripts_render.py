@@ -272,7 +272,7 @@ def test_render_configs_writes_valid_named_files(tmp_path):
 
 
 def test_nested_and_kohya_folders_become_one_subset_each(tmp_path):
-    from anima_lora_flow.dataset.items import TrainItem
+    from anima_lora_flow.core.train_items import TrainItem
     from anima_lora_flow.trainer.sdscripts.prepare import folder_subsets
     from anima_lora_flow.trainer.sdscripts.render import render_dataset_toml
 

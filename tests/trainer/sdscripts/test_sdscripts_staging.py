@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from anima_lora_flow.config import TrainingConfig
-from anima_lora_flow.dataset.orientation import exif_orientation
+from anima_lora_flow.core.orientation import exif_orientation
 from anima_lora_flow.dataset.report import DatasetError
 from anima_lora_flow.errors import UserInputError
 from anima_lora_flow.platforms.detect import PlatformInfo

@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserInputError, setting
-
 WINDOW = 512  # Anima's min_sequence_length, used when the models are not here to say it
 
 
@@ -86,33 +84,6 @@ def _count(tokenizer: Any, caption: str) -> int:
         return len(tokenizer.encode(caption).ids)
     # verbose=False: the count is the point, transformers' own "longer than" warning is noise here.
     return len(tokenizer([caption], verbose=False).input_ids[0])
-
-
-def find_caption_tokenizers(models_dir: str | Path | None = None, base_model: str | None = None) -> CaptionTokenizers | None:
-    """The tokenizers of `models_dir`, else of the downloaded Diffusers folder of `base_model`; None when neither is here.
-
-    Raises:
-        UserInputError: `models_dir` was given but holds no usable tokenizers.
-    """
-    if models_dir is not None:
-        folder = Path(models_dir).expanduser()
-        try:
-            return load_caption_tokenizers(folder)
-        except (OSError, ValueError, KeyError) as exc:
-            raise UserInputError(
-                f"{setting('models_dir', folder)} has no usable tokenizers ({exc}); point it at a Diffusers-format Anima folder",
-                field="models_dir",
-            ) from exc
-    from ..config import TrainingConfig
-    from ..models.download import ready_models
-
-    paths = ready_models(base_model or TrainingConfig.model_fields["base_model"].default, "native")
-    if paths is None or paths.diffusers_dir is None or not has_tokenizers(paths.diffusers_dir):
-        return None
-    try:
-        return load_caption_tokenizers(paths.diffusers_dir)
-    except (OSError, ValueError, KeyError):  # a damaged download: `models verify` will say so; estimate meanwhile
-        return None
 
 
 def cut_reason(qwen: int, t5: int, cut: int, window: int) -> str:
