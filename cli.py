@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 import typing
 from pathlib import Path
@@ -16,8 +15,7 @@ from pydantic_core import PydanticUndefined
 
 from .config import TrainingConfig, canonical_choice, load_config_file, unwrap_optional
 from .dataset.commands import add_validate_parser
-from .errors import EXIT_BAD_INPUT, EXIT_OK, NotBuiltError, UserInputError, error_line, exit_code, one_line, speaking_to
-from .errors import user_error_names as _user_error_names
+from .errors import EXIT_BAD_INPUT, EXIT_OK, UserInputError, error_line, exit_code, is_user_error, one_line, speaking_to
 from .models.commands import add_models_parser
 
 DESCRIPTION = """\
@@ -181,21 +179,24 @@ def run_flow(config: TrainingConfig, *, dry_run: bool = False, verbose: bool = F
             APILogWorker.drain_all(timeout=5)
 
 
-_FAILED_STATE = re.compile(r"encountered an exception:? (\w+):")
+_USER_ERROR_RUNS: set[str] = set()  # ids of the task and flow runs that failed with a user error
 
 
 def _no_console_echo_of_user_errors(record: logging.LogRecord) -> bool:
     """A user's mistake is the CLI's one `error:` line; Prefect's copies of it stay in the UI only.
 
-    Prefect reports a failure up to three times (the exception, the task's and the flow's final
-    state); the state records carry no exception object, only the error's class name in the text.
+    Prefect reports a failure up to three times: the exception (the record carries the exception
+    object), then the task's and the flow's final state (records carrying only the run's ids). The run
+    whose exception record held a user error is remembered by its id, so its final-state record is
+    recognised by that id, not by parsing the state's text.
     """
+    own_run = getattr(record, "task_run_id", None) or getattr(record, "flow_run_id", None)
     exc = record.exc_info[1] if record.exc_info else None
-    if isinstance(exc, (UserInputError, NotBuiltError)):
+    if exc is not None and is_user_error(exc):
+        if own_run:
+            _USER_ERROR_RUNS.add(own_run)
         return False
-    message = record.getMessage()
-    failed = _FAILED_STATE.search(message) if message.startswith("Finished in state Failed") else None
-    return not (failed and failed.group(1) in _user_error_names())
+    return own_run is None or own_run not in _USER_ERROR_RUNS
 
 
 def _print_result(config: TrainingConfig, result: dict, *, as_json: bool) -> None:

@@ -141,16 +141,6 @@ def is_user_error(exc: BaseException) -> bool:
     return exit_code(exc) == EXIT_BAD_INPUT
 
 
-def user_error_names() -> set[str]:
-    """Class names of every user error, for text (Prefect's state messages) that carries only the name."""
-    names, todo = set(), [UserInputError, NotBuiltError]
-    while todo:
-        cls = todo.pop()
-        names.add(cls.__name__)
-        todo.extend(cls.__subclasses__())
-    return names
-
-
 def one_line(exc: BaseException, audience: Audience | None = None) -> str:
     """The error's message on one line, its settings spelled for `audience`."""
     text = render(exc, audience).strip()

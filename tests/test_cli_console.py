@@ -5,42 +5,51 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import uuid
 
 import pytest
 
 from anima_lora_flow.cli import _no_console_echo_of_user_errors
 from anima_lora_flow.dataset.report import DatasetError
+from anima_lora_flow.errors import NotBuiltError
+from anima_lora_flow.runner.resume import ResumeRefusedError
 
 
-def _record(msg: str, exc: BaseException | None = None, level: int = logging.ERROR) -> logging.LogRecord:
+def _record(msg: str, exc: BaseException | None = None, level: int = logging.ERROR, **run_ids: str) -> logging.LogRecord:
     exc_info = (type(exc), exc, None) if exc else None
-    return logging.LogRecord("prefect.flow_runs", level, __file__, 1, msg, None, exc_info)
+    record = logging.LogRecord("prefect.task_runs" if "task_run_id" in run_ids else "prefect.flow_runs", level,
+                               __file__, 1, msg, None, exc_info)
+    record.__dict__.update(run_ids)  # what Prefect's run loggers add to every record (their `extra`)
+    return record
 
 
-@pytest.mark.parametrize(
-    "record",
-    [
-        _record("Encountered exception during execution: DatasetError('x')", DatasetError("x")),
-        _record('Finished in state Failed("Task run encountered an exception DatasetError: x")'),
-        _record('Finished in state Failed("Flow run encountered an exception: ResumeRefusedError: x")', level=logging.INFO),
-        _record('Finished in state Failed("Flow run encountered an exception: NotBuiltError: x")'),
-    ],
-)
-def test_user_errors_are_not_echoed(record):
-    assert _no_console_echo_of_user_errors(record) is False
+@pytest.mark.parametrize("error", [DatasetError("x"), ResumeRefusedError("x"), NotBuiltError("x")])
+def test_a_user_error_and_its_runs_final_states_are_not_echoed(error):
+    """Prefect logs the exception once with the exception object, then each run's final state by text;
+    the final states are known by the failed runs' ids, whatever their text says."""
+    task_run, flow_run = str(uuid.uuid4()), str(uuid.uuid4())
+    records = [
+        _record(f"Task run failed with exception: {error!r} - Retries are exhausted", error, task_run_id=task_run,
+                flow_run_id=flow_run),
+        _record("Finished in state Failed('Task run encountered an exception')", task_run_id=task_run, flow_run_id=flow_run),
+        _record(f"Encountered exception during execution: {error!r}", error, flow_run_id=flow_run),
+        _record("Finished in state Failed('Flow run encountered an exception')", level=logging.INFO, flow_run_id=flow_run),
+    ]
+    assert [_no_console_echo_of_user_errors(r) for r in records] == [False] * 4
 
 
-@pytest.mark.parametrize(
-    "record",
-    [
-        _record("Encountered exception during execution: RuntimeError('boom')", RuntimeError("boom")),
-        _record('Finished in state Failed("Flow run encountered an exception: RuntimeError: boom")'),
-        _record("Finished in state Completed()", level=logging.INFO),
+def test_other_failures_and_other_runs_are_kept():
+    task_run, other_task, flow_run = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    assert _no_console_echo_of_user_errors(
+        _record("Task run failed with exception: DatasetError('x')", DatasetError("x"), task_run_id=task_run,
+                flow_run_id=flow_run)) is False
+    kept = [
+        _record("Encountered exception during execution: RuntimeError('boom')", RuntimeError("boom"), flow_run_id=flow_run),
+        _record("Finished in state Failed('Task run encountered an exception')", task_run_id=other_task, flow_run_id=flow_run),
+        _record("Finished in state Completed()", level=logging.INFO, flow_run_id=str(uuid.uuid4())),
         _record("a DatasetError: mentioned in passing", level=logging.INFO),
-    ],
-)
-def test_other_records_are_kept(record):
-    assert _no_console_echo_of_user_errors(record) is True
+    ]
+    assert [_no_console_echo_of_user_errors(r) for r in kept] == [True] * 4
 
 
 def test_a_user_error_raised_in_a_flow_is_printed_once(prefect_harness, tmp_path, capfd, monkeypatch):
