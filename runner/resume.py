@@ -13,7 +13,7 @@ from typing import Any
 from ..config import TrainingConfig, change_note, resume_differences
 from ..core.formatting import epoch_position
 from ..core.lora_files import kohya_name
-from ..errors import UserInputError
+from ..errors import UserInputError, render, setting
 from ..storage.runstore import RunStore, StateInfo, StateVerificationError
 
 PROGRESS_FILE = "progress.json"  # the native trainer's progress record (trainer/state.py)
@@ -111,9 +111,9 @@ def find_resume_point(
     if restart:
         earlier = [what for rel, what in (("state", "states"), ("checkpoints", "checkpoints")) if store.listdir(rel)]
         if download_to is None:
-            point.notes += [f"--restart moves the earlier {what} to {store.path('archive')}" for what in earlier]
+            point.notes += [render(f"{setting('restart')} moves the earlier {what} to {store.path('archive')}") for what in earlier]
         else:
-            point.notes += [f"--restart: the earlier {what} moved to {dest} (nothing deleted)"
+            point.notes += [render(f"{setting('restart')}: the earlier {what} moved to {dest} (nothing deleted)")
                             for what, dest in archive_earlier_run(store).items()]
         return point
     for state, reason in store.iter_valid_states():
@@ -126,9 +126,10 @@ def find_resume_point(
         if total is not None and state.step > total:
             raise ResumeRefusedError(
                 f"project '{store.project}' already has a state at step {state.step}, past this run's end at step "
-                f"{total} (--max-train-epochs {training_fields.get('max_train_epochs')}); raise --max-train-epochs "
-                "to continue it; run again with --restart to start over (the earlier states are archived), or "
-                "choose a new --project-name"
+                f"{total} ({setting('max_train_epochs', training_fields.get('max_train_epochs'))}); raise "
+                f"{setting('max_train_epochs')} to continue it; run again with {setting('restart')} to start over (the "
+                f"earlier states are archived), or choose a new {setting('project_name')}",
+                field="max_train_epochs",
             )
         local = None
         if download_to is not None:
@@ -172,7 +173,7 @@ def _judge(store: RunStore, state: StateInfo, training_fields: dict, fingerprint
         raise ResumeRefusedError(
             f"project '{store.project}' already has a state at step {state.step} trained with different settings "
             f"({'; '.join(refused[:6])}) that a resume must keep; set them back to continue it; run again with "
-            "--restart to start over (the earlier states are archived), or choose a new --project-name"
+            f"{setting('restart')} to start over (the earlier states are archived), or choose a new {setting('project_name')}"
         )
     return changed
 

@@ -19,6 +19,7 @@ from ..core.lora_files import kohya_name
 from ..core.processes import start_process_group
 from ..core.train_items import TrainItem
 from ..errors import NotBuiltError
+from ..errors import TrainingError, render, setting
 from ..storage.drive import remount_on_drop
 from ..storage.runstore import RunStore
 from ..trainer.events import Event
@@ -27,7 +28,7 @@ from .supervise import EXIT_STOPPED, Outcome, supervise
 from .sync import CheckpointSyncer
 
 
-class TrainingFailedError(RuntimeError):
+class TrainingFailedError(TrainingError):
     """The trainer exited with an error; the message carries its last words and the log's place.
 
     `result` is the failed session (the step it reached, its total), for the run history.
@@ -149,8 +150,8 @@ def _already_complete(store: RunStore, resume: ResumePoint, fingerprint: str, ru
             f"{moved[rel]}; writing it again from the state (no training)")
         return None
     path = store.path(rel)
-    log(f"its final LoRA is in storage: {path}. Nothing to train or write; --restart trains again from step 0 "
-        "and moves this run's states and LoRAs to archive/")
+    log(render(f"its final LoRA is in storage: {path}. Nothing to train or write; {setting('restart')} trains again "
+               "from step 0 and moves this run's states and LoRAs to archive/"))
     return SessionResult(
         run_id=run_id, outcome="completed", steps_done=resume.step, total_steps=resume.total_steps,
         start_step=resume.step, final_lora=path, lora_bytes=store.fs.size(path), resume_note=resume.describe(),

@@ -71,11 +71,11 @@ def main(argv: list[str] | None = None) -> int:
             job, sink if main_process else None, stop_requested=stop_requested, show_progress=main_process and not args.no_progress
         )
     except UserInputError as e:
-        emit(sink, "error", message=str(e), kind="user")
+        emit(sink, "error", message=e.template, kind="user")
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER
     except TrainingDivergedError as e:  # its message is the whole story: no traceback
-        emit(sink, "error", message=str(e), kind="diverged")
+        emit(sink, "error", message=e.template, kind="diverged")
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except Exception as e:  # noqa: BLE001 - reported as an event, then a non-zero exit
