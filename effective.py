@@ -57,13 +57,13 @@ class Machine(BaseModel):
 
     @classmethod
     def from_gpu(cls, gpu, processes: int = 1) -> "Machine":
-        """From a platforms.gpu.GpuInfo (detected or named in the planner's table), or None for no GPU."""
+        """From a core.gpu.GpuInfo (detected or named in the planner's table), or None for no GPU."""
         return cls(gpu=gpu is not None, bf16_native=bool(gpu is not None and gpu.bf16_native), processes=processes)
 
     @classmethod
     def detect(cls, processes: int = 1) -> "Machine":
         """This machine, as PyTorch sees device 0 (the same GpuInfo the planner reads)."""
-        from .platforms.gpu import query_torch_gpu  # noqa: PLC0415 - imports torch
+        from .core.gpu import query_torch_gpu  # noqa: PLC0415 - imports torch
 
         return cls.from_gpu(query_torch_gpu(), processes)
 

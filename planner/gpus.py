@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..core.gpu import GpuInfo
 from ..errors import UserInputError, setting
-from ..platforms.gpu import GpuInfo
 
 
 @dataclass(frozen=True)

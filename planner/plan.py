@@ -10,12 +10,12 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from ..config import TrainingConfig
+from ..core.gpu import GpuInfo
 from ..effective import Effective, Machine, derive
 from ..errors import UserInputError, setting
 from ..errors import render as spoken
 from ..platforms.detect import COLAB_FREE_LIMIT_S, HOUR, PlatformInfo
 from ..platforms.durable import is_durable_storage
-from ..platforms.gpu import GpuInfo
 from . import render
 from .gpus import is_notebook_gpu, named_gpu
 from .guard import DEFAULT_MARGIN_S, DEFAULT_SAVE_COST_S

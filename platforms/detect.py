@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, computed_field
 
+from ..core.gpu import GpuInfo, query_torch_gpu
 from ..errors import render, setting
-from .gpu import GpuInfo, query_torch_gpu
 
 PlatformKind = Literal["colab", "kaggle", "local", "prefect-worker"]
 

@@ -11,7 +11,7 @@ from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.effective import Machine, derive, resolve_optimizer, resolve_precision, warmup_steps
 from anima_lora_flow.planner.plan import make_plan
 from anima_lora_flow.platforms.detect import detect_platform
-from anima_lora_flow.platforms.gpu import GpuInfo
+from anima_lora_flow.core.gpu import GpuInfo
 from anima_lora_flow.trainer.sdscripts.render import render_dataset_toml, render_training_toml
 
 T4 = GpuInfo(name="Tesla T4", memory_gib=14.7, capability=(7, 5))

@@ -6,7 +6,7 @@ import json
 from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.planner.commands import run_plan
 from anima_lora_flow.platforms.detect import detect_platform
-from anima_lora_flow.platforms.gpu import GpuInfo
+from anima_lora_flow.core.gpu import GpuInfo
 
 T4 = GpuInfo(name="Tesla T4", memory_gib=14.7, capability=(7, 5))
 SPB = {(768, 768): 150}

@@ -9,7 +9,7 @@ from anima_lora_flow.errors import UserInputError
 from anima_lora_flow.planner.plan import RESERVE_S, SETUP_S, PlanOverrunError, enforce_plan, make_plan
 from anima_lora_flow.planner.steps import count_steps, with_repeats
 from anima_lora_flow.platforms.detect import detect_platform
-from anima_lora_flow.platforms.gpu import GpuInfo
+from anima_lora_flow.core.gpu import GpuInfo
 
 NOW = 1_700_000_000.0
 HOUR = 3600.0

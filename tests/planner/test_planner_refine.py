@@ -6,7 +6,7 @@ from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.planner.plan import make_plan
 from anima_lora_flow.planner.refine import RateTracker, refine
 from anima_lora_flow.platforms.detect import detect_platform
-from anima_lora_flow.platforms.gpu import GpuInfo
+from anima_lora_flow.core.gpu import GpuInfo
 
 NOW = 1_700_000_000.0
 T4 = GpuInfo(name="Tesla T4", memory_gib=14.7, capability=(7, 5))

@@ -3,7 +3,7 @@
 import pytest
 
 from anima_lora_flow.platforms.detect import detect_platform, machine_uptime_s
-from anima_lora_flow.platforms.gpu import GpuInfo
+from anima_lora_flow.core.gpu import GpuInfo
 
 NOW = 1_700_000_000.0
 H = 3600.0

@@ -2,7 +2,7 @@
 
 import pytest
 
-from anima_lora_flow.platforms.gpu import GpuInfo, arch_supported, query_torch_gpu
+from anima_lora_flow.core.gpu import GpuInfo, arch_supported, query_torch_gpu
 
 CU128 = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]
 

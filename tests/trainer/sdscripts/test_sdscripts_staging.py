@@ -23,7 +23,7 @@ from anima_lora_flow.core.orientation import exif_orientation
 from anima_lora_flow.dataset.report import DatasetError
 from anima_lora_flow.errors import UserInputError
 from anima_lora_flow.platforms.detect import PlatformInfo
-from anima_lora_flow.platforms.gpu import GpuInfo
+from anima_lora_flow.core.gpu import GpuInfo
 from anima_lora_flow.runner.prepare import dataset_report, plan_run, sd_scripts_configs
 from anima_lora_flow.storage import RunStore, resolve_location
 from anima_lora_flow.tasks.train import sd_scripts_spec
