@@ -99,9 +99,6 @@ RESUME_RULES: dict[str, ResumeRule] = {
     "sample_every_n_epochs": "continue",
     "sample_prompts": "continue",
 }
-# sd-scripts' resume (accelerate's load_state) brings back the optimizer's hyperparameters, the
-# scheduler's base learning rate and the grad scaler from its state: a new value would be ignored there.
-_KEPT_BY_SD_SCRIPTS_STATE = frozenset({"learning_rate", "weight_decay", "betas", "mixed_precision"})
 # Changing one of these re-plans the learning-rate schedule from the resumed step.
 _SCHEDULE_FIELDS = frozenset({"learning_rate", "max_train_epochs", "lr_scheduler", "lr_scheduler_num_cycles", "lr_warmup_steps"})
 
@@ -382,22 +379,25 @@ def cache_root_setting() -> str:
     return next((name for name in ("ANIMA_LORA_CACHE", "XDG_CACHE_HOME") if os.environ.get(name)), "HOME")
 
 
-def resume_rule(field: str, trainer: str = "native") -> ResumeRule:
-    """RESUME_RULES[field], except that sd-scripts cannot continue under the settings its state restores."""
+def resume_rule(field: str, kept_by_state: frozenset[str] = frozenset()) -> ResumeRule:
+    """RESUME_RULES[field], except that a backend cannot continue under the settings its own resume
+    restores from the state (its `kept_by_state`, trainer/backend.py): a new value would be ignored."""
     rule = RESUME_RULES.get(field, "match")  # a field without a rule is the safe kind
-    return "match" if rule == "continue" and trainer == "sd-scripts" and field in _KEPT_BY_SD_SCRIPTS_STATE else rule
+    return "match" if rule == "continue" and field in kept_by_state else rule
 
 
-def resume_differences(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[tuple[str, Any, Any]]]:
+def resume_differences(
+    old: dict[str, Any], new: dict[str, Any], kept_by_state: frozenset[str] = frozenset()
+) -> tuple[list[str], list[tuple[str, Any, Any]]]:
     """What differs between a state's recorded settings and this run's: (refusals as setting_change spells them,
     changes a resume continues under as (field, old, new)). A setting missing from either record (a state
-    from an older version) is not compared."""
-    trainer = new.get("trainer") or old.get("trainer") or "native"
+    from an older version) is not compared. `trainer` must match, so the new run's backend decides what
+    its state keeps."""
     refused, changed = [], []
     for key in sorted(set(old) & set(new)):
         if _same(old[key], new[key]):
             continue
-        rule = resume_rule(key, trainer)
+        rule = resume_rule(key, kept_by_state)
         if rule == "match":
             refused.append(setting_change(key, old[key], new[key]))
         elif rule == "continue":

@@ -26,21 +26,31 @@ from .core.buckets import Bucket, batches_per_epoch, make_buckets, optimizer_ste
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["native", "sd-scripts"]
 ResolvedPrecision = Literal["bf16", "fp16", "no"]
 ResolvedOptimizer = Literal["adamw", "adamw8bit", "adafactor"]
 
-# What "auto" builds on each backend. Native: torch's fused AdamW, exact and the fastest (at rank 20 the
-# fp32 Adam states are ~230 MB, so 8-bit states save little; another Anima trainer measured -26 % step
-# time against AdamW8bit). sd-scripts: the seed notebook's AdamW8bit, whose bitsandbytes comes with
-# sd-scripts' own requirements.txt.
-AUTO_OPTIMIZER: dict[str, ResolvedOptimizer] = {"native": "adamw", "sd-scripts": "adamw8bit"}
 # The class each name builds, in the native trainer (trainer/loop.py build_optimizer) and in sd-scripts.
 OPTIMIZER_CLASS = {
     "adamw": "torch.optim.AdamW",
     "adamw8bit": "bitsandbytes.optim.AdamW8bit",
     "adafactor": "transformers.optimization.Adafactor",
 }
+
+
+class BackendNumbers(BaseModel):
+    """A backend's own rules in the run's numbers; each backend module holds its instance (trainer/registry.py)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    auto_optimizer: ResolvedOptimizer  # what optimizer="auto" builds
+    adamw_kernel: bool  # its AdamW is torch's with a fused (GPU) or foreach kernel, named in optimizer_class
+    # Its LR scheduler steps once per training process per optimizer step, over steps x processes
+    # (sd-scripts' prepared scheduler); otherwise once per optimizer step on any number of processes.
+    scheduler_per_process: bool
+    fp16_islands: bool  # its fp16 keeps fp32 islands (trainer/fp16.py): the memory estimate counts them
+
+
 # The latent is 1/8 of the image and the DiT patches it 2x2: one RoPE position per 16 pixels.
 PIXELS_PER_PATCH = 16
 WARMUP_SHARE = 10  # warm-up is at most a tenth of the run
@@ -83,7 +93,7 @@ class Effective(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    backend: Backend
+    backend: str  # BackendNumbers.name
     processes: int
     micro_batches_per_step: int  # gradient accumulation times processes
     steps: StepCount
@@ -162,15 +172,15 @@ def resolve_precision(requested: str, machine: Machine) -> ResolvedPrecision:
     return requested  # type: ignore[return-value]
 
 
-def resolve_optimizer(requested: str, backend: Backend) -> ResolvedOptimizer:
-    """The optimizer name a backend builds for the setting (auto: see AUTO_OPTIMIZER)."""
-    return AUTO_OPTIMIZER[backend] if requested == "auto" else requested  # type: ignore[return-value]
+def resolve_optimizer(requested: str, backend: BackendNumbers) -> ResolvedOptimizer:
+    """The optimizer name a backend builds for the setting (auto: the backend's own choice)."""
+    return backend.auto_optimizer if requested == "auto" else requested  # type: ignore[return-value]
 
 
-def optimizer_class(optimizer: ResolvedOptimizer, backend: Backend, machine: Machine) -> str:
-    """The class the backend builds; for the native trainer's AdamW also its kernel (fused on CUDA, foreach elsewhere)."""
+def optimizer_class(optimizer: ResolvedOptimizer, backend: BackendNumbers, machine: Machine) -> str:
+    """The class the backend builds; for torch's AdamW also its kernel (fused on CUDA, foreach elsewhere)."""
     name = OPTIMIZER_CLASS[optimizer]
-    if backend == "native" and optimizer == "adamw":
+    if backend.adamw_kernel and optimizer == "adamw":
         name += "(fused)" if machine.gpu else "(foreach)"
     return name
 
@@ -180,28 +190,27 @@ def rope_patches_for(buckets: list[Bucket]) -> int:
     return math.ceil(max(max(b) for b in buckets) / PIXELS_PER_PATCH)
 
 
-def derive(config: TrainingConfig, samples_per_bucket: Mapping, machine: Machine, backend: Backend | None = None) -> Effective:
-    """Every effective number of the run.
+def derive(config: TrainingConfig, samples_per_bucket: Mapping, machine: Machine, backend: BackendNumbers) -> Effective:
+    """Every effective number of the run on `backend` (the registry's backend_for(config.trainer).numbers).
 
     Raises:
         ValueError: the dataset has no samples, or a count below 1.
     """
-    backend = backend or config.trainer
     micro = config.gradient_accumulation_steps * machine.processes
     steps = count_steps(samples_per_bucket, config.batch_size, micro, config.max_train_epochs)
     warmup = warmup_steps(config.lr_warmup_steps, steps.total_steps, config.lr_scheduler)
     optimizer = resolve_optimizer(config.optimizer, backend)
     buckets = make_buckets(config.resolution, config.min_bucket_reso, config.max_bucket_reso, config.bucket_reso_steps)
-    if backend == "native":
-        # The native scheduler is stepped by the loop once per optimizer step, outside accelerate's
-        # prepare (trainer/run.py): its counts are optimizer steps on any number of processes.
-        sched_total, sched_warmup, per_step = steps.total_steps, warmup, 1
-    else:
+    if backend.scheduler_per_process:
         # sd-scripts' get_scheduler_fix (train_util.py line 5274) multiplies the training steps by the
         # processes, not the warm-up, and its prepared scheduler steps once per process.
         sched_total, sched_warmup, per_step = steps.total_steps * machine.processes, warmup, machine.processes
+    else:
+        # The native scheduler is stepped by the loop once per optimizer step, outside accelerate's
+        # prepare (trainer/run.py): its counts are optimizer steps on any number of processes.
+        sched_total, sched_warmup, per_step = steps.total_steps, warmup, 1
     return Effective(
-        backend=backend,
+        backend=backend.name,
         processes=machine.processes,
         micro_batches_per_step=micro,
         steps=steps,

@@ -16,6 +16,7 @@ from ..errors import UserInputError, setting
 from ..errors import render as spoken
 from ..platforms.detect import COLAB_FREE_LIMIT_S, HOUR, PlatformInfo
 from ..platforms.durable import is_durable_storage
+from ..trainer.registry import backend_for
 from . import render
 from .gpus import is_notebook_gpu, named_gpu
 from .guard import DEFAULT_MARGIN_S, DEFAULT_SAVE_COST_S
@@ -110,7 +111,7 @@ def make_plan(
         platform = platform.with_session_budget(config.session_budget_hours)
     gpu_info = platform.gpu
     try:
-        eff = derive(config, samples_per_bucket, Machine.from_gpu(gpu_info, config.num_gpus))
+        eff = derive(config, samples_per_bucket, Machine.from_gpu(gpu_info, config.num_gpus), backend_for(config.trainer).numbers)
     except ValueError as exc:
         raise UserInputError(str(exc)) from exc
     precision, steps = eff.precision, eff.steps
@@ -226,7 +227,8 @@ def _rate(config: TrainingConfig, gpu: GpuInfo | None, precision: str, resolutio
 
 def _memory(eff: Effective, config: TrainingConfig, gpu: GpuInfo | None) -> MemoryEstimate:
     available = gpu.memory_gib if gpu else None
-    precision = eff.precision if eff.backend == "native" or eff.precision != "fp16" else "bf16"  # sd-scripts' fp16 has no fp32 islands of ours
+    # A backend's fp16 without our fp32 islands (sd-scripts') holds what bf16 holds.
+    precision = eff.precision if backend_for(config.trainer).numbers.fp16_islands or eff.precision != "fp16" else "bf16"
     return check_memory(config.resolution, config.batch_size, config.network_dim, eff.gradient_checkpointing, precision, available)
 
 
@@ -353,7 +355,7 @@ def _warnings(config: TrainingConfig, plan: Plan, gpu: GpuInfo | None, platform:
         out.append("no GPU: only the demo's tiny model trains on CPU; the time is measured once training starts")
     elif plan.sec_per_step is None:
         out.append(spoken(f"{gpu.name} is not in the speed table: time is measured once training starts (or plan with {setting('gpu', 'NAME')})"))
-    if gpu is not None and plan.gpu_source == "detected" and gpu.count > 1 and config.num_gpus == 1 and config.trainer == "native":
+    if gpu is not None and plan.gpu_source == "detected" and gpu.count > 1 and config.num_gpus == 1 and backend_for(config.trainer).multi_gpu:
         out.append(f"this machine has {gpu.count} GPUs and the run uses one: {flag('num_gpus', gpu.count)} trains on all of them "
                    f"(about {gpu.count}x fewer steps per epoch)")
     if gpu is not None and plan.precision == "bf16" and not gpu.bf16_native:

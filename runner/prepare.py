@@ -15,6 +15,8 @@ from ..platforms.detect import PlatformInfo, detect_platform
 from ..platforms.kaggle import import_previous_run_store, on_kaggle
 from ..storage import RunStore, resolve_storage
 from ..storage.capacity import check_capacity
+from ..trainer.backend import TrainJob
+from ..trainer.registry import backend_for
 from .resume import ResumePoint, judge_resume
 
 Log = Callable[[str], None]
@@ -64,36 +66,37 @@ def plan_run(config: TrainingConfig, report: DatasetReport, steps_done: int = 0,
     return make_plan(config, report.samples_per_bucket(), platform, steps_done=steps_done)
 
 
-def sd_scripts_configs(config: TrainingConfig, report: DatasetReport, plan: Plan, run_id: str, store: RunStore) -> dict:
-    """Render both sd-scripts TOML files into the run store; return their paths and the launch command."""
-    from ..models import registry  # noqa: PLC0415 - only for the sd-scripts backend
+def backend_files(config: TrainingConfig, report: DatasetReport, plan: Plan, run_id: str,
+                  store: RunStore) -> tuple[str, dict] | None:
+    """(the dry-run result's key, the backend's own files for this run written into the run store and the
+    launch command), e.g. sd-scripts' two TOML files; None for a backend without any. Models not downloaded yet are named where
+    `anima-lora models download` puts them."""
+    from ..models import registry  # noqa: PLC0415 - only for a dry run
     from ..models.download import ready_models  # noqa: PLC0415
-    from ..trainer.sdscripts.prepare import prepare_sd_scripts_run  # noqa: PLC0415
-    from ..trainer.sdscripts.staging import stage_dataset  # noqa: PLC0415
 
-    paths = ready_models(config.base_model, "sd-scripts")
+    backend = backend_for(config.trainer)
+    paths = ready_models(config.base_model, config.trainer)
     fallback = cache_root() / "models" / registry.SINGLE_FILE_REPO
-    dit_name = registry.base_model(config.base_model).dit.filename
-    work = config.resolved_work_dir() / "sd-scripts" / run_id
-    staged = stage_dataset(report, config.resolved_work_dir())  # the TOML names only what the validator accepted
-    prepared = prepare_sd_scripts_run(
-        config, run_id=run_id, image_dir=str(staged.root), subsets=staged.subsets,
-        dit=str(paths.dit if paths else fallback / dit_name),
-        qwen3=str(paths.text_encoder if paths else fallback / registry.TEXT_ENCODER.filename),
-        vae=str(paths.vae if paths else fallback / registry.VAE.filename),
-        sd_scripts_dir=cache_root() / f"sd-scripts-{config.sd_scripts_commit}" / "sd-scripts",
-        config_dir=work / "configs", output_dir=work / "output",
-        mixed_precision=plan.precision,
-        total_steps=plan.steps.total_steps,
+    work = config.resolved_work_dir() / config.trainer / run_id
+    job = TrainJob(
+        config=config.model_dump(mode="json"), items=[], dataset_fingerprint=report.fingerprint, run_id=run_id,
+        models_dir=str(paths.diffusers_dir) if paths and paths.diffusers_dir else None,
+        work_dir=str(config.resolved_work_dir()), run_dir=str(work), output_dir=str(work / "output"),
+        dit=str(paths.dit if paths and paths.dit else fallback / registry.base_model(config.base_model).dit.filename),
+        text_encoder=str(paths.text_encoder if paths and paths.text_encoder else fallback / registry.TEXT_ENCODER.filename),
+        vae=str(paths.vae if paths and paths.vae else fallback / registry.VAE.filename),
+        precision=plan.precision, total_steps=plan.steps.total_steps,
     )
-    for path in (prepared.training_path, prepared.dataset_path):
+    preview = backend.preview(job, report)
+    if preview is None:
+        return None
+    result = {"command": preview.command}
+    for name, path in preview.files.items():
         store.publish_file(path, f"configs/{run_id}/{path.name}")
-    return {
-        "command": prepared.command_text,
-        "training_toml": store.path("configs", run_id, prepared.training_path.name),
-        "dataset_toml": store.path("configs", run_id, prepared.dataset_path.name),
-        "models_note": "" if paths else " (model paths are where `anima-lora models download --backend sd-scripts` puts them)",
-    }
+        result[name] = store.path("configs", run_id, path.name)
+    result["models_note"] = "" if paths else (
+        f" (model paths are where `anima-lora models download --backend {config.trainer}` puts them)")
+    return preview.key, result
 
 
 def dry_run_result(run_id: str, storage: str, report: DatasetReport, plan: Plan, resume: ResumePoint) -> dict:
@@ -125,6 +128,7 @@ def dry_run(config: TrainingConfig, run_id: str, log: Log = print) -> dict:
     plan = plan_run(config, report, steps_done=resume.step)
     enforce_plan(plan)
     result = dry_run_result(run_id, store.root, report, plan, resume)
-    if config.trainer == "sd-scripts":
-        result["sd_scripts"] = sd_scripts_configs(config, report, plan, run_id, store)
+    files = backend_files(config, report, plan, run_id, store)
+    if files is not None:
+        result[files[0]] = files[1]
     return result

@@ -15,6 +15,7 @@ from ..core.formatting import epoch_position
 from ..core.lora_files import kohya_name
 from ..errors import UserInputError, render, setting
 from ..storage.runstore import RunStore, StateInfo, StateVerificationError
+from ..trainer.registry import backend_for
 
 PROGRESS_FILE = "progress.json"  # the native trainer's progress record (trainer/state.py)
 
@@ -164,7 +165,8 @@ def _stored_progress(store: RunStore, state: StateInfo) -> dict[str, Any]:
 def _judge(store: RunStore, state: StateInfo, training_fields: dict, fingerprint: str, dataset_fingerprint: str) -> list:
     """The "continue" changes (field, old, new) under which `state` may be resumed, or ResumeRefusedError."""
     recorded = state.manifest.get("config")
-    refused, changed = resume_differences(recorded or {}, training_fields)
+    kept = backend_for(training_fields["trainer"]).kept_by_state if "trainer" in training_fields else frozenset()
+    refused, changed = resume_differences(recorded or {}, training_fields, kept)
     if state.manifest.get("dataset_fingerprint") not in (None, dataset_fingerprint):
         refused.insert(0, "the dataset's images or captions")
     if recorded is None and state.fingerprint != fingerprint:  # no record of its settings: only the hash can tell

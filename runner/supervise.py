@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.processes import signal_group, stop_process_group
-from ..trainer.events import Event
+from ..trainer.backend import EXIT_STOPPED
+from ..trainer.events import Checkpoint, Done, Error, Event, JsonLinesParser, Plan, Step, Stopped
 from .sync import CheckpointSyncer
 
-# Exit code the native trainer uses for "saved a state and stopped on request".
-EXIT_STOPPED = 3
 
 
 @dataclass
@@ -70,12 +69,12 @@ class Outcome:
 
 
 class EventTail:
-    """Reads complete lines appended to a file by another process."""
+    """Reads complete event lines appended to a file by another process."""
 
     def __init__(self, path: Path):
         self.path = path
         self._offset = 0
-        self._partial = ""
+        self._parser = JsonLinesParser()
 
     def read(self) -> list[Event]:
         if not self.path.exists():
@@ -84,15 +83,7 @@ class EventTail:
             fh.seek(self._offset)
             chunk = fh.read()
             self._offset = fh.tell()
-        text = self._partial + chunk
-        lines = text.split("\n")
-        self._partial = lines.pop()  # a line still being written
-        events = []
-        for line in lines:
-            event = Event.from_line(line) if line.strip() else None
-            if event is not None:
-                events.append(event)
-        return events
+        return self._parser.feed(chunk)
 
 
 def supervise(
@@ -147,42 +138,40 @@ def _is_epoch_lora(path: str) -> bool:
 
 
 def _apply(event: Event, outcome: Outcome, syncer: CheckpointSyncer | None) -> None:
-    kind = event.event
-    if kind == "plan":
-        outcome.total_steps = event.get("total_steps", outcome.total_steps)
-        # A resumed run has done these steps already, even if it stops before its first step event.
-        outcome.step = max(outcome.step, int(event.get("start_step") or 0))
-        outcome.timed_from = max(outcome.timed_from, outcome.step)
-    elif kind == "step":
-        outcome.step = int(event.get("step", outcome.step))
-        outcome.total_steps = event.get("total", outcome.total_steps)
-        if event.get("sec_per_step") is not None:
-            outcome.sec_per_step = float(event["sec_per_step"])
-        outcome.add_interval(outcome.step, outcome.sec_per_step if event.get("sec_per_step") is not None else None)
-        if event.get("loss") is not None:
-            outcome.last_loss = float(event["loss"])
-            outcome.losses.append((outcome.step, outcome.last_loss))
-    elif kind == "checkpoint" and syncer is not None:
-        if event.get("kind") == "state":
+    match event:
+        case Plan():
+            outcome.total_steps = event.total_steps if event.total_steps is not None else outcome.total_steps
+            # A resumed run has done these steps already, even if it stops before its first step event.
+            outcome.step = max(outcome.step, event.start_step or 0)
+            outcome.timed_from = max(outcome.timed_from, outcome.step)
+        case Step():
+            outcome.step = event.step
+            outcome.total_steps = event.total_steps or outcome.total_steps
+            if event.sec_per_step is not None:
+                outcome.sec_per_step = float(event.sec_per_step)
+            outcome.add_interval(outcome.step, event.sec_per_step)
+            if event.loss is not None:
+                outcome.last_loss = float(event.loss)
+                outcome.losses.append((outcome.step, outcome.last_loss))
+        case Checkpoint(kind="state") if syncer is not None:
             # What the next run needs to tell "resume" from "already complete" and to name the epoch.
-            facts = {"total_steps": event.get("total_steps") or outcome.total_steps,
-                     "step_in_epoch": event.get("step_in_epoch"), "epochs": event.get("epochs")}
-            syncer.submit_state(event["path"], step=int(event.get("step", 0)), epoch=event.get("epoch"),
+            facts = {"total_steps": event.total_steps or outcome.total_steps, "step_in_epoch": event.step_in_epoch,
+                     "epochs": event.epochs}
+            syncer.submit_state(event.path, step=event.step, epoch=event.epoch,
                                 facts={k: v for k, v in facts.items() if v is not None})
-        elif event.get("kind") == "lora" and _is_epoch_lora(event.get("path", "")):
-            syncer.submit_lora(event["path"], epoch=event.get("epoch"), step=int(event.get("step", 0)))
-    elif kind == "stopped":
-        outcome.stopped = True
-        # Step events come every LOG_EVERY steps: the step the state was saved at may be newer.
-        outcome.step = max(outcome.step, int(event.get("step") or 0))
-        # The supervisor's own reason (the deadline) says more than the trainer's ("SIGTERM").
-        outcome.stop_reason = outcome.stop_reason or event.get("reason")
-    elif kind == "done":
-        outcome.final_lora = event.get("lora")
-        # The native trainer says "steps", an sd-scripts run may say nothing: keep what is known.
-        outcome.step = int(event.get("steps") or event.get("step") or outcome.step)
-        if syncer is not None and outcome.final_lora:
-            syncer.submit_lora(outcome.final_lora, epoch=None, step=outcome.step)
-    elif kind == "error":
-        outcome.error = event.get("message")
-        outcome.error_kind = event.get("kind")
+        case Checkpoint(kind="lora") if syncer is not None and _is_epoch_lora(event.path):
+            syncer.submit_lora(event.path, epoch=event.epoch, step=event.step)
+        case Stopped():
+            outcome.stopped = True
+            # Step events come every LOG_EVERY steps: the step the state was saved at may be newer.
+            outcome.step = max(outcome.step, event.step or 0)
+            # The supervisor's own reason (the deadline) says more than the trainer's ("SIGTERM").
+            outcome.stop_reason = outcome.stop_reason or event.reason
+        case Done():
+            outcome.final_lora = event.lora
+            outcome.step = event.step or outcome.step
+            if syncer is not None and outcome.final_lora:
+                syncer.submit_lora(outcome.final_lora, epoch=None, step=outcome.step)
+        case Error():
+            outcome.error = event.message
+            outcome.error_kind = event.kind

@@ -6,25 +6,26 @@ Python so the tests and the CLI can run it without a Prefect server.
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from ..config import TrainingConfig
 from ..core.lora_files import kohya_name
 from ..core.processes import start_process_group
 from ..core.train_items import TrainItem
-from ..errors import NotBuiltError
+from ..dataset.report import DatasetReport
 from ..errors import TrainingError, render, setting
 from ..storage.drive import remount_on_drop
 from ..storage.runstore import RunStore
+from ..trainer.backend import EXIT_STOPPED, TrainJob
 from ..trainer.events import Event
+from ..trainer.registry import backend_for
 from .resume import ResumePoint, find_resume_point, state_extra
-from .supervise import EXIT_STOPPED, Outcome, supervise
+from .supervise import Outcome, supervise
 from .sync import CheckpointSyncer
 
 
@@ -63,13 +64,6 @@ class SessionResult:
         return asdict(self)
 
 
-def native_command(job_path: Path, events_path: Path) -> list[str]:
-    return [
-        sys.executable, "-m", "anima_lora_flow.trainer", "--job", str(job_path), "--events", str(events_path),
-        "--no-progress",  # the supervisor draws the one progress bar, from events
-    ]
-
-
 def run_training_session(
     config: TrainingConfig,
     *,
@@ -84,15 +78,19 @@ def run_training_session(
     command: list[str] | None = None,
     log: Callable[[str], None] = print,
     flush_timeout_s: float = 600.0,
-    sd_scripts: dict | None = None,
+    job_fields: Mapping[str, Any] | None = None,
+    report: DatasetReport | None = None,
     warn: Callable[[str], None] | None = None,
     announce: Callable[[str], None] | None = None,
 ) -> SessionResult:
     """Resume from storage, train in a subprocess, sync as checkpoints land, publish the final LoRA.
 
-    `log` gets the run's notes; `warn` its problems (failed uploads); `announce` what the user must see
-    even on a quiet console: where training starts. Both default to `log`.
+    The backend is the registry's for `config.trainer`; `job_fields` are TrainJob fields the caller
+    knows beyond these arguments (single-file models, the plan's numbers), `report` the dataset the
+    backend's `prepare` may stage. `log` gets the run's notes; `warn` its problems (failed uploads);
+    `announce` what the user must see even on a quiet console: where training starts. Both default to `log`.
     """
+    backend = backend_for(config.trainer)
     warn, announce = warn or log, announce or log
     fingerprint = config.fingerprint(dataset_fingerprint)
     fields = config.training_fields()
@@ -110,11 +108,16 @@ def run_training_session(
     run_dir = work_dir / "runs" / run_id
     output_dir = run_dir / "output"
     events_path = run_dir / "events.jsonl"
-    if command is None and config.trainer == "sd-scripts":
-        command = sd_scripts_command(config, sd_scripts or {}, output_dir=output_dir, resume=resume, run_dir=run_dir,
-                                     run_id=run_id)
-    elif command is None:
-        command = _backend_command(config, items, dataset_fingerprint, models_dir, work_dir, output_dir, resume, run_dir)
+    if command is None:
+        job = TrainJob(
+            config=config.model_dump(mode="json"), items=[item.to_json() for item in items],
+            models_dir=str(models_dir) if models_dir else None, work_dir=str(work_dir), output_dir=str(output_dir),
+            resume_state=str(resume.local_dir) if resume.local_dir else None, dataset_fingerprint=dataset_fingerprint,
+            run_id=run_id, run_dir=str(run_dir), resume_step=resume.step,
+        )
+        job = backend.prepare(replace(job, **(job_fields or {})), report)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        command = backend.command(job.save(run_dir / "job.json"), events_path)
     syncer = CheckpointSyncer(
         store, fingerprint=fingerprint, state_extra=state_extra(fields, dataset_fingerprint),
         keep_last_states=config.keep_last_states, keep_last_epochs=config.save_last_n_epochs, log=warn,
@@ -165,38 +168,6 @@ def _lora_of(meta: dict[str, str], fingerprint: str, step: int) -> bool:
     if "ss_config_fingerprint" not in meta:
         return True
     return meta["ss_config_fingerprint"] == fingerprint and meta.get("ss_steps") in (None, str(step))
-
-
-def sd_scripts_command(config: TrainingConfig, spec: dict, *, output_dir: Path, resume: ResumePoint, run_dir: Path,
-                       run_id: str) -> list[str]:
-    """The job for the sd-scripts entry: `spec` holds image_dir, dit, qwen3, vae, mixed_precision, total_steps."""
-    missing = [k for k in ("image_dir", "dit", "qwen3", "vae") if not spec.get(k)]
-    if missing:
-        raise NotBuiltError(f"the sd-scripts backend needs the single-file models; missing: {', '.join(missing)}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    job = {
-        **spec, "config": config.model_dump(mode="json"), "run_id": run_id, "output_dir": str(output_dir),
-        "config_dir": str(run_dir / "configs"),
-        "resume_state": str(resume.local_dir) if resume.local_dir else None, "resume_step": resume.step,
-    }
-    job_path = run_dir / "job.json"
-    job_path.write_text(json.dumps(job, indent=2, default=str))
-    return [sys.executable, "-m", "anima_lora_flow.trainer.sdscripts", "--job", str(job_path),
-            "--events", str(run_dir / "events.jsonl")]
-
-
-def _backend_command(config, items, dataset_fingerprint, models_dir, work_dir, output_dir, resume: ResumePoint, run_dir):
-    if models_dir is None:
-        raise NotBuiltError("the native trainer needs a Diffusers-format model folder (models stage returned none)")
-    from ..trainer.run import TrainJob  # noqa: PLC0415 - keeps torch out of the flow process until needed
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    job = TrainJob(
-        config=config.model_dump(mode="json"), items=[item.to_json() for item in items], models_dir=str(models_dir),
-        work_dir=str(work_dir), output_dir=str(output_dir),
-        resume_state=str(resume.local_dir) if resume.local_dir else None, dataset_fingerprint=dataset_fingerprint,
-    ).save(run_dir / "job.json")
-    return native_command(job, run_dir / "events.jsonl")
 
 
 def _session_result(run_id, outcome: Outcome, resume: ResumePoint, syncer, store: RunStore, flushed: bool) -> SessionResult:

@@ -7,10 +7,7 @@ import importlib.util
 from ..config import TrainingConfig
 from ..errors import NotBuiltError, UserInputError, setting
 from ..storage.location import ensure_cache_folder, ensure_hf_cache_folder, ensure_local_folder
-
-# Settings that exist in the config (for the sd-scripts backend or for later) but that the native
-# trainer does not implement: saying so now beats failing after a 5.6 GB download.
-_NATIVE_UNBUILT_TIMESTEPS = {"flux_shift", "sigma"}
+from ..trainer.registry import BACKENDS, backend_for
 
 # The module diffusers looks for before it uses each attention backend, and how to get it.
 _FLASH = ("flash_attn", "pip install flash-attn")
@@ -35,13 +32,13 @@ def unsupported_settings(config: TrainingConfig) -> list[str]:
     problems = []
     if config.sample_every_n_epochs:
         problems.append(f"sample images during training are not built yet; use {setting('sample_every_n_epochs', 0)}")
-    if config.trainer == "sd-scripts" and config.num_gpus > 1:
-        problems.append("--num-gpus above 1 is built for the native trainer only; use --trainer native or --num-gpus 1")
-    if config.trainer == "native" and config.timestep_sampling in _NATIVE_UNBUILT_TIMESTEPS:
-        problems.append(
-            f"--timestep-sampling {config.timestep_sampling} is not built in the native trainer; "
-            "use sigmoid, uniform or shift, or --trainer sd-scripts"
-        )
+    backend = backend_for(config.trainer)
+    if config.num_gpus > 1 and not backend.multi_gpu:
+        multi = [name for name, other in BACKENDS.items() if other.multi_gpu]
+        problems.append(f"{setting('num_gpus')} above 1 is built for the {' and '.join(multi)} trainer only; use "
+                        f"{' or '.join(setting('trainer', name) for name in multi)} or {setting('num_gpus', 1)}")
+    # Saying so now beats failing after a 5.6 GB download.
+    problems += backend.unsupported(config)
     return problems
 
 
@@ -57,8 +54,8 @@ def missing_packages(config: TrainingConfig) -> list[str]:
     if module and not _installed(module):
         missing.append(f"{setting('attention_backend', backend)} needs the {module} package: {install}, "
                        f"or use {setting('attention_backend', 'native')}")
-    # sd-scripts runs in its own virtual environment from its own requirements: only the native trainer imports it here.
-    if config.trainer == "native" and config.optimizer == "adamw8bit" and not _installed("bitsandbytes"):
+    # A backend in its own virtual environment (sd-scripts) installs it from its own requirements.
+    if backend_for(config.trainer).optimizer_here and config.optimizer == "adamw8bit" and not _installed("bitsandbytes"):
         missing.append(f"{setting('optimizer', 'adamw8bit')} needs bitsandbytes: {BNB_INSTALL}, "
                        f"or use {setting('optimizer', 'auto')} (torch AdamW on the native trainer)")
     return missing

@@ -8,7 +8,7 @@ import time
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from ..trainer.events import Event
+from ..trainer.events import Checkpoint, Error, Event, Log, Step, Stopped
 
 
 class PrefectProgress:
@@ -22,24 +22,26 @@ class PrefectProgress:
         self._artifact = create_progress_artifact(progress=0.0, key=key, description="training progress")
 
     def __call__(self, event: Event, _outcome=None) -> None:
-        if event.event == "step" and event.get("total"):
-            pct = int(100 * int(event["step"]) / int(event["total"]))
-            if pct != self._last_pct:
-                update_progress_artifact(self._artifact, progress=float(pct))
-                self._last_pct = pct
-            now = time.monotonic()
-            if now - self._last_log >= self.every_s or event["step"] == event["total"]:
-                self._last_log = now
-                loss = event.get("loss")
-                self.logger.info(
-                    "step %s/%s%s%s", event["step"], event["total"],
-                    f", loss {loss:.4f}" if loss is not None else "",
-                    f", {event.get('sec_per_step'):.2f} s/step" if event.get("sec_per_step") else "",
-                )
-        elif event.event == "checkpoint":
-            self.logger.info("checkpoint (%s) at step %s", event.get("kind"), event.get("step"))
-        elif event.event == "log":  # the trainer's own lines (caches, resume), at the trainer's level
-            level = logging.getLevelName(str(event.get("level") or "info").upper())
-            self.logger.log(level if isinstance(level, int) else logging.INFO, "%s", event.get("message", ""))
-        elif event.event in ("stopped", "error"):
-            self.logger.warning("trainer %s: %s", event.event, event.get("reason") or event.get("message"))
+        match event:
+            case Step(total_steps=total) if total:
+                pct = int(100 * event.step / total)
+                if pct != self._last_pct:
+                    update_progress_artifact(self._artifact, progress=float(pct))
+                    self._last_pct = pct
+                now = time.monotonic()
+                if now - self._last_log >= self.every_s or event.step == total:
+                    self._last_log = now
+                    self.logger.info(
+                        "step %s/%s%s%s", event.step, total,
+                        f", loss {event.loss:.4f}" if event.loss is not None else "",
+                        f", {event.sec_per_step:.2f} s/step" if event.sec_per_step else "",
+                    )
+            case Checkpoint():
+                self.logger.info("checkpoint (%s) at step %s", event.kind, event.step)
+            case Log():  # the trainer's own lines (caches, resume), at the trainer's level
+                level = logging.getLevelName(event.level.upper())
+                self.logger.log(level if isinstance(level, int) else logging.INFO, "%s", event.message)
+            case Stopped():
+                self.logger.warning("trainer stopped: %s", event.reason)
+            case Error():
+                self.logger.warning("trainer error: %s", event.message)

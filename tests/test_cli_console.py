@@ -87,7 +87,7 @@ def _run_fake_train(tmp_path, monkeypatch, capfd, *flags):
     from prefect.runtime import flow_run
 
     import anima_lora_flow.flows.train_lora as train_module
-    from anima_lora_flow.trainer.events import Event
+    from anima_lora_flow.trainer.events import Done, Plan, Step
     from anima_lora_flow.ui.console import FOR_CONSOLE
     from anima_lora_flow.ui.progress import ConsoleProgress
 
@@ -95,9 +95,9 @@ def _run_fake_train(tmp_path, monkeypatch, capfd, *flags):
     def train():
         get_run_logger().info("checkpoint (state) at step 12")
         bar = ConsoleProgress(echo_checkpoints=False, echo_messages=False)
-        bar(Event("plan", {"total_steps": 24, "start_step": 0}))
-        bar(Event("step", {"step": 24, "total": 24, "loss": 0.25, "sec_per_step": 0.5}))
-        bar(Event("done", {"lora": "x"}))
+        bar(Plan(total_steps=24, start_step=0))
+        bar(Step(step=24, total_steps=24, loss=0.25, sec_per_step=0.5))
+        bar(Done(lora="x"))
 
     @flow(name="fake-train", log_prints=True)
     def fake_train(config, dry_run=False):

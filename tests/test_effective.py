@@ -9,10 +9,15 @@ import torch
 
 from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.effective import Machine, derive, resolve_optimizer, resolve_precision, warmup_steps
+from anima_lora_flow.trainer.native import NativeBackend
+from anima_lora_flow.trainer.sdscripts.backend import SdScriptsBackend
 from anima_lora_flow.planner.plan import make_plan
 from anima_lora_flow.platforms.detect import detect_platform
 from anima_lora_flow.core.gpu import GpuInfo
 from anima_lora_flow.trainer.sdscripts.render import render_dataset_toml, render_training_toml
+
+NATIVE = NativeBackend.numbers
+SD_SCRIPTS = SdScriptsBackend.numbers
 
 T4 = GpuInfo(name="Tesla T4", memory_gib=14.7, capability=(7, 5))
 A100 = GpuInfo(name="NVIDIA A100-SXM4-40GB", memory_gib=39.4, capability=(8, 0))
@@ -41,28 +46,28 @@ class TestRules:
         assert resolve_precision("bf16", Machine.from_gpu(T4)) == "bf16"
 
     def test_auto_optimizer_per_backend(self):
-        assert resolve_optimizer("auto", "native") == "adamw"
-        assert resolve_optimizer("auto", "sd-scripts") == "adamw8bit"
-        assert resolve_optimizer("adafactor", "native") == "adafactor"
-        assert derive(_config(), SEED_SAMPLES, Machine.from_gpu(A100)).optimizer_class == "torch.optim.AdamW(fused)"
-        assert derive(_config(), SEED_SAMPLES, Machine()).optimizer_class == "torch.optim.AdamW(foreach)"
+        assert resolve_optimizer("auto", NATIVE) == "adamw"
+        assert resolve_optimizer("auto", SD_SCRIPTS) == "adamw8bit"
+        assert resolve_optimizer("adafactor", NATIVE) == "adafactor"
+        assert derive(_config(), SEED_SAMPLES, Machine.from_gpu(A100), NATIVE).optimizer_class == "torch.optim.AdamW(fused)"
+        assert derive(_config(), SEED_SAMPLES, Machine(), NATIVE).optimizer_class == "torch.optim.AdamW(foreach)"
 
     def test_native_scheduler_counts_optimizer_steps_on_any_number_of_processes(self):
-        one = derive(_config(gradient_accumulation_steps=2), SEED_SAMPLES, Machine(processes=1))
-        two = derive(_config(num_gpus=2), SEED_SAMPLES, Machine(processes=2))
+        one = derive(_config(gradient_accumulation_steps=2), SEED_SAMPLES, Machine(processes=1), NATIVE)
+        two = derive(_config(num_gpus=2), SEED_SAMPLES, Machine(processes=2), NATIVE)
         assert one.steps == two.steps and one.micro_batches_per_step == two.micro_batches_per_step == 2
         assert (two.scheduler_training_steps, two.scheduler_warmup_steps, two.scheduler_steps_per_optimizer_step) == (
             two.total_steps, two.warmup_steps, 1)  # fmt: skip
 
     def test_rope_covers_the_largest_bucket(self):
-        assert derive(_config(), SEED_SAMPLES, Machine()).rope_patches == 2304 // 16  # 768 px: up to 256 x 2304
-        assert derive(_config(resolution=2048), SEED_SAMPLES, Machine()).rope_patches == 4096 // 16
-        assert derive(_config(resolution=2048, max_bucket_reso=8192), SEED_SAMPLES, Machine()).rope_patches == 8192 // 16
+        assert derive(_config(), SEED_SAMPLES, Machine(), NATIVE).rope_patches == 2304 // 16  # 768 px: up to 256 x 2304
+        assert derive(_config(resolution=2048), SEED_SAMPLES, Machine(), NATIVE).rope_patches == 4096 // 16
+        assert derive(_config(resolution=2048, max_bucket_reso=8192), SEED_SAMPLES, Machine(), NATIVE).rope_patches == 8192 // 16
 
     def test_the_planner_reads_the_same_numbers(self):
         platform = detect_platform({"COLAB_RELEASE_TAG": "r"}, uptime_s=0.0, gpu=T4, now=1.7e9)
         plan = make_plan(_config(), SEED_SAMPLES, platform, now=1.7e9, cwd="/content")
-        eff = derive(_config(), SEED_SAMPLES, Machine.from_gpu(T4))
+        eff = derive(_config(), SEED_SAMPLES, Machine.from_gpu(T4), NATIVE)
         assert plan.steps == eff.steps and plan.precision == eff.precision == "fp16"
 
 
@@ -91,8 +96,8 @@ def kohya_scheduler_counts(max_train_steps: int, lr_warmup_steps: int, num_proce
 def test_both_backends_and_kohya_agree_on_the_seed_defaults(overrides):
     cfg = _config(**overrides)
     machine = Machine.from_gpu(T4)  # the seed's Colab GPU
-    native = derive(cfg, SEED_SAMPLES, machine, "native")
-    sd = derive(cfg, SEED_SAMPLES, machine, "sd-scripts")
+    native = derive(cfg, SEED_SAMPLES, machine, NATIVE)
+    sd = derive(cfg, SEED_SAMPLES, machine, SD_SCRIPTS)
     toml = render_training_toml(cfg, mixed_precision=sd.precision, total_steps=sd.total_steps, **PATHS)
     dataset = render_dataset_toml(cfg, image_dir="/d")
 
@@ -122,7 +127,7 @@ def test_the_native_schedule_is_the_one_kohya_builds():
     from anima_lora_flow.trainer.loop import build_scheduler
 
     cfg = _config(learning_rate=1e-3)
-    eff = derive(cfg, {(768, 768): 30}, Machine())  # 300 steps: warm-up 30
+    eff = derive(cfg, {(768, 768): 30}, Machine(), NATIVE)  # 300 steps: warm-up 30
     assert eff.warmup_steps == 30
 
     def opt():

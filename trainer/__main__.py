@@ -14,7 +14,7 @@ import signal
 import sys
 import traceback
 
-EXIT_DONE, EXIT_ERROR, EXIT_USER, EXIT_STOPPED = 0, 1, 2, 3
+from .backend import EXIT_DONE, EXIT_ERROR, EXIT_STOPPED, EXIT_USER
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..errors import UserInputError
 
     from .data_parallel import is_worker, launch_workers
-    from .events import JsonLinesSink, emit
+    from .events import Error, JsonLinesSink, emit
     from .loop import TrainingDivergedError
     from .run import TrainJob, run_training
 
@@ -71,15 +71,15 @@ def main(argv: list[str] | None = None) -> int:
             job, sink if main_process else None, stop_requested=stop_requested, show_progress=main_process and not args.no_progress
         )
     except UserInputError as e:
-        emit(sink, "error", message=e.template, kind="user")
+        emit(sink, Error(message=e.template, kind="user"))  # placeholders: the supervisor's reader spells them
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER
     except TrainingDivergedError as e:  # its message is the whole story: no traceback
-        emit(sink, "error", message=e.template, kind="diverged")
+        emit(sink, Error(message=e.template, kind="diverged"))
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except Exception as e:  # noqa: BLE001 - reported as an event, then a non-zero exit
-        emit(sink, "error", message=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        emit(sink, Error(message=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()))
         traceback.print_exc()
         return EXIT_ERROR
     finally:

@@ -22,7 +22,7 @@ from ..core.lora_files import epoch_of, kohya_name, lora_file_name
 from .cache import TrainingCache
 from .data import BucketSampler, collate
 from .data_parallel import shard
-from .events import EventSink, emit
+from .events import Checkpoint, Done, EventSink, Step, Stopped, emit
 from .lora import (
     adapter_state_dict,
     base_model_metadata,
@@ -248,8 +248,8 @@ def train(s: Session) -> TrainResult:
                     raise diverged(s, f"the loss (NaN/inf for {NONFINITE_READS * LOG_EVERY} steps)")
                 bar.set_postfix(loss=f"{p.last_loss:.4f}", refresh=False)
                 lr = s.scheduler.get_last_lr()[0]
-                emit(s.sink, "step", step=p.global_step, total=p.total_steps, loss=p.last_loss, lr=lr,
-                     sec_per_step=sec_per_step, epoch=p.epoch + 1)  # fmt: skip
+                emit(s.sink, Step(step=p.global_step, total_steps=p.total_steps, loss=p.last_loss, lr=lr,
+                                 sec_per_step=sec_per_step, epoch=p.epoch + 1))  # fmt: skip
             save_due = bool(cfg.save_state_every_minutes) and time.monotonic() - last_state_time >= cfg.save_state_every_minutes * 60
             reason, save_due = agreed_decisions(s, save_due)
             if save_due:
@@ -265,7 +265,7 @@ def train(s: Session) -> TrainResult:
         last_state_time = time.monotonic()
     bar.close()
     final = save_lora(s, Path(s.output_dir) / lora_file_name(cfg.project_name), prune=False)
-    emit(s.sink, "done", lora=str(final), steps=p.global_step, loss=p.last_loss, state=s.last_state)
+    emit(s.sink, Done(lora=str(final), step=p.global_step, loss=p.last_loss, state=s.last_state))
     return TrainResult(str(final), p.global_step, p.total_steps, p.last_loss, False, s.last_state, s.loras)
 
 
@@ -328,7 +328,7 @@ def save_lora(s: Session, path: Path, prune: bool) -> Path:
                        kohya_metadata(meta))  # fmt: skip
     save_lora_file(path, to_comfy_state_dict(adapter, cfg.network_scale, save_dtype), meta)
     s.loras.append(str(path))
-    emit(s.sink, "checkpoint", kind="lora", path=str(path), step=p.global_step, epoch=p.epoch)
+    emit(s.sink, Checkpoint(kind="lora", path=str(path), step=p.global_step, epoch=p.epoch))
     if prune and cfg.save_last_n_epochs:
         epoch_files = sorted(f for f in Path(s.output_dir).iterdir() if epoch_of(cfg.project_name, f.name) is not None)
         for old in epoch_files[: -cfg.save_last_n_epochs]:
@@ -363,13 +363,13 @@ def save_full_state(s: Session) -> str:
     save_state(folder, p, adapter_state_dict(s.accelerator.unwrap_model(s.model)), training_state)
     prune_states(folder.parent, s.cfg.keep_last_states)
     # epoch counts finished epochs; step_in_epoch tells an epoch's end from its middle for the resume line.
-    emit(s.sink, "checkpoint", kind="state", path=str(folder), step=p.global_step, epoch=p.epoch,
-         step_in_epoch=p.step_in_epoch, epochs=s.cfg.max_train_epochs, total_steps=p.total_steps)  # fmt: skip
+    emit(s.sink, Checkpoint(kind="state", path=str(folder), step=p.global_step, epoch=p.epoch,
+                            step_in_epoch=p.step_in_epoch, epochs=s.cfg.max_train_epochs, total_steps=p.total_steps))  # fmt: skip
     return s.last_state
 
 
 def stop(s: Session, reason: str) -> TrainResult:
     state = save_full_state(s)
     p = s.progress
-    emit(s.sink, "stopped", reason=reason, state=state, step=p.global_step, total=p.total_steps)
+    emit(s.sink, Stopped(reason=reason, state=state, step=p.global_step, total_steps=p.total_steps))
     return TrainResult(None, p.global_step, p.total_steps, p.last_loss, True, state, s.loras)

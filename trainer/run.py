@@ -6,9 +6,7 @@ import json
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -19,11 +17,13 @@ from ..core.train_items import TrainItem, samples_per_bucket
 from ..effective import Effective, Machine, derive
 from ..errors import UserInputError
 
+from .backend import TrainJob
 from .cache import build_cache
 from .components import build_transformer, check_models_dir, speed_up_transformer
 from .data import build_sampler
-from .events import Event, EventSink, emit
+from .events import EventSink, Log, Plan, emit
 from .lora import build_lora_model, load_adapter_state_dict, lora_parameters
+from .native import NativeBackend, saved_step
 from .loop import (
     EFFECTIVE_KEY,
     Session,
@@ -36,7 +36,6 @@ from .loop import (
 )
 from .state import (
     OPTIMIZER_KEY,
-    PROGRESS_FILE,
     RNG_KEY,
     SCALER_KEY,
     SCHEDULER_KEY,
@@ -53,37 +52,10 @@ __all__ = ["TrainJob", "TrainResult", "run_training", "effective_numbers"]
 log = logging.getLogger("anima_lora_flow.trainer")
 
 
-@dataclass
-class TrainJob:
-    """Everything one training run needs, JSON-serialisable (the subprocess reads it from a file)."""
-
-    config: dict[str, Any]  # TrainingConfig fields
-    items: list[dict[str, Any]]  # TrainItem.to_json() records
-    models_dir: str  # a Diffusers-format Anima folder
-    work_dir: str  # local scratch: the caches live here
-    output_dir: str  # local disk: LoRAs and state folders land here
-    resume_state: str | None = None  # a state folder to continue from
-    dataset_fingerprint: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "TrainJob":
-        return cls(**data)
-
-    def save(self, path: Path) -> Path:
-        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        return Path(path)
-
-    @classmethod
-    def load(cls, path: Path) -> "TrainJob":
-        return cls.from_json(json.loads(Path(path).read_text()))
-
-
 def effective_numbers(items: list[TrainItem], cfg: TrainingConfig, machine: Machine | None = None) -> Effective:
     """The run's numbers (effective.derive) for this machine; one process per GPU of cfg.num_gpus."""
-    return derive(cfg, samples_per_bucket(items), machine or Machine.detect(processes=cfg.num_gpus), "native")
+    return derive(cfg, samples_per_bucket(items), machine or Machine.detect(processes=cfg.num_gpus),
+                  NativeBackend.numbers)
 
 
 def run_training(
@@ -105,9 +77,9 @@ def run_training(
     try:
         eff = effective_numbers(items, cfg)
         # The step the state holds, so a resumed run's bar starts there and not at 0.
-        emit(sink, "plan", total_steps=eff.total_steps, steps_per_epoch=eff.steps_per_epoch, epochs=eff.steps.epochs,
-             warmup_steps=eff.warmup_steps, precision=eff.precision, optimizer=eff.optimizer_class,
-             resume_state=job.resume_state, start_step=_saved_step(job.resume_state))  # fmt: skip
+        emit(sink, Plan(total_steps=eff.total_steps, steps_per_epoch=eff.steps_per_epoch, epochs=eff.steps.epochs,
+                        warmup_steps=eff.warmup_steps, precision=eff.precision, optimizer=eff.optimizer_class,
+                        resume_state=job.resume_state, start_step=saved_step(job.resume_state)))  # fmt: skip
         log.info("effective numbers: %s", json.dumps(eff.record(), sort_keys=True))
         session = build_session(job, cfg, items, models_dir, eff)
         session.sink, session.show_progress = sink, show_progress
@@ -217,15 +189,6 @@ def _restore(folder, cfg, eff: Effective, fresh: TrainingProgress, accelerator, 
     return progress, scheduler
 
 
-def _saved_step(resume_state: str | None) -> int:
-    if not resume_state:
-        return 0
-    try:
-        return int(json.loads((Path(resume_state) / PROGRESS_FILE).read_text())["global_step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0  # _restore reads the same file and says what is wrong with it
-
-
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -241,4 +204,4 @@ class _EventLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if self.sink is not None:
-            self.sink(Event("log", {"level": record.levelname.lower(), "message": record.getMessage()}))
+            self.sink(Log(level=record.levelname.lower(), message=record.getMessage()))

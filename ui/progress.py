@@ -10,7 +10,7 @@ from collections.abc import Callable
 from tqdm import tqdm
 
 from ..core.formatting import format_duration
-from ..trainer.events import Event
+from ..trainer.events import Checkpoint, Done, Error, Event, Log, Plan, Step, Stopped
 
 
 def redraws_in_place(file) -> bool:
@@ -60,20 +60,20 @@ class ConsoleProgress:
         self.started = time.monotonic()
 
     def __call__(self, event: Event, _outcome=None) -> None:
-        kind = event.event
-        if kind == "plan":
-            self._open(int(event.get("total_steps") or 0), int(event.get("start_step") or 0))
-        elif kind == "step":
-            self._on_step(event)
-        elif kind == "checkpoint" and self.echo_checkpoints:
-            what = "LoRA" if event.get("kind") == "lora" else "resumable state"
-            self._echo(f"saved {what} at step {event.get('step')}")
-        elif kind == "stopped" and self.echo_messages:
-            self._echo(f"trainer stopped after saving its state ({event.get('reason', 'requested')})")
-        elif kind == "log" and self.echo_messages:
-            self._echo(str(event.get("message", "")))
-        elif kind in ("done", "error"):
-            self.close()
+        match event:
+            case Plan():
+                self._open(event.total_steps or 0, event.start_step or 0)
+            case Step():
+                self._on_step(event)
+            case Checkpoint() if self.echo_checkpoints:
+                what = "LoRA" if event.kind == "lora" else "resumable state"
+                self._echo(f"saved {what} at step {event.step}")
+            case Stopped() if self.echo_messages:
+                self._echo(f"trainer stopped after saving its state ({event.reason})")
+            case Log() if self.echo_messages:
+                self._echo(event.message)
+            case Done() | Error():
+                self.close()
 
     def _write(self, line: str) -> None:
         if self._in_place:
@@ -100,10 +100,10 @@ class ConsoleProgress:
                 mininterval=self._redraw_s, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total}{postfix}",
             )
 
-    def _on_step(self, event: Event) -> None:
-        step = int(event.get("step", self._last_step))
+    def _on_step(self, event: Step) -> None:
+        step = event.step
         if self._total is None:
-            self._open(int(event.get("total") or step), step)
+            self._open(event.total_steps or step, step)
         if not self._in_place:
             self._print_step(step, event)
         else:
@@ -112,8 +112,8 @@ class ConsoleProgress:
             self._bar.update(max(0, step - self._last_step))
         self._last_step = step
 
-    def _print_step(self, step: int, event: Event) -> None:
-        total = int(event.get("total") or self._total or 0)
+    def _print_step(self, step: int, event: Step) -> None:
+        total = event.total_steps or self._total or 0
         now = time.monotonic()
         if step == self._printed_step or (now - self._printed_at < self._every_s and step != total):
             return
@@ -121,18 +121,18 @@ class ConsoleProgress:
         postfix = self.postfix(event)
         self._line(f"training: step {step}/{total or '?'}{_percent(step, total)}{', ' + postfix if postfix else ''}")
 
-    def postfix(self, event: Event) -> str:
-        total = event.get("total") or self._total
-        sec = event.get("sec_per_step")
+    def postfix(self, event: Step) -> str:
+        total = event.total_steps or self._total
+        sec = event.sec_per_step
         parts = []
-        if event.get("loss") is not None:
-            parts.append(f"loss {float(event['loss']):.4f}")
+        if event.loss is not None:
+            parts.append(f"loss {event.loss:.4f}")
         if sec:
-            parts.append(f"{float(sec):.2f} s/step")
+            parts.append(f"{sec:.2f} s/step")
             if total:
-                parts.append(f"ETA {format_duration((int(total) - int(event.get('step', 0))) * float(sec))}")
-        if event.get("next_save_step"):
-            parts.append(f"next save @{event.get('next_save_step')}")
+                parts.append(f"ETA {format_duration((total - event.step) * sec)}")
+        if event.next_save_step:
+            parts.append(f"next save @{event.next_save_step}")
         left = self._session_left() if self._session_left else None
         if left is not None:
             parts.append(f"session left {format_duration(left)}")

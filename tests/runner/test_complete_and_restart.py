@@ -134,10 +134,10 @@ def test_restart_keeps_the_earlier_loras_and_resume_names_the_epoch(demo, tmp_pa
     assert result.outcome == "completed" and result.start_step == step
     said = "\n".join(lines)
     assert f"resuming from the state saved at step {step} of 24, in epoch 1 of 2" in said
-    trainer_says = [e["message"] for e in events if e.event == "log" and "resumed from" in e["message"]]
+    trainer_says = [e.message for e in events if e.event == "log" and "resumed from" in e.message]
     assert trainer_says and trainer_says[0].endswith(f"at step {step} of 24 (in epoch 1 of 2)")
     plan = next(e for e in events if e.event == "plan")
-    assert plan["start_step"] == step
+    assert plan.start_step == step
     first_draw = out.getvalue().split("\r")[1] if "\r" in out.getvalue() else out.getvalue()
     assert f"{step}/24" in first_draw, out.getvalue()[:300]
     assert {p.name: _sha(p) for p in kept.iterdir()} == earlier  # the archive is untouched by the new run

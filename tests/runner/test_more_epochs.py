@@ -44,8 +44,8 @@ def test_a_finished_run_given_more_epochs_continues_from_its_state(tmp_path):
     assert (checkpoints / "demo-000001.safetensors").read_bytes() == one_epoch
     assert (checkpoints / "demo.safetensors").read_bytes() != one_epoch
     plan = next(e for e in events if e.event == "plan")
-    assert (plan["start_step"], plan["total_steps"]) == (12, 24)
-    assert min(e["step"] for e in events if e.event == "step") > 12  # nothing of epoch 1 was trained again
+    assert (plan.start_step, plan.total_steps) == (12, 24)
+    assert min(e.step for e in events if e.event == "step") > 12  # nothing of epoch 1 was trained again
     with safe_open(str(Path(store.path("checkpoints", "demo.safetensors"))), "pt") as f:
         meta = f.metadata()
     assert (meta["ss_steps"], meta["ss_epoch"]) == ("24", "2")

@@ -60,11 +60,11 @@ def test_sd_scripts_session_syncs_and_publishes(tmp_path):
     cfg = TrainingConfig(project_name="my_lora", dataset=str(images), storage=str(tmp_path / "runs"),
                          trainer="sd-scripts", max_train_epochs=2, work_dir=str(tmp_path / "work"))
     store = RunStore(resolve_location(cfg.storage), cfg.project_name)
-    spec = {"image_dir": str(images), "dit": "/m/dit.safetensors", "qwen3": "/m/te.safetensors",
-            "vae": "/m/vae.safetensors", "mixed_precision": "bf16", "total_steps": 8, "sd_scripts_dir": str(sd_dir)}
+    fields = {"dataset_dir": str(images), "dit": "/m/dit.safetensors", "text_encoder": "/m/te.safetensors",
+              "vae": "/m/vae.safetensors", "precision": "bf16", "total_steps": 8, "tool_dir": str(sd_dir)}
     result = run_training_session(
         cfg, items=[], dataset_fingerprint="d", models_dir=None, store=store, work_dir=Path(cfg.work_dir),
-        run_id="r1", log=lambda m: None, sd_scripts=spec,
+        run_id="r1", log=lambda m: None, job_fields=fields,
     )
     assert result.outcome == "completed" and result.steps_done == 8
     assert store.list_checkpoints() == ["my_lora-000001.safetensors", "my_lora.safetensors"]

@@ -100,7 +100,7 @@ def test_two_processes_train_stop_and_resume_to_the_same_weights(tmp_path, dp_jo
     assert done.returncode == 0, done.stderr[-3000:]
     events = list(read_events(full_events))
     # 3 batches per epoch over 2 GPUs: 2 steps, the second padded with a repeated batch; 2 epochs
-    assert events[0]["total_steps"] == 4
+    assert events[0].total_steps == 4
     assert sum(e.event == "plan" for e in events) == 1  # only process 0 reports
 
     stop_file = tmp_path / "STOP"
@@ -109,14 +109,14 @@ def test_two_processes_train_stop_and_resume_to_the_same_weights(tmp_path, dp_jo
     stopped = _train(part_job, part_events, "--stop-file", str(stop_file))
     assert stopped.returncode == 3, stopped.stderr[-3000:]
     last = list(read_events(part_events))[-1]
-    assert last.event == "stopped" and last["step"] == 1
+    assert last.event == "stopped" and last.step == 1
 
-    resumed_job, resumed_events = dp_job("resumed", resume_state=last["state"])
+    resumed_job, resumed_events = dp_job("resumed", resume_state=last.state)
     resumed = _train(resumed_job, resumed_events)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = list(read_events(resumed_events))[-1]
-    assert final.event == "done" and final["steps"] == 4
-    expected, got = load_lora_file(events[-1]["lora"]), load_lora_file(final["lora"])
+    assert final.event == "done" and final.step == 4
+    expected, got = load_lora_file(events[-1].lora), load_lora_file(final.lora)
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected)
 
@@ -137,15 +137,15 @@ def test_two_processes_follow_the_one_process_schedule_and_weights(tmp_path, ite
         done = _train(job.save(tmp_path / f"{name}.json"), events_file)
         assert done.returncode == 0, done.stderr[-3000:]
         events = list(read_events(events_file))
-        return [e for e in events if e.event == "step"], load_lora_file(events[-1]["lora"])
+        return [e for e in events if e.event == "step"], load_lora_file(events[-1].lora)
 
     one_steps, one_lora = run("one", num_gpus=1, gradient_accumulation_steps=2)
     two_steps, two_lora = run("two", num_gpus=2, gradient_accumulation_steps=1)
-    assert [e["step"] for e in two_steps] == [e["step"] for e in one_steps] == [10, 20]
-    assert [e["lr"] for e in two_steps] == [e["lr"] for e in one_steps]
-    assert two_steps[0]["lr"] > 1e-4  # at 2x speed the cosine had reached 0 at step 10
+    assert [e.step for e in two_steps] == [e.step for e in one_steps] == [10, 20]
+    assert [e.lr for e in two_steps] == [e.lr for e in one_steps]
+    assert two_steps[0].lr > 1e-4  # at 2x speed the cosine had reached 0 at step 10
     for a, b in zip(one_steps, two_steps):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b.loss == pytest.approx(a.loss, rel=1e-5)
     # Tolerance: the only difference in arithmetic is where the two micro-batch gradients are summed (the
     # 1-process run adds g0/2 and g1/2 into .grad, DDP sums g0 and g1 over gloo and divides by 2). In fp32
     # halving is exact and a sum of two terms does not depend on their order, so the files are expected to
@@ -174,5 +174,5 @@ def test_sigterm_to_the_group_stops_every_process_with_a_state(tmp_path, dp_job)
         if proc.poll() is None:
             signal_group(proc, signal.SIGKILL)
     last = list(read_events(events_file))[-1]
-    assert last.event == "stopped" and last["reason"] == "SIGTERM"
-    assert (tmp_path / "sig" / "state" / os.path.basename(last["state"]) / "progress.json").is_file()
+    assert last.event == "stopped" and last.reason == "SIGTERM"
+    assert (tmp_path / "sig" / "state" / os.path.basename(last.state) / "progress.json").is_file()

@@ -17,6 +17,7 @@ from safetensors import safe_open
 
 from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.effective import Machine, derive
+from anima_lora_flow.trainer.native import NativeBackend
 from anima_lora_flow.trainer.components import build_transformer
 from anima_lora_flow.core.lora_files import epoch_of, kohya_name
 from anima_lora_flow.trainer.lora import (
@@ -34,6 +35,8 @@ from anima_lora_flow.trainer.lora import (
     to_kohya_state_dict,
 )
 
+NATIVE = NativeBackend.numbers
+
 RANK, ALPHA = 4, 3.0  # scale 0.75: a dropped, doubled or folded-twice alpha would show
 KOHYA_KEY = re.compile(r"^lora_unet_blocks_(\d+)_(\w+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
 
@@ -49,7 +52,7 @@ def files(tiny_model, tmp_path_factory, tiny_inputs, random_lora_model):
     with torch.no_grad():
         expected = model(**tiny_inputs())[0]
     cfg = TrainingConfig(dataset="x", network_dim=RANK, network_alpha=ALPHA, resolution=256)
-    eff = derive(cfg, {(256, 256): 5}, Machine())
+    eff = derive(cfg, {(256, 256): 5}, Machine(), NATIVE)
     meta = lora_metadata(cfg, eff, optimizer="torch.optim.adamw.AdamW()", steps=5, epoch=1, total_steps=5, dataset_fingerprint="abc")
     peft_state = adapter_state_dict(model)
     comfy = save_lora_file(

@@ -11,6 +11,7 @@ from safetensors import safe_open
 
 from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.effective import Machine, derive
+from anima_lora_flow.trainer.native import NativeBackend
 from anima_lora_flow.trainer.components import build_transformer
 from anima_lora_flow.trainer.lora import (
     DIFFUSERS_TO_ORIGINAL,
@@ -21,6 +22,8 @@ from anima_lora_flow.trainer.lora import (
     save_lora_file,
     to_comfy_state_dict,
 )
+
+NATIVE = NativeBackend.numbers
 
 RANK, ALPHA = 4, 2.0  # scale 0.5, so a missing or doubled fold would show
 
@@ -33,7 +36,7 @@ def test_export_loads_in_diffusers_and_matches(tiny_model, tmp_path, tiny_inputs
     path = save_lora_file(
         tmp_path / "tiny.safetensors",
         to_comfy_state_dict(adapter_state_dict(model), cfg.network_scale, torch.float32),
-        lora_metadata(cfg, derive(cfg, {(256, 256): 5}, Machine()), optimizer="torch.optim.adamw.AdamW()", steps=5, epoch=1,
+        lora_metadata(cfg, derive(cfg, {(256, 256): 5}, Machine(), NATIVE), optimizer="torch.optim.adamw.AdamW()", steps=5, epoch=1,
                       total_steps=5, dataset_fingerprint="abc"),
     )
 

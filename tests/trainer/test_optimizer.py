@@ -9,8 +9,11 @@ import torch
 
 from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.effective import Machine, derive
+from anima_lora_flow.trainer.native import NativeBackend
 from anima_lora_flow.errors import UserInputError
 from anima_lora_flow.trainer.loop import build_optimizer, describe_optimizer
+
+NATIVE = NativeBackend.numbers
 
 SAMPLES = {(768, 768): 10}
 
@@ -18,7 +21,7 @@ SAMPLES = {(768, 768): 10}
 def _build(optimizer: str):
     cfg = TrainingConfig(dataset="d", optimizer=optimizer)
     params = [torch.nn.Parameter(torch.zeros(4, 4))]
-    return build_optimizer(params, cfg, derive(cfg, SAMPLES, Machine()))
+    return build_optimizer(params, cfg, derive(cfg, SAMPLES, Machine(), NATIVE))
 
 
 def test_auto_builds_torch_adamw_with_the_fast_kernel_for_the_device():

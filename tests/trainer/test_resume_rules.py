@@ -25,7 +25,7 @@ def _job(items, models_dir, tmp_path, config, name, resume=None) -> TrainJob:
 
 
 def _lrs(events) -> dict[int, float]:
-    return {e["step"]: e["lr"] for e in events if e.event == "step"}
+    return {e.step: e.lr for e in events if e.event == "step"}
 
 
 def test_a_new_learning_rate_reaches_the_optimizer_on_resume(items, tiny_model, tmp_path, tiny_config, monkeypatch, caplog):

@@ -43,14 +43,14 @@ def test_run_trains_and_reports(job, items, tmp_path):
     kinds = [e.event for e in events]
     assert kinds[0] == "plan" and kinds[-1] == "done"
     planned = optimizer_steps_per_epoch(batches_per_epoch(samples_per_bucket(items), 1), 1) * 3
-    assert events[0]["total_steps"] == planned == result.steps == 9
+    assert events[0].total_steps == planned == result.steps == 9
     assert math.isfinite(result.last_loss)
     steps = [e for e in events if e.event == "step"]
-    assert [e["step"] for e in steps] == [9] and steps[-1]["total"] == 9  # read-outs every 10 steps and at the end
-    loras = [e["path"] for e in events if e.event == "checkpoint" and e["kind"] == "lora"]
+    assert [e.step for e in steps] == [9] and steps[-1].total_steps == 9  # read-outs every 10 steps and at the end
+    loras = [e.path for e in events if e.event == "checkpoint" and e.kind == "lora"]
     assert [p.rsplit("/", 1)[-1] for p in loras] == ["tiny-000001.safetensors", "tiny-000002.safetensors", "tiny.safetensors"]
-    states = [e for e in events if e.event == "checkpoint" and e["kind"] == "state"]
-    assert [e["step"] for e in states] == [3, 6, 9]
+    states = [e for e in events if e.event == "checkpoint" and e.kind == "state"]
+    assert [e.step for e in states] == [3, 6, 9]
     assert len(list((tmp_path / "out" / "state").iterdir())) == 2  # keep_last_states
     final = load_lora_file(result.final_lora)
     assert any(v.abs().sum() > 0 for k, v in final.items() if "lora_B" in k)  # B moved away from zero
@@ -65,7 +65,7 @@ def test_resume_gives_identical_lora_and_losses(job, items, monkeypatch):
     straight_events = []
     straight = run_training(job("straight", items=items, **opts), straight_events.append)
     expected = load_lora_file(straight.final_lora)
-    losses = lambda evs: [(e["step"], e["loss"], e["lr"]) for e in evs if e.event == "step"]  # noqa: E731
+    losses = lambda evs: [(e.step, e.loss, e.lr) for e in evs if e.event == "step"]  # noqa: E731
 
     for stop_after in (2, 4):  # mid-epoch 1 (the resume crosses an epoch end), mid-epoch 2
         calls = iter(range(1, 100))
@@ -84,8 +84,8 @@ def test_stop_emits_stopped_with_state(job):
     events = []
     result = run_training(job(), events.append, stop_requested=lambda: "deadline")
     stopped = events[-1]
-    assert stopped.event == "stopped" and stopped["reason"] == "deadline" and stopped["state"] == result.state
-    assert stopped["step"] == 1
+    assert stopped.event == "stopped" and stopped.reason == "deadline" and stopped.state == result.state
+    assert stopped.step == 1
 
 
 def test_resume_refuses_other_settings(job):
@@ -140,17 +140,17 @@ def test_events_and_the_resume_line_name_epochs_one_based(job):
     events = []
     calls = iter(range(1, 100))
     first = run_training(job("epochs"), events.append, stop_requested=lambda: next(calls) >= 4)
-    states = [e for e in events if e.event == "checkpoint" and e["kind"] == "state"]
-    assert [(e["step"], e["epoch"], e["step_in_epoch"], e["epochs"], e["total_steps"]) for e in states] == [
+    states = [e for e in events if e.event == "checkpoint" and e.kind == "state"]
+    assert [(e.step, e.epoch, e.step_in_epoch, e.epochs, e.total_steps) for e in states] == [
         (3, 1, 0, 2, 6), (4, 1, 1, 2, 6)]  # epoch counts finished epochs; step_in_epoch tells end from middle
 
     resumed = []
     done = run_training(job("epochs", resume=first.state), resumed.append)
-    assert resumed[0].event == "plan" and resumed[0]["start_step"] == 4  # the bar starts at 4/6, not 0/6
-    lines = [e["message"] for e in resumed if e.event == "log"]
+    assert resumed[0].event == "plan" and resumed[0].start_step == 4  # the bar starts at 4/6, not 0/6
+    lines = [e.message for e in resumed if e.event == "log"]
     assert any(line.endswith("at step 4 of 6 (in epoch 2 of 2)") for line in lines), lines
 
     again = []
     run_training(job("epochs", resume=done.state), again.append)
-    assert any(e["message"].endswith("at step 6 of 6 (after epoch 2 of 2)") for e in again if e.event == "log")
+    assert any(e.message.endswith("at step 6 of 6 (after epoch 2 of 2)") for e in again if e.event == "log")
     assert not [e for e in again if e.event == "step"]  # nothing trained: the state was the last step

@@ -9,15 +9,18 @@ import torch
 
 from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.effective import Machine, derive
+from anima_lora_flow.trainer.native import NativeBackend
 from anima_lora_flow.trainer.loop import build_scheduler
 from anima_lora_flow.trainer.run import TrainJob, run_training
 from anima_lora_flow.trainer.state import PROGRESS_FILE
+
+NATIVE = NativeBackend.numbers
 
 LR = 1e-3
 
 
 def _eff(cfg: TrainingConfig, epochs: int):
-    return derive(cfg.model_copy(update={"max_train_epochs": epochs}), {(768, 768): 10}, Machine())  # 10 steps per epoch
+    return derive(cfg.model_copy(update={"max_train_epochs": epochs}), {(768, 768): 10}, Machine(), NATIVE)  # 10 steps per epoch
 
 
 def _optimizer():
@@ -89,9 +92,9 @@ def test_more_epochs_on_resume_continue_the_rate(tmp_path, items, tiny_model, ti
     events = []
     resumed = run_training(job("first", 4, first.state), events.append)
     assert resumed.steps == 12 and not resumed.stopped
-    assert any("now has 12 steps instead of 6" in e["message"] for e in events if e.event == "log")
-    step_10 = next(e for e in events if e.event == "step" and e["step"] == 10)
-    assert step_10["lr"] == pytest.approx(saved_lr * (12 - 10) / (12 - 4), rel=1e-9)  # the 12-step line alone: 1/6 of LR
+    assert any("now has 12 steps instead of 6" in e.message for e in events if e.event == "log")
+    step_10 = next(e for e in events if e.event == "step" and e.step == 10)
+    assert step_10.lr == pytest.approx(saved_lr * (12 - 10) / (12 - 4), rel=1e-9)  # the 12-step line alone: 1/6 of LR
 
 
 LR_TINY = 1e-3  # tests/trainer/conftest.py's learning_rate

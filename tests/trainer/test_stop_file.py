@@ -36,9 +36,9 @@ def test_stop_file_saves_a_state_and_exits_3(tmp_path, items, tiny_model, tiny_c
     assert proc.returncode == 3, err[-2000:]
     events = list(read_events(events_file))
     stopped = events[-1]
-    assert stopped.event == "stopped" and stopped["reason"] == "stop file"
-    first_step = next(e["step"] for e in events if e.event == "step")
-    assert first_step <= stopped["step"] < stopped["total"]
+    assert stopped.event == "stopped" and stopped.reason == "stop file"
+    first_step = next(e.step for e in events if e.event == "step")
+    assert first_step <= stopped.step < stopped.total_steps
     state = tmp_path / "out" / "state"
-    assert stopped["state"].startswith(str(state)) and (state / os.path.basename(stopped["state"]) / PROGRESS_FILE).is_file()
+    assert stopped.state.startswith(str(state)) and (state / os.path.basename(stopped.state) / PROGRESS_FILE).is_file()
     assert stop_file.exists()  # the trainer leaves the file to whoever created it

@@ -29,10 +29,10 @@ def test_subprocess_runs_to_the_end(tmp_path, items, tiny_model, tiny_config):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
     events = list(read_events(events_file))
-    assert events[0].event == "plan" and events[0]["total_steps"] == 3
+    assert events[0].event == "plan" and events[0].total_steps == 3
     done = events[-1]
-    assert done.event == "done" and done["steps"] == 3
-    assert load_lora_file(done["lora"])  # a real safetensors file with tensors
+    assert done.event == "done" and done.step == 3
+    assert load_lora_file(done.lora)  # a real safetensors file with tensors
     assert err.count("\n") < 40  # one refreshing progress line, not a wall of lines
 
 
@@ -48,5 +48,5 @@ def test_sigterm_saves_a_state_and_exits_3(tmp_path, items, tiny_model, tiny_con
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 3, err[-2000:]
     stopped = list(read_events(events_file))[-1]
-    assert stopped.event == "stopped" and stopped["reason"] == "SIGTERM"
-    assert (tmp_path / "sig" / "state").is_dir() and stopped["state"].startswith(str(tmp_path / "sig" / "state"))
+    assert stopped.event == "stopped" and stopped.reason == "SIGTERM"
+    assert (tmp_path / "sig" / "state").is_dir() and stopped.state.startswith(str(tmp_path / "sig" / "state"))

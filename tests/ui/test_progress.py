@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from anima_lora_flow.trainer.events import Event
+from anima_lora_flow.trainer.events import Checkpoint, Done, Log, Plan, Step
 from anima_lora_flow.core.formatting import format_duration
 from anima_lora_flow.ui.progress import ConsoleProgress
 from anima_lora_flow.ui.summary import summary_text
@@ -19,11 +19,11 @@ class _Terminal(io.StringIO):
 def test_a_run_of_events_draws_one_bar():
     out = _Terminal()
     progress = ConsoleProgress(file=out, session_left=lambda: 3600.0, echo_checkpoints=False)
-    progress(Event("plan", {"total_steps": 200, "start_step": 0}))
+    progress(Plan(total_steps=200, start_step=0))
     for step in range(1, 201):
-        progress(Event("step", {"step": step, "total": 200, "loss": 0.1, "sec_per_step": 0.5}))
-    progress(Event("checkpoint", {"kind": "state", "step": 200, "path": "/x"}))
-    progress(Event("done", {"lora": "/x.safetensors"}))
+        progress(Step(step=step, total_steps=200, loss=0.1, sec_per_step=0.5))
+    progress(Checkpoint(kind="state", step=200, path="/x"))
+    progress(Done(lora="/x.safetensors"))
     text = out.getvalue()
     assert "200/200" in text and "loss 0.1000" in text and "session left 1h00m" in text
     assert text.count("\n") <= 2  # redrawn with carriage returns; closed once
@@ -31,8 +31,8 @@ def test_a_run_of_events_draws_one_bar():
 
 def test_postfix_eta():
     progress = ConsoleProgress(file=io.StringIO())
-    progress(Event("plan", {"total_steps": 100}))
-    assert "ETA 0m50s" in progress.postfix(Event("step", {"step": 50, "total": 100, "sec_per_step": 1.0}))
+    progress(Plan(total_steps=100))
+    assert "ETA 0m50s" in progress.postfix(Step(step=50, total_steps=100, sec_per_step=1.0))
     assert format_duration(5400) == "1h30m" and format_duration(None) == "?"
 
 
@@ -47,13 +47,13 @@ def test_summary_names_the_lora_and_its_size():
 
 # What the demo's trainer sends: step events every 10 steps, a log line, checkpoints at the epoch ends.
 DEMO_EVENTS = [
-    Event("plan", {"total_steps": 24, "start_step": 0}),
-    Event("log", {"message": "caches: 0 latents reused, 6 encoded"}),
-    Event("step", {"step": 10, "total": 24, "loss": 0.5, "sec_per_step": 0.2}),
-    Event("checkpoint", {"kind": "state", "step": 12, "path": "/s"}),
-    Event("step", {"step": 20, "total": 24, "loss": 0.4, "sec_per_step": 0.3}),
-    Event("step", {"step": 24, "total": 24, "loss": 0.3, "sec_per_step": 0.25}),
-    Event("done", {"lora": "/x.safetensors"}),
+    Plan(total_steps=24, start_step=0),
+    Log(message="caches: 0 latents reused, 6 encoded"),
+    Step(step=10, total_steps=24, loss=0.5, sec_per_step=0.2),
+    Checkpoint(kind="state", step=12, path="/s"),
+    Step(step=20, total_steps=24, loss=0.4, sec_per_step=0.3),
+    Step(step=24, total_steps=24, loss=0.3, sec_per_step=0.25),
+    Done(lora="/x.safetensors"),
 ]
 
 

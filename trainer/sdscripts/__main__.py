@@ -8,7 +8,6 @@ those events. Exit codes match the native trainer: 0 done, 1 error, 2 bad input,
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 from pathlib import Path
@@ -16,19 +15,18 @@ from pathlib import Path
 from ...config import TrainingConfig, cache_root
 from ...core.lora_files import lora_file_name
 from ...errors import UserInputError
-from ..events import JsonLinesSink, emit
+from ..backend import EXIT_DONE, EXIT_ERROR, EXIT_STOPPED, EXIT_USER, TrainJob
+from ..events import Done, Error, JsonLinesSink, Log, Stopped, emit
 from .install import SdScriptsInstallError, ensure_sd_scripts
 from .launch import SdScriptsFailed, run_sd_scripts
 from .prepare import prepare_sd_scripts_run
 from .resume import fix_train_state, resume_parser
 
-EXIT_DONE, EXIT_ERROR, EXIT_USER, EXIT_STOPPED = 0, 1, 2, 3
 
-
-def run_job(job: dict, events: Path) -> int:
-    """Run one sd-scripts session described by `job` (written by runner/train.py)."""
+def run_job(job: TrainJob, events: Path) -> int:
+    """Run one sd-scripts session described by `job` (prepared by the runner through backend.SdScriptsBackend)."""
     sink = JsonLinesSink(events)
-    config = TrainingConfig(**job["config"])
+    config = TrainingConfig(**job.config)
     stop = {"requested": False}
 
     def request_stop(_signum, _frame):
@@ -36,39 +34,38 @@ def run_job(job: dict, events: Path) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     try:
-        sd_dir = Path(job["sd_scripts_dir"]) if job.get("sd_scripts_dir") else ensure_sd_scripts(
-            config.sd_scripts_commit, Path(job.get("cache_dir") or cache_root())
+        sd_dir = Path(job.tool_dir) if job.tool_dir else ensure_sd_scripts(
+            config.sd_scripts_commit, Path(job.cache_dir or cache_root())
         )
-        resume = job.get("resume_state")
+        resume = job.resume_state
         if resume:
             # sd-scripts writes in-epoch step numbers after a resume; put the absolute step back first.
-            fix_train_state(resume, step=int(job["resume_step"]))
-        output_dir = Path(job["output_dir"])
+            fix_train_state(resume, step=job.resume_step)
+        output_dir = Path(job.output_dir)
         prepared = prepare_sd_scripts_run(
-            config, run_id=job["run_id"], image_dir=job["image_dir"], dit=job["dit"], qwen3=job["qwen3"],
-            vae=job["vae"], sd_scripts_dir=sd_dir, config_dir=Path(job["config_dir"]), output_dir=output_dir,
-            mixed_precision=job["mixed_precision"], total_steps=job.get("total_steps"), resume_dir=resume,
-            subsets=[tuple(s) for s in job["subsets"]] if job.get("subsets") else None,
+            config, run_id=job.run_id, image_dir=job.dataset_dir, dit=job.dit, qwen3=job.text_encoder,
+            vae=job.vae, sd_scripts_dir=sd_dir, config_dir=Path(job.run_dir) / "configs", output_dir=output_dir,
+            mixed_precision=job.precision or "bf16", total_steps=job.total_steps, resume_dir=resume, subsets=job.subsets,
         )
-        emit(sink, "log", message=f"sd-scripts: {prepared.command_text}")
+        emit(sink, Log(message=f"sd-scripts: {prepared.command_text}"))
         result = run_sd_scripts(
             prepared.command, sink=sink, stop_requested=lambda: stop["requested"], echo=_quiet,
-            parser=resume_parser(config, resume), config=config, gpu_memory_gib=job.get("gpu_memory_gib"),
+            parser=resume_parser(config, resume), config=config, gpu_memory_gib=job.gpu_memory_gib,
         )
     except (UserInputError, SdScriptsInstallError) as exc:
-        emit(sink, "error", message=str(exc))
+        emit(sink, Error(message=str(exc)))
         return EXIT_USER if isinstance(exc, UserInputError) else EXIT_ERROR
     except SdScriptsFailed as exc:
-        emit(sink, "error", message=str(exc))
+        emit(sink, Error(message=str(exc)))
         return EXIT_ERROR
     if result.stopped:
-        emit(sink, "stopped", reason="requested")
+        emit(sink, Stopped(reason="requested"))
         return EXIT_STOPPED
     final = output_dir / lora_file_name(config.project_name)
     if not final.exists():
-        emit(sink, "error", message=f"sd-scripts exited cleanly but wrote no {final.name}")
+        emit(sink, Error(message=f"sd-scripts exited cleanly but wrote no {final.name}"))
         return EXIT_ERROR
-    emit(sink, "done", lora=str(final), steps=job.get("total_steps"))
+    emit(sink, Done(lora=str(final), step=job.total_steps or result.last_step))
     return EXIT_DONE
 
 
@@ -82,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job", required=True)
     parser.add_argument("--events", required=True)
     args = parser.parse_args(argv)
-    return run_job(json.loads(Path(args.job).read_text()), Path(args.events))
+    return run_job(TrainJob.load(Path(args.job)), Path(args.events))
 
 
 if __name__ == "__main__":

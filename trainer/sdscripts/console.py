@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from ..events import Event
+from ..events import Checkpoint, Event, Log, Plan, Step
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _BAR = re.compile(r"^steps:\s*\d+%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)\s*\[(?P<info>[^\]]*)\]\s*$")
@@ -125,7 +125,7 @@ class ConsoleParser:
         moved_on = is_bar or _EPOCH.match(text) or _SAVING.match(text) or text.startswith("model saved.")
         if not (moved_on or (finished and os.path.dirname(finished["file"].strip()) == self._pending_state["path"])):
             return []
-        event = Event("checkpoint", self._pending_state)
+        event = Checkpoint(**self._pending_state)
         self._pending_state = None
         self.checkpoints.append(event)
         return [event]
@@ -144,32 +144,25 @@ class ConsoleParser:
             return [self._plan()]
         if match := _LOADED.match(text):
             self.resumed_step = int(match["step"])
-            return [Event("log", {"message": text})]
+            return [Log(message=text)]
         if match := _SKIPPING.match(text):
             self.resumed_step, self.skip = int(match["step"]), True
-            return [Event("log", {"message": text})]
+            return [Log(message=text)]
         if match := _EPOCH.match(text):
             self.epoch, self.num_epochs = int(match.group(1)), int(match.group(2))
-            return [Event("log", {"message": text, "epoch": self.epoch})]
+            return [Log(message=text, epoch=self.epoch)]
         if match := _SAVING.match(text):
             return [self._checkpoint_lora(match["path"].strip())]
         if match := _STATE.match(text):
             return self._checkpoint_state(match)
         if text.startswith(_NOTABLE):
-            return [Event("log", {"message": text})]
+            return [Log(message=text)]
         return []
 
     def _plan(self) -> Event:
         self._plan_sent = True
-        data = {
-            "total_steps": self.total,
-            "num_epochs": self.num_epochs,
-            "batches_per_epoch": self.batches_per_epoch,
-            "gradient_accumulation_steps": self.grad_accum,
-            "images_x_repeats": self.images,
-            "initial_step": self.resumed_step,
-        }
-        return Event("plan", data)
+        return Plan(total_steps=self.total, epochs=self.num_epochs, batches_per_epoch=self.batches_per_epoch,
+                    gradient_accumulation_steps=self.grad_accum, images_x_repeats=self.images, start_step=self.resumed_step)
 
     def _step_offset(self) -> int:
         """Absolute step of the bar's 0 (see sd-scripts train_network.py, resume branch)."""
@@ -198,14 +191,8 @@ class ConsoleParser:
         step = self._offset + n
         if n > 0 and step != self.step:
             self.step = step
-            data = {
-                "step": step,
-                "total": self.total,
-                "loss": self.loss,
-                "sec_per_step": self.sec_per_step,
-                "epoch": self.epoch,
-            }
-            events.append(Event("step", data))
+            events.append(Step(step=step, total_steps=self.total, loss=self.loss, sec_per_step=self.sec_per_step,
+                               epoch=self.epoch))
         return events
 
     def _checkpoint_lora(self, path: str) -> Event:
@@ -217,7 +204,7 @@ class ConsoleParser:
         else:
             data["final"] = True
             self.final_lora = path
-        event = Event("checkpoint", data)
+        event = Checkpoint(**data)
         self.checkpoints.append(event)
         return event
 

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from ...config import TrainingConfig
+from ...errors import render, setting
 from ...core.processes import stop_process_group
-from ..events import Event, EventSink, emit
+from ..events import Error, Event, EventSink, Stopped, emit
 from .console import ConsoleParser
 from .oom import detect_oom, kernel_oom_lines, oom_advice, uptime_seconds
 
@@ -143,7 +144,7 @@ def run_sd_scripts(
         kill_process_group(proc, grace_s)
         shown.end_bar()
         with contextlib.suppress(Exception):  # the sink may be what failed
-            emit(sink, "stopped", reason="interrupted", step=parser.step)
+            emit(sink, Stopped(reason="interrupted", step=parser.step))
         raise
     if stopped:
         kill_process_group(proc, grace_s)
@@ -163,11 +164,10 @@ def run_sd_scripts(
         checkpoints=list(parser.checkpoints),
     )
     if stopped:
-        emit(sink, "stopped", reason="stop requested", step=parser.step)
+        emit(sink, Stopped(reason="stop requested", step=parser.step))
         return result
     if exit_code == 0:
-        emit(sink, "done", path=parser.final_lora, step=parser.step)
-        return result
+        return result  # the caller says Done once it has found the final LoRA
     return _fail(result, config, gpu_memory_gib, started_at, sink)
 
 
@@ -224,12 +224,12 @@ def _fail(result: SdScriptsResult, config, gpu_memory_gib, started_at, sink) -> 
     else:
         last = [line for line in result.tail if line.strip()][-3:]
         message += " Last output: " + " | ".join(s.strip() for s in last)
-    emit(sink, "error", message=message, exit_code=result.exit_code, oom=result.oom_advice is not None)
+    emit(sink, Error(message=message, exit_code=result.exit_code, oom=result.oom_advice is not None))
     raise SdScriptsFailed(message, result)
 
 
 def _advice(config: TrainingConfig | None, gpu_memory_gib: float | None, *, kernel: bool) -> str:
     if config is None:
         what = "the system ran out of RAM" if kernel else "training ran out of GPU memory"
-        return f"Out of memory: {what}. Lower --network-dim, --resolution or --batch-size."
+        return render(f"Out of memory: {what}. Lower {setting('network_dim')}, {setting('resolution')} or {setting('batch_size')}.")
     return oom_advice(config, gpu_memory_gib, kernel=kernel)

@@ -20,6 +20,7 @@ import tomli_w
 from ...config import TrainingConfig
 from ...effective import resolve_optimizer, warmup_steps
 from ...errors import UserInputError
+from .backend import SdScriptsBackend
 
 # Config names -> sd-scripts `optimizer_type` (matched case-insensitively by sd-scripts).
 OPTIMIZER_NAMES = {"adamw8bit": "AdamW8bit", "adamw": "AdamW", "adafactor": "Adafactor"}
@@ -57,7 +58,7 @@ def config_file_names(project: str, run_id: str) -> tuple[str, str]:
 def optimizer_args(config: TrainingConfig) -> list[str]:
     """`optimizer_args` strings (sd-scripts `literal_eval`s each value) that the optimizer accepts."""
     args = [f"weight_decay={config.weight_decay}"]
-    if resolve_optimizer(config.optimizer, "sd-scripts") == "adafactor":
+    if resolve_optimizer(config.optimizer, SdScriptsBackend.numbers) == "adafactor":
         # With relative_step (transformers' default) Adafactor ignores our LR and scheduler.
         return args + ["relative_step=False", "scale_parameter=False", "warmup_init=False"]
     beta1, beta2 = config.betas
@@ -104,7 +105,7 @@ def render_training_toml(
         "network_alpha": _number(config.network_alpha),
         "network_train_unet_only": True,  # required while text-encoder outputs are cached
         "learning_rate": float(config.learning_rate),
-        "optimizer_type": OPTIMIZER_NAMES[resolve_optimizer(config.optimizer, "sd-scripts")],
+        "optimizer_type": OPTIMIZER_NAMES[resolve_optimizer(config.optimizer, SdScriptsBackend.numbers)],
         "optimizer_args": optimizer_args(config),
         "lr_scheduler": config.lr_scheduler,
         "lr_scheduler_num_cycles": config.lr_scheduler_num_cycles,

@@ -29,23 +29,23 @@ def test_fresh_run_events(chunk):
     events = _feed(parser, _read("fresh_run.log"), chunk)
     plans = [e for e in events if e.event == "plan"]
     assert len(plans) == 1
-    assert plans[0]["total_steps"] == 8 and plans[0]["num_epochs"] == 2 and plans[0]["batches_per_epoch"] == 4
+    assert plans[0].total_steps == 8 and plans[0].epochs == 2 and plans[0].batches_per_epoch == 4
     steps = [e for e in events if e.event == "step"]
-    assert [e["step"] for e in steps] == list(range(1, 9))  # one event per step, not per redraw
-    assert all(e["total"] == 8 for e in steps)
-    assert [e["epoch"] for e in steps] == [1, 1, 1, 1, 2, 2, 2, 2]
-    assert steps[0]["loss"] is None and steps[0]["sec_per_step"] == pytest.approx(2.01)
-    assert steps[3]["loss"] == pytest.approx(0.0975) and steps[3]["sec_per_step"] == pytest.approx(0.8)  # 1.25 it/s
-    assert steps[-1]["loss"] == pytest.approx(0.0902)
-    checkpoints = [e.data for e in events if e.event == "checkpoint"]
+    assert [e.step for e in steps] == list(range(1, 9))  # one event per step, not per redraw
+    assert all(e.total_steps == 8 for e in steps)
+    assert [e.epoch for e in steps] == [1, 1, 1, 1, 2, 2, 2, 2]
+    assert steps[0].loss is None and steps[0].sec_per_step == pytest.approx(2.01)
+    assert steps[3].loss == pytest.approx(0.0975) and steps[3].sec_per_step == pytest.approx(0.8)  # 1.25 it/s
+    assert steps[-1].loss == pytest.approx(0.0902)
+    checkpoints = [(e.kind, e.path, e.step, e.epoch, e.final, e.reported_step) for e in events if e.event == "checkpoint"]
     assert checkpoints == [
-        {"kind": "lora", "path": "/out/my_lora-000001.safetensors", "step": 4, "epoch": 1, "final": False},
-        {"kind": "state", "path": "/out/my_lora-000001-state", "step": 4, "epoch": 1, "reported_step": 4},
-        {"kind": "state", "path": "/out/my_lora-state", "step": 8, "epoch": 2, "reported_step": 8},
-        {"kind": "lora", "path": "/out/my_lora.safetensors", "step": 8, "epoch": 2, "final": True},
+        ("lora", "/out/my_lora-000001.safetensors", 4, 1, False, None),
+        ("state", "/out/my_lora-000001-state", 4, 1, False, 4),
+        ("state", "/out/my_lora-state", 8, 2, False, 8),
+        ("lora", "/out/my_lora.safetensors", 8, 2, True, None),
     ]
     assert parser.final_lora == "/out/my_lora.safetensors"
-    logs = [e["message"] for e in events if e.event == "log"]
+    logs = [e.message for e in events if e.event == "log"]
     assert "epoch 1/2" in logs and "model saved." in logs and "running training / 学習開始" in logs
 
 
@@ -54,21 +54,21 @@ def test_resumed_run_reports_absolute_steps(chunk):
     """sd-scripts restarts its bar (6 of "10") and its step counter after a resume; we do not."""
     parser = ConsoleParser()  # learns the resume step from "load train state" / "skipping N steps"
     events = _feed(parser, _read("resumed_run.log"), chunk)
-    assert [e["total_steps"] for e in events if e.event == "plan"] == [12]
+    assert [e.total_steps for e in events if e.event == "plan"] == [12]
     steps = [e for e in events if e.event == "step"]
-    assert [e["step"] for e in steps] == [7, 8, 9, 10, 11, 12]
-    assert all(e["total"] == 12 for e in steps)
-    step_lora, step_state = [e.data for e in events if e.event == "checkpoint"][:2]
-    assert step_lora["path"].endswith("-step00000004.safetensors")
-    assert (step_lora["step"], step_lora["reported_step"]) == (8, 4)
-    assert (step_state["step"], step_state["reported_step"], step_state["epoch"]) == (8, 4, 2)
+    assert [e.step for e in steps] == [7, 8, 9, 10, 11, 12]
+    assert all(e.total_steps == 12 for e in steps)
+    step_lora, step_state = [e for e in events if e.event == "checkpoint"][:2]
+    assert step_lora.path.endswith("-step00000004.safetensors")
+    assert (step_lora.step, step_lora.reported_step) == (8, 4)
+    assert (step_state.step, step_state.reported_step, step_state.epoch) == (8, 4, 2)
     assert parser.step == 12
 
 
 def test_resume_step_given_up_front():
     parser = ConsoleParser(initial_step=6)
     events = parser.feed("  total optimization steps / 学習ステップ数: 12\n\rsteps:  10%|█         | 1/10 [00:02<00:18,  2.00s/it, avr_loss=0.1]")
-    assert [e["step"] for e in events if e.event == "step"] == [7]
+    assert [e.step for e in events if e.event == "step"] == [7]
 
 
 def test_resume_without_skipping_restarts_the_epoch():
@@ -80,7 +80,7 @@ def test_resume_without_skipping_restarts_the_epoch():
         "  total optimization steps / 学習ステップ数: 12\n"
         "\rsteps:   0%|          | 0/12 [00:00<?, ?it/s]\rsteps:   8%|▊         | 1/12 [00:01<00:11,  1.00s/it]"
     )
-    steps = [e["step"] for e in parser.feed(text) if e.event == "step"]
+    steps = [e.step for e in parser.feed(text) if e.event == "step"]
     assert steps == [5]  # epoch 2 starts at step 4 (8 batches / 2 = 4 steps per epoch)
 
 
@@ -103,7 +103,7 @@ def test_partial_bar_waits_for_the_rest():
     assert parser.feed("\rsteps:  26%|██▌       | 260/10") == []
     events = parser.feed("00 [04:20<12:20,  1.00s/it, avr_loss=0.0841]")
     step = [e for e in events if e.event == "step"][0]
-    assert (step["step"], step["total"], step["loss"], step["sec_per_step"]) == (260, 1000, 0.0841, 1.0)
+    assert (step.step, step.total_steps, step.loss, step.sec_per_step) == (260, 1000, 0.0841, 1.0)
 
 
 def test_validation_bars_and_ansi_are_not_training_steps():
@@ -134,4 +134,4 @@ def test_state_is_reported_only_once_written():
     assert parser.feed("save train state to /o/s-state/train_state.json at epoch 1 step 4\n") == []
     assert parser.feed("Optimizer state saved in /o/s-state/optimizer.bin\n") == []
     [event] = parser.feed("Random states saved in /o/s-state/random_states_0.pkl\n")
-    assert (event["kind"], event["path"], event["step"]) == ("state", "/o/s-state", 4)
+    assert (event.kind, event.path, event.step) == ("state", "/o/s-state", 4)

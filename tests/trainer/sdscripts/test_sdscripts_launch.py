@@ -68,8 +68,10 @@ def test_success_streams_lines_and_redraws(tmp_path):
     result = run_sd_scripts(cmd, sink=events.append, echo=echo, log_tail=6)
     assert result.exit_code == 0 and not result.stopped
     assert result.final_lora == "/out/my_lora.safetensors" and result.last_step == 8
-    assert [e["step"] for e in events if e.event == "step"] == list(range(1, 9))
-    assert events[-1].event == "done" and events[-1]["path"] == "/out/my_lora.safetensors"
+    assert [e.step for e in events if e.event == "step"] == list(range(1, 9))
+    # Done is the entry's to say, once it has found the final LoRA on disk (trainer/sdscripts/__main__.py).
+    assert "done" not in [e.event for e in events]
+    assert [e.path for e in events if e.event == "checkpoint" and e.final] == ["/out/my_lora.safetensors"]
     redraws = [text for text, end in echo.calls if end == ""]
     assert redraws and all(t.startswith("\rsteps:") for t in redraws)  # in place, not a line each
     assert ("epoch 2/2", "\n") in echo.calls
@@ -87,7 +89,7 @@ def test_failure_raises_with_oom_advice_and_tail(tmp_path):
     result = err.value.result
     assert result.exit_code == 1 and result.oom_advice
     assert any("CUDA out of memory" in line for line in result.tail)
-    assert events[-1].event == "error" and events[-1]["oom"] is True
+    assert events[-1].event == "error" and events[-1].oom is True
     assert isinstance(err.value, RuntimeError)
 
 
@@ -139,7 +141,7 @@ def test_keyboard_interrupt_kills_the_group_and_reraises(tmp_path):
     cmd = [sys.executable, _script(tmp_path, "stubborn.py", STUBBORN), str(pids_file)]
 
     def sink(event):
-        if event.event == "step" and event["step"] >= 3:
+        if event.event == "step" and event.step >= 3:
             raise KeyboardInterrupt  # what a cell's stop button raises in the main thread
 
     with pytest.raises(KeyboardInterrupt):

@@ -65,16 +65,16 @@ def test_resume_keeps_absolute_steps(tmp_path):
     states = []
 
     def sink(event):
-        if event.event == "checkpoint" and event["kind"] == "state":
+        if event.event == "checkpoint" and event.kind == "state":
             states.append(event)
 
     first = run_sd_scripts(_run(tmp_path, config, "a", save_every_n_steps=2), sink=sink, stop_requested=lambda: bool(states))
-    assert first.stopped and states[0]["step"] == 2
-    state_dir = Path(states[0]["path"])
-    fix_train_state(state_dir, step=states[0]["step"])
+    assert first.stopped and states[0].step == 2
+    state_dir = Path(states[0].path)
+    fix_train_state(state_dir, step=states[0].step)
     events = []
     cmd = _run(tmp_path, config, "b", resume_dir=str(state_dir))
     result = run_sd_scripts(cmd, sink=events.append, parser=resume_parser(config, state_dir))
-    assert [e["step"] for e in events if e.event == "step"] == [3, 4, 5, 6, 7, 8]
+    assert [e.step for e in events if e.event == "step"] == [3, 4, 5, 6, 7, 8]
     assert result.final_lora and Path(result.final_lora).is_file()
     shutil.rmtree(tmp_path / "out")

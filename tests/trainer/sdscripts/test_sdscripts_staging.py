@@ -24,9 +24,10 @@ from anima_lora_flow.dataset.report import DatasetError
 from anima_lora_flow.errors import UserInputError
 from anima_lora_flow.platforms.detect import PlatformInfo
 from anima_lora_flow.core.gpu import GpuInfo
-from anima_lora_flow.runner.prepare import dataset_report, plan_run, sd_scripts_configs
+from anima_lora_flow.runner.prepare import backend_files, dataset_report, plan_run
 from anima_lora_flow.storage import RunStore, resolve_location
-from anima_lora_flow.tasks.train import sd_scripts_spec
+from anima_lora_flow.trainer.backend import TrainJob
+from anima_lora_flow.trainer.sdscripts.backend import SdScriptsBackend
 from anima_lora_flow.trainer.sdscripts.staging import stage_dataset
 
 SECRET = "root:x:0:0:secret-password-line"
@@ -129,7 +130,8 @@ def test_the_dataset_toml_names_only_validated_images_and_captions(dataset: Path
         "g0.txt": "link-outside", "stolen.png": "link-outside", "gone.png": "broken-link", "dup.png": "duplicate", "tiny.png": "too-small",
     }
     store = RunStore(resolve_location(config.storage), config.project_name)
-    result = sd_scripts_configs(config, report, _plan(config, report), "r1", store)
+    key, result = backend_files(config, report, _plan(config, report), "r1", store)
+    assert key == "sd_scripts"
     dataset_toml = tomllib.loads(Path(result["dataset_toml"]).read_text())
 
     stage = Path(config.work_dir) / "sd-scripts" / "datasets"
@@ -165,10 +167,12 @@ def test_an_exif_turned_photo_is_staged_upright(dataset: Path, tmp_path: Path):
 def test_the_training_job_gets_the_staged_folders(dataset: Path, tmp_path: Path):
     config = _config(dataset, tmp_path)
     report = dataset_report(config)
-    spec = sd_scripts_spec(config, report, models=None, plan=None)
+    job = TrainJob(config=config.model_dump(mode="json"), items=[], models_dir=None, work_dir=str(config.resolved_work_dir()),
+                   output_dir=str(tmp_path / "out"), dit="/m/dit", text_encoder="/m/te", vae="/m/vae")
+    job = SdScriptsBackend().prepare(job, report)
     staged = stage_dataset(report, config.resolved_work_dir())
-    assert spec["image_dir"] == str(staged.root)
-    assert spec["subsets"] == [(str(staged.root / "0" / "ds"), 5), (str(staged.root / "1" / "10_char"), 10)]
+    assert job.dataset_dir == str(staged.root)
+    assert job.subsets == [(str(staged.root / "0" / "ds"), 5), (str(staged.root / "1" / "10_char"), 10)]
 
 
 def test_restaging_an_unchanged_dataset_reuses_the_stage(dataset: Path, tmp_path: Path):
