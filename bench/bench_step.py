@@ -193,6 +193,7 @@ def build_session(combo: Combo, device: torch.device, total_steps: int, tmp: Pat
         weight_dtype,
     )
     from anima_lora_flow.trainer.lora import build_lora_model, lora_parameters
+    from anima_lora_flow.trainer.native import NativeBackend
     from anima_lora_flow.trainer.state import TrainingProgress
 
     precision = PRECISIONS[combo.precision]
@@ -204,7 +205,8 @@ def build_session(combo: Combo, device: torch.device, total_steps: int, tmp: Pat
     )  # fmt: skip; everything else at the trainer's defaults (caption dropout 0.1, clip 1.0, cosine)
     # one bucket holding the batch's items once per step (+1 so the epoch never ends: no epoch-end saves)
     samples = {(combo.resolution, combo.resolution): combo.batch * (total_steps + 1)}
-    eff = derive(cfg, samples, Machine.detect() if device.type == "cuda" else Machine(), "native")
+    eff = derive(cfg, samples, Machine.detect() if device.type == "cuda" else Machine(),
+                 NativeBackend.numbers)
     _reset_accelerate()
     accelerator = build_accelerator(precision)
     if accelerator.device.type != device.type:
