@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 
 from ...config import TrainingConfig
 from ...errors import render, setting
+from ...errors import render, setting
 from ...core.processes import stop_process_group
 from ..events import Error, Event, EventSink, Stopped, emit
 from .console import ConsoleParser

@@ -7,6 +7,7 @@ import subprocess
 from collections.abc import Iterable
 
 from ...config import TrainingConfig
+from ...errors import render, setting
 
 _CUDA_OOM = re.compile(r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED", re.IGNORECASE)
 _KERNEL_OOM = re.compile(r"Out of memory|Killed process|oom_reaper|oom-kill", re.IGNORECASE)
@@ -53,24 +54,24 @@ def kernel_oom_lines(since_uptime: float | None = None, last: int = 200) -> list
 
 
 def oom_suggestions(config: TrainingConfig) -> list[str]:
-    """Concrete, smaller settings than the current ones (flags of `anima-lora train`)."""
+    """Concrete, smaller settings than the current ones, spelled for the current audience (`--network-dim 8`)."""
     tips = []
     if config.network_dim > 8:
-        tips.append(f"--network-dim {max(8, config.network_dim // 2)}")
+        tips.append(setting("network_dim", max(8, config.network_dim // 2)))
     smaller = [r for r in _RESOLUTIONS if r < config.resolution]
     if config.resolution > 512 and smaller:
-        tips.append(f"--resolution {max(smaller)}")
+        tips.append(setting("resolution", max(smaller)))
     if config.batch_size > 1:
         # Keep the effective batch by accumulating instead.
         accum = config.batch_size * config.gradient_accumulation_steps
-        tips.append(f"--batch-size 1 --gradient-accumulation-steps {accum}")
+        tips.append(f"{setting('batch_size', 1)} {setting('gradient_accumulation_steps', accum)}")
     if config.mixed_precision == "no":
-        tips.append("--mixed-precision auto")
+        tips.append(setting("mixed_precision", "auto"))
     if config.gradient_checkpointing:
         tips.append("keep gradient checkpointing on")
     else:
-        tips.append("--gradient-checkpointing (turn it on)")
-    return tips
+        tips.append(f"{setting('gradient_checkpointing', True)} (turn it on)")
+    return [render(tip) for tip in tips]
 
 
 def oom_advice(config: TrainingConfig, gpu_memory_gib: float | None, *, kernel: bool = False) -> str:

@@ -34,7 +34,7 @@ from PIL import Image
 
 from ...core.orientation import exif_orientation, upright
 from ...dataset.report import DatasetError, DatasetReport, ImageRecord
-from ...errors import UserInputError
+from ...errors import UserInputError, setting
 
 STAGE_VERSION = 1  # bump when the layout or the file rules change, so old stages are not reused
 MANIFEST = "manifest.json"
@@ -63,8 +63,9 @@ def stage_dataset(report: DatasetReport, work_dir: Path) -> StagedDataset:
     real_root = Path(report.root).resolve()
     base = Path(work_dir) / "sd-scripts" / "datasets"
     if base.resolve().is_relative_to(real_root):  # the stage would be written into the user's folder, and validated next run
-        raise UserInputError(f"--work-dir {work_dir} is inside the dataset folder {report.root}: the sd-scripts backend "
-                             "stages a copy of the dataset in the work folder; pass a --work-dir outside the dataset")
+        raise UserInputError(f"{setting('work_dir', work_dir)} is inside the dataset folder {report.root}: the sd-scripts "
+                             f"backend stages a copy of the dataset in the work folder; pass a {setting('work_dir')} outside "
+                             "the dataset", field="work_dir")
     key = hashlib.sha256(f"{STAGE_VERSION}\0{real_root}\0{report.fingerprint}".encode()).hexdigest()[:16]
     final = base / key
     found = _load(final)
