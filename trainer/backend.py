@@ -12,14 +12,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..core.lora_files import epoch_of, lora_file_name
 from .events import Event
 
 if TYPE_CHECKING:
     from ..config import TrainingConfig
-    from ..dataset.report import DatasetReport
+    from ..core.dataset_report import DatasetReport
     from ..effective import BackendNumbers
 
 EXIT_DONE, EXIT_ERROR, EXIT_USER, EXIT_STOPPED = 0, 1, 2, 3
@@ -98,6 +98,7 @@ class EventParser(Protocol):
     def feed(self, chunk: str) -> list[Event]: ...
 
 
+@runtime_checkable
 class Backend(Protocol):
     """One training backend, as every layer above the trainer sees it."""
 
