@@ -17,15 +17,16 @@ from ..planner.refine import refine
 from ..runner.prepare import dry_run_result
 from ..runner.train import new_run_id
 from ..storage.lock import acquire_project_lock
+from ..storage.runstore import StoreRef
 from ..tasks.artifacts import artifact_key
-from ..tasks.backend_files import backend_files_task
 from ..tasks.dataset import prepare_dataset_task
 from ..tasks.history import label_this_flow_run, mark_stale_runs_crashed_task
 from ..tasks.models import download_models_task
 from ..tasks.plan import plan_task
 from ..tasks.preflight import check_supported, ensure_local_folders
 from ..tasks.resume import check_resume_task
-from ..tasks.storage import mount_storage_task, open_run_store, record_run_task, store_json_task
+from ..tasks.sdscripts import sd_scripts_dry_run_task
+from ..tasks.storage import mount_storage_task, record_run_task, store_json_task
 from ..tasks.train import train_task
 from ..ui.console import FOR_CONSOLE
 from ..ui.summary import summary_markdown
@@ -58,51 +59,52 @@ def _train_lora(config: TrainingConfig, dry_run: bool) -> dict:
     label_this_flow_run(run_id)  # host, pid and run id: what a later run judges this one by if it dies
 
     # Where the run lives, what it trains on, and whether the saved state may be continued with these
-    # settings (judged from its manifest): all fail fast, before any large download.
-    store_root = mount_storage_task(config, run_id)
+    # settings (judged from its manifest): all fail fast, before any large download. The storage is
+    # resolved and probed here only; the stages after it open `storage`.
+    storage = mount_storage_task(config, run_id)
+    store_root = storage.open().root
     mark_stale_runs_crashed_task(config.project_name)  # after the mount: it reads the earlier runs' storage locks
     report = prepare_dataset_task(config)
-    resume = check_resume_task(config, report)
+    resume = check_resume_task(config, report, storage)
     plan = plan_task(config, report, resume.step)
     if dry_run:
         logger.info("dry run: %s; stopping before the model download and training", resume.would(plan.steps.total_steps))
         result = dry_run_result(run_id, store_root, report, plan, resume)
-        files = backend_files_task(config, report, plan, run_id)
-        if files is not None:
-            result[files[0]] = files[1]
+        if config.trainer == "sd-scripts":
+            result["sd_scripts"] = sd_scripts_dry_run_task(config, report, plan, run_id)
         return result
 
     logger.info(plan.to_text(), extra=FOR_CONSOLE)  # the quiet console of a CLI run shows the plan too
     # One run per project from here on: a second run would resume from this one's half-written states.
-    lock = acquire_project_lock(open_run_store(config), run_id)
+    lock = acquire_project_lock(storage.open(), run_id)
     lock.start_heartbeat()
     try:
-        return _download_and_train(config, report, plan, run_id, started, store_root)
+        return _download_and_train(config, report, plan, run_id, started, storage)
     finally:
         lock.release()
 
 
-def _download_and_train(config: TrainingConfig, report, plan, run_id: str, started: float, store_root: str) -> dict:
+def _download_and_train(config: TrainingConfig, report, plan, run_id: str, started: float, storage: StoreRef) -> dict:
     logger = get_run_logger()
     models = download_models_task(config)
-    store_json_task(config, "plan.json", plan.model_dump(mode="json"))
+    store_json_task(config, "plan.json", plan.model_dump(mode="json"), storage)
     # Saves a state and stops the trainer before the session's end, whatever the overrun choice.
     guard = guard_for(plan.deadline_ts)
     result = {"run_id": run_id, "outcome": "failed", "steps_done": 0}
     try:
-        result = train_task(config, report, models, run_id, guard, plan)
+        result = train_task(config, report, models, run_id, guard, plan, storage)
     finally:
         record_run_task(config, {
             "run_id": run_id, "flow_run_id": str(flow_run.get_id() or ""), "started": started, "ended": time.time(),
             "outcome": result.get("outcome"), "steps_done": result.get("steps_done"),
             "total_steps": result.get("total_steps"), "trainer": config.trainer,
-        }, error=sys.exc_info()[1])  # the exception ending the run, if any: `status` shows it as the reason
+        }, error=sys.exc_info()[1], storage=storage)  # the exception ending the run, if any: `status` shows it as the reason
     if result.get("sec_per_step"):
         # The measured rate replaces the table's estimate, so the next session plans with it.
         store_json_task(config, "plan.json", refine(plan, result["sec_per_step"], result.get("steps_done") or 0)
-                        .model_dump(mode="json"))
+                        .model_dump(mode="json"), storage)
     create_markdown_artifact(
-        markdown=summary_markdown(config, result, store_root), key=artifact_key("summary", config.project_name),
+        markdown=summary_markdown(config, result, storage.open().root), key=artifact_key("summary", config.project_name),
         description="Anima LoRA run summary",
     )
     if result["outcome"] == "stopped":

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import fsspec
+
 from ..core.hashing import sha256_file
 from ..core.lora_files import epoch_of, kohya_name, lora_file_name
 from .location import Location
@@ -71,6 +73,25 @@ class StateVerificationError(OSError):
     """A published state is incomplete or does not match its manifest."""
 
 
+@dataclass(frozen=True)
+class StoreRef:
+    """A run store the mount stage resolved and checked, as plain data that a run's later stages take.
+
+    Opening it mounts nothing, creates nothing and asks the store nothing: those checks ran once, at the
+    mount. `filesystem` is fsspec's own JSON description of the filesystem (its class and the options
+    parsed from the storage URL, which the flow's parameters hold already).
+    """
+
+    url: str
+    root: str
+    filesystem: str
+    project: str
+
+    def open(self) -> RunStore:
+        fs = fsspec.AbstractFileSystem.from_json(self.filesystem)  # fsspec's instance cache: the same object again
+        return RunStore(Location(fs, self.root, self.url), self.project)
+
+
 class RunStore:
     """One project's folder in durable storage."""
 
@@ -79,6 +100,10 @@ class RunStore:
         self.fs = location.fs
         self.project = project
         self.root = location.join(project)
+
+    def ref(self) -> StoreRef:
+        """This store as plain data, to pass to the stages after the mount."""
+        return StoreRef(self.location.url, self.location.root, self.fs.to_json(), self.project)
 
     # --- paths ------------------------------------------------------------------------------
     def path(self, *parts: str) -> str:

@@ -87,7 +87,7 @@ def test_an_interrupted_run_is_not_called_failed(tmp_path):
 def test_mounting_storage_writes_no_config(tmp_path):
     """The config is the session's to write: a run refused for its dataset right after the mount leaves none."""
     cfg = _config(tmp_path)
-    root = mount_storage_task.fn(cfg, "refused-run")
+    root = mount_storage_task.fn(cfg, "refused-run").open().root
     assert Path(root).is_dir() and not (Path(root) / "configs").exists()
     text = status_text(_store(cfg))
     assert "runs: none recorded" in text and "nothing here yet" in text
