@@ -19,13 +19,13 @@ from ..runner.train import new_run_id
 from ..storage.lock import acquire_project_lock
 from ..storage.runstore import StoreRef
 from ..tasks.artifacts import artifact_key
+from ..tasks.backend_files import backend_files_task
 from ..tasks.dataset import prepare_dataset_task
 from ..tasks.history import label_this_flow_run, mark_stale_runs_crashed_task
 from ..tasks.models import download_models_task
 from ..tasks.plan import plan_task
 from ..tasks.preflight import check_supported, ensure_local_folders
 from ..tasks.resume import check_resume_task
-from ..tasks.sdscripts import sd_scripts_dry_run_task
 from ..tasks.storage import mount_storage_task, record_run_task, store_json_task
 from ..tasks.train import train_task
 from ..ui.console import FOR_CONSOLE
@@ -70,8 +70,9 @@ def _train_lora(config: TrainingConfig, dry_run: bool) -> dict:
     if dry_run:
         logger.info("dry run: %s; stopping before the model download and training", resume.would(plan.steps.total_steps))
         result = dry_run_result(run_id, store_root, report, plan, resume)
-        if config.trainer == "sd-scripts":
-            result["sd_scripts"] = sd_scripts_dry_run_task(config, report, plan, run_id)
+        files = backend_files_task(config, report, plan, run_id)
+        if files is not None:
+            result[files[0]] = files[1]
         return result
 
     logger.info(plan.to_text(), extra=FOR_CONSOLE)  # the quiet console of a CLI run shows the plan too

@@ -8,8 +8,9 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_table_artifact
 
 from ..config import TrainingConfig
+from ..models.download import ModelPaths
+from ..planner.plan import Plan
 from ..runner.train import run_training_session
-from ..trainer.sdscripts.staging import stage_dataset
 from ..ui.console import FOR_CONSOLE
 from ..ui.loss_chart import loss_chart_png, loss_table
 from ..ui.progress import ConsoleProgress
@@ -38,11 +39,11 @@ def train_task(config: TrainingConfig, report, models, run_id: str, guard=None, 
     try:
         result = run_training_session(
             config, items=report.train_items(), dataset_fingerprint=report.fingerprint,
-            models_dir=Path(models.diffusers_dir) if getattr(models, "diffusers_dir", None) else None,
+            models_dir=models.diffusers_dir,
             store=store, work_dir=config.resolved_work_dir(), run_id=run_id,
             should_stop=guard.should_stop if guard is not None else None, on_event=on_event, log=logger.info,
             warn=logger.warning, announce=lambda line: logger.info(line, extra=FOR_CONSOLE),
-            sd_scripts=sd_scripts_spec(config, report, models, plan) if config.trainer == "sd-scripts" else None,
+            job_fields=job_fields(models, plan), report=report,
         )
     finally:
         cell.close()
@@ -50,20 +51,13 @@ def train_task(config: TrainingConfig, report, models, run_id: str, guard=None, 
     return result.to_dict()
 
 
-def sd_scripts_spec(config: TrainingConfig, report, models, plan) -> dict:
-    """What the sd-scripts entry needs beyond the config: the staged images, single-file models, the plan's numbers."""
-    gpu = getattr(plan, "memory", None)
-    staged = stage_dataset(report, config.resolved_work_dir())  # kohya reads only what the validator accepted
-    return {
-        "image_dir": str(staged.root),
-        "subsets": staged.subsets,
-        "dit": str(models.dit) if getattr(models, "dit", None) else None,
-        "qwen3": str(models.text_encoder) if getattr(models, "text_encoder", None) else None,
-        "vae": str(models.vae) if getattr(models, "vae", None) else None,
-        "mixed_precision": plan.precision if plan is not None else "bf16",
-        "total_steps": plan.steps.total_steps if plan is not None else None,
-        "gpu_memory_gib": getattr(gpu, "available_gib", None),
-    }
+def job_fields(models: ModelPaths, plan: Plan | None) -> dict:
+    """What a backend's job takes from the models and plan stages beyond the config (trainer/backend.py TrainJob)."""
+    single_files = {"dit": models.dit, "text_encoder": models.text_encoder, "vae": models.vae}
+    fields: dict = {name: str(path) for name, path in single_files.items() if path is not None}
+    if plan is not None:
+        fields.update(precision=plan.precision, total_steps=plan.steps.total_steps, gpu_memory_gib=plan.memory.available_gib)
+    return fields
 
 
 def publish_loss_chart(store, config: TrainingConfig, losses: list[tuple[int, float]], run_id: str) -> None:
