@@ -140,9 +140,9 @@ def dry_run(config: TrainingConfig, *, as_json: bool) -> int:
 def preflight(config: TrainingConfig) -> None:
     """Cheap checks of a user's input before a Prefect server is started (the flow repeats them)."""
     from .dataset.fetch import classify_source
-    from .prefect_env import check_api_reachable
+    from .planner.preflight import check_supported, ensure_local_folders
+    from .platforms.prefect_env import check_api_reachable
     from .storage import resolve_storage
-    from .tasks.preflight import check_supported, ensure_local_folders
 
     check_supported(config)
     resolve_storage(config.storage)  # first: it mounts Drive, where the dataset may live
@@ -154,7 +154,7 @@ def preflight(config: TrainingConfig) -> None:
 def run_flow(config: TrainingConfig, *, dry_run: bool = False, verbose: bool = False) -> dict:
     """Run the flow under a local Prefect server; the console shows only the plan, progress, warnings and
     the summary unless `verbose` (Prefect's INFO lines reach the UI's run log either way)."""
-    from .prefect_env import check_api_reachable, configure_prefect_environment
+    from .platforms.prefect_env import check_api_reachable, configure_prefect_environment
     from .ui.server import server_for_this_command
 
     configure_prefect_environment()
@@ -222,8 +222,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from .planner.commands import run_plan
+    from .planner.preflight import check_supported, ensure_local_folders
     from .runner.prepare import dataset_report
-    from .tasks.preflight import check_supported, ensure_local_folders
 
     config = config_from_args(args, dataset=args.source)
     check_supported(config)  # the plan refuses what train would refuse

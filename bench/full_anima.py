@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT.parent) not in sys.path:  # run from a checkout without installing: the repo root is the package
     sys.path.insert(0, str(ROOT.parent))
 
-from anima_lora_flow.models import registry  # noqa: E402
+from anima_lora_flow.core import known_models  # noqa: E402
 
 DIFFUSERS_VERSION = "0.42.1"
 LATENTS_MEAN = [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -83,7 +83,7 @@ SCALES = {"real": REAL, "reduced": REDUCED}
 
 # Which DiT file names the single-file repo serves: the Diffusers base and one base without a
 # Diffusers repo (the conversion path). Both hold the same bytes.
-DIT_NAMES = (registry.base_model("anima-base-v1.0").dit.filename, registry.base_model("anima-preview3-base").dit.filename)
+DIT_NAMES = (known_models.base_model("anima-base-v1.0").dit.filename, known_models.base_model("anima-preview3-base").dit.filename)
 
 
 @dataclass
@@ -214,8 +214,8 @@ def generate(dest: Path, scale: str = "real", sd_scripts_dir: Path | None = None
     manifest_path.unlink(missing_ok=True)
     shapes = SCALES[scale]
     started = time.time()
-    diff_root = dest / "repos" / registry.DIFFUSERS_REPO
-    single_root = dest / "repos" / registry.SINGLE_FILE_REPO
+    diff_root = dest / "repos" / known_models.DIFFUSERS_REPO
+    single_root = dest / "repos" / known_models.SINGLE_FILE_REPO
     files: dict[str, dict] = {}
     bf16 = torch.bfloat16
 
@@ -251,37 +251,37 @@ def generate(dest: Path, scale: str = "real", sd_scripts_dir: Path | None = None
         tensor = random_tensor(f"{module}.{name}", shape, dtype, seed)
         writer.put(name, tensor)
         dit_writer.put(dit_name, tensor)
-    files[f"{registry.DIFFUSERS_REPO}/transformer/{weights}"] = t_writer.finish()
-    files[f"{registry.DIFFUSERS_REPO}/text_conditioner/{weights}"] = c_writer.finish()
+    files[f"{known_models.DIFFUSERS_REPO}/transformer/{weights}"] = t_writer.finish()
+    files[f"{known_models.DIFFUSERS_REPO}/text_conditioner/{weights}"] = c_writer.finish()
     dit_info = dit_writer.finish()
     for name in DIT_NAMES:
         path = single_root / name
         if path != dit_path:
             os.link(dit_path, path)  # the same bytes under the second name, no second 4 GB on disk
-        files[f"{registry.SINGLE_FILE_REPO}/{name}"] = dit_info
+        files[f"{known_models.SINGLE_FILE_REPO}/{name}"] = dit_info
     echo(f"  DiT written ({dit_info['size'] / 1e9:.2f} GB) after {time.time() - started:.0f} s")
 
     # Qwen3: transformers' names in the Diffusers folder, `model.`-prefixed in the single file
     q_layout = module_layout(Qwen3Model, qwen_cfg, bf16)
     q_writer = StreamWriter(diff_root / "text_encoder" / "model.safetensors", q_layout)
-    te_writer = StreamWriter(single_root / registry.TEXT_ENCODER.filename, [("model." + k, s, d) for k, s, d in q_layout])
+    te_writer = StreamWriter(single_root / known_models.TEXT_ENCODER.filename, [("model." + k, s, d) for k, s, d in q_layout])
     for name, shape, dtype in q_layout:
         tensor = random_tensor("text_encoder." + name, shape, dtype, seed)
         q_writer.put(name, tensor)
         te_writer.put("model." + name, tensor)
-    files[f"{registry.DIFFUSERS_REPO}/text_encoder/model.safetensors"] = q_writer.finish()
-    files[f"{registry.SINGLE_FILE_REPO}/{registry.TEXT_ENCODER.filename}"] = te_writer.finish()
+    files[f"{known_models.DIFFUSERS_REPO}/text_encoder/model.safetensors"] = q_writer.finish()
+    files[f"{known_models.SINGLE_FILE_REPO}/{known_models.TEXT_ENCODER.filename}"] = te_writer.finish()
 
     # VAE: the same tensors in both places
     v_layout = module_layout(AutoencoderKLQwenImage, vae_cfg, bf16)
     v_writer = StreamWriter(diff_root / "vae" / weights, v_layout)
-    vs_writer = StreamWriter(single_root / registry.VAE.filename, v_layout)
+    vs_writer = StreamWriter(single_root / known_models.VAE.filename, v_layout)
     for name, shape, dtype in v_layout:
         tensor = random_tensor("vae." + name, shape, dtype, seed)
         v_writer.put(name, tensor)
         vs_writer.put(name, tensor)
-    files[f"{registry.DIFFUSERS_REPO}/vae/{weights}"] = v_writer.finish()
-    files[f"{registry.SINGLE_FILE_REPO}/{registry.VAE.filename}"] = vs_writer.finish()
+    files[f"{known_models.DIFFUSERS_REPO}/vae/{weights}"] = v_writer.finish()
+    files[f"{known_models.SINGLE_FILE_REPO}/{known_models.VAE.filename}"] = vs_writer.finish()
     (single_root / "README.md").write_text("Random weights at the real Anima shapes (bench/full_anima.py); not a model.\n")
 
     params = {

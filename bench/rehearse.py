@@ -44,7 +44,7 @@ import full_anima  # noqa: E402
 import psutil  # noqa: E402
 from hub_server import FakeHub, FakeRepo  # noqa: E402
 
-from anima_lora_flow.models import registry  # noqa: E402
+from anima_lora_flow.core import known_models  # noqa: E402
 
 GIB = 1024**3
 RANK = 20
@@ -79,7 +79,7 @@ class MappedRepo(FakeRepo):
 
 def serve_repos(generated: full_anima.Generated) -> FakeHub:
     repos = {}
-    for repo_id in (registry.DIFFUSERS_REPO, registry.SINGLE_FILE_REPO):
+    for repo_id in (known_models.DIFFUSERS_REPO, known_models.SINGLE_FILE_REPO):
         root = generated.repos / repo_id
         files, lfs, hashes = {}, set(), {}
         for path in sorted(p for p in root.rglob("*") if p.is_file()):
@@ -100,7 +100,7 @@ def serve_repos(generated: full_anima.Generated) -> FakeHub:
 
 def pins_for(generated: full_anima.Generated) -> dict[str, str]:
     """The generated files' SHA-256 for every file the registry pins (the probe puts them in place)."""
-    pinned = [m.dit for m in registry.BASE_MODELS.values()] + [registry.TEXT_ENCODER, registry.VAE]
+    pinned = [m.dit for m in known_models.BASE_MODELS.values()] + [known_models.TEXT_ENCODER, known_models.VAE]
     out = {}
     for known in pinned:
         info = generated.manifest["files"].get(f"{known.repo_id}/{known.filename}")
@@ -277,7 +277,7 @@ def check_native_lora(path: Path, generated: full_anima.Generated) -> dict:
 
     # ComfyUI maps `diffusion_model.<path>` for every `<path>.weight` of its Anima model, whose names are
     # the original ones: the single DiT file's keys without `net.` (anima-internals §A4 "ComfyUI loading").
-    dit = generated.file(registry.SINGLE_FILE_REPO, full_anima.DIT_NAMES[0])
+    dit = generated.file(known_models.SINGLE_FILE_REPO, full_anima.DIT_NAMES[0])
     with safe_open(dit, "pt") as fh:
         originals = {k.removeprefix("net.").removesuffix(".weight") for k in fh.keys()}
     unmapped = sorted(m for m in modules if m.removeprefix("diffusion_model.") not in originals or not m.startswith("diffusion_model."))
@@ -382,7 +382,7 @@ def rehearse(args) -> dict:
         # 1. The registry's pins are the real files' hashes: the generated ones must be refused before any download.
         stage = run_cli("pins", ["models", "download", "--backend", "sd-scripts"], env, logs)
         checks["pinned SHA-256 refuses other bytes before downloading (exit 2)"] = (
-            stage.rc == 2 and "changed on the Hub" in stage.output and not hub.gets(registry.TEXT_ENCODER.filename)
+            stage.rc == 2 and "changed on the Hub" in stage.output and not hub.gets(known_models.TEXT_ENCODER.filename)
             and not any(r[0] == "GET" and "/resolve/" in r[1] for r in hub.requests)
         )
         env["ANIMA_REHEARSAL_PINS"] = str(pins_path)
@@ -504,7 +504,7 @@ def converted_equal(converted: str, generated: full_anima.Generated) -> bool:
     from safetensors import safe_open
 
     name = "transformer/diffusion_pytorch_model.safetensors"
-    reference = generated.file(registry.DIFFUSERS_REPO, name)
+    reference = generated.file(known_models.DIFFUSERS_REPO, name)
     with safe_open(Path(converted) / name, "pt") as a, safe_open(reference, "pt") as b:
         if set(a.keys()) != set(b.keys()):
             return False
@@ -621,7 +621,7 @@ def stopping_line(text: str) -> str | None:
 
 def gpu_host(generated, env, logs) -> dict:
     """The host side of a GPU run, in a fresh process: gpu_host_session on the Diffusers repo (see there)."""
-    folder = generated.repos / registry.DIFFUSERS_REPO
+    folder = generated.repos / known_models.DIFFUSERS_REPO
     clean = {k: v for k, v in env.items() if k != "ANIMA_REHEARSAL_PROBE"}
     work = logs.parent / "gpu-host"
     shutil.rmtree(work, ignore_errors=True)

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 from ..config import TrainingConfig, cache_root
+from ..core.dataset_report import DatasetError
 from ..errors import UserInputError, setting
 from ..storage.location import ensure_cache_folder, ensure_local_folder
 from .intake import prepare_dataset
-from .report import DatasetError
 
 
 def add_validate_parser(subparsers) -> None:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from ..core.dataset_report import DatasetError
 from .formats import is_caption, is_image, is_junk
-from .report import DatasetError
 
 _CHUNK = 1 << 20
 _KOHYA_FOLDER = re.compile(r"^\d+_.+")

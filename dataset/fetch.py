@@ -16,8 +16,8 @@ from urllib.parse import parse_qs, urlparse
 
 import requests
 
+from ..core.dataset_report import DatasetError
 from ..storage.location import install_hint, unknown_protocol, unreachable_reason
-from .report import DatasetError
 
 SourceKind = Literal["folder", "file", "drive-file", "drive-folder", "http", "fsspec"]
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from ..core.dataset_report import DatasetError, DatasetReport
 from ..core.hashing import sha256_file
 from .caption_tokenizers import find_caption_tokenizers
 from .extract import ExtractLimits, is_archive, left_in_archive, safe_extract
 from .fetch import cache_key, classify_source, download_drive, download_fsspec, download_http
 from .formats import IMAGE_EXTENSIONS, is_image
-from .report import DatasetError, DatasetReport
 from .validate import validate_folder
 
 __all__ = ["DatasetError", "DatasetReport", "ExtractLimits", "locate_dataset", "prepare_dataset"]

@@ -18,10 +18,10 @@ from PIL import Image
 from ..config import TrainingConfig
 from ..core.buckets import Bucket, assign_bucket, cover_size, make_buckets
 from ..core.caption_tokens import WINDOW, CaptionTokenizers, cut_reason
+from ..core.dataset_report import DatasetError, DatasetReport, ImageRecord, Issue, bucket_histogram, fingerprint
 from ..core.orientation import exif_orientation, upright_size
 from ..errors import render, setting
 from .formats import is_caption, is_image, is_junk
-from .report import DatasetError, DatasetReport, ImageRecord, Issue, bucket_histogram, fingerprint
 
 MIN_IMAGE_SIDE = 64  # below this an image carries no detail even in the smallest bucket
 MAX_IMAGE_PIXELS = 8192 * 8192  # larger ones are decompression bombs or need downscaling first

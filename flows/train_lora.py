@@ -13,21 +13,21 @@ from prefect.runtime import flow_run
 from ..config import TrainingConfig
 from ..errors import speaking_by_default
 from ..planner.guard import guard_for
+from ..planner.preflight import check_supported, ensure_local_folders
 from ..planner.refine import refine
 from ..runner.prepare import dry_run_result
 from ..runner.train import new_run_id
 from ..storage.lock import acquire_project_lock
 from ..storage.runstore import StoreRef
-from ..tasks.artifacts import artifact_key
 from ..tasks.backend_files import backend_files_task
 from ..tasks.dataset import prepare_dataset_task
 from ..tasks.history import label_this_flow_run, mark_stale_runs_crashed_task
 from ..tasks.models import download_models_task
 from ..tasks.plan import plan_task
-from ..tasks.preflight import check_supported, ensure_local_folders
 from ..tasks.resume import check_resume_task
 from ..tasks.storage import mount_storage_task, record_run_task, store_json_task
 from ..tasks.train import train_task
+from ..ui.artifacts import artifact_key
 from ..ui.console import FOR_CONSOLE
 from ..ui.summary import summary_markdown
 
@@ -114,11 +114,3 @@ def _download_and_train(config: TrainingConfig, report, plan, run_id: str, start
             "session to continue", result.get("steps_done"), result.get("stop_reason") or "deadline",
         )
     return result
-
-
-if __name__ == "__main__":
-    import sys
-
-    from ..cli import main
-
-    sys.exit(main(["train", *sys.argv[1:]]))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import UserInputError
 
-from . import registry
+from ..core import known_models
 from .download import ensure_models
 from .errors import ModelDownloadError
 from .status import FileStatus, inspect_models
@@ -26,7 +26,7 @@ def add_models_parser(subparsers) -> None:
     commands = parser.add_subparsers(dest="models_command", required=True, metavar="{download,list,verify}")
     for name, text in _HELP.items():
         sub = commands.add_parser(name, help=text, description=text)
-        sub.add_argument("--base-model", default="anima-base-v1.0", choices=list(registry.BASE_MODELS),
+        sub.add_argument("--base-model", default="anima-base-v1.0", choices=list(known_models.BASE_MODELS),
                          help="the model train's --base-model names (default: anima-base-v1.0)")
         sub.add_argument("--backend", default="native", choices=["native", "sd-scripts"],
                          help="the trainer the files are for, as train's --trainer: native takes a Diffusers folder, "

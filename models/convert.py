@@ -8,7 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
-from . import registry
+from ..core import known_models
 from .errors import ModelInputError
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -88,13 +88,13 @@ def _save_module(cls, config_dir: Path, state_dict: dict, out_dir: Path, source:
 
 def _link_shared(reference: Path, dest: Path) -> None:
     """Link the modules a single file does not replace (copy where symlinks are not allowed)."""
-    for sub in registry.DIFFUSERS_SUBFOLDERS:
-        if sub in registry.CONVERTED_SUBFOLDERS or not (reference / sub).exists():
+    for sub in known_models.DIFFUSERS_SUBFOLDERS:
+        if sub in known_models.CONVERTED_SUBFOLDERS or not (reference / sub).exists():
             continue
         try:
             (dest / sub).symlink_to((reference / sub).resolve(), target_is_directory=True)
         except OSError:
             shutil.copytree(reference / sub, dest / sub)
-    for name in registry.DIFFUSERS_INDEX_FILES:
+    for name in known_models.DIFFUSERS_INDEX_FILES:
         if (reference / name).exists():
             shutil.copyfile(reference / name, dest / name)

@@ -13,7 +13,7 @@ from huggingface_hub import constants
 from ..config import cache_root
 from ..errors import setting
 
-from . import registry
+from ..core import known_models
 from .convert import convert_single_file_dit
 from .durable import DurableCache
 from .errors import ModelDownloadError, ModelInputError, ModelNetworkError
@@ -73,15 +73,15 @@ def make_hub(cache_dir: Path | None = None, endpoint: str | None = None, *, onli
 
 def plan(base_model: str, backend: Backend) -> list[Wanted]:
     """The repos and patterns a base model needs for a backend."""
-    spec = registry.base_model(base_model)
+    spec = known_models.base_model(base_model)
     if backend == "sd-scripts":
-        names = [f.filename for f in registry.single_files(base_model)]
-        return [Wanted(registry.SINGLE_FILE_REPO, names, required=names)]
-    allow, ignore = registry.diffusers_patterns(base_model)
-    folders = [f"{sub}/" for sub in registry.DIFFUSERS_SUBFOLDERS]
-    wanted = [Wanted(registry.DIFFUSERS_REPO, allow, ignore, required=folders)]
+        names = [f.filename for f in known_models.single_files(base_model)]
+        return [Wanted(known_models.SINGLE_FILE_REPO, names, required=names)]
+    allow, ignore = known_models.diffusers_patterns(base_model)
+    folders = [f"{sub}/" for sub in known_models.DIFFUSERS_SUBFOLDERS]
+    wanted = [Wanted(known_models.DIFFUSERS_REPO, allow, ignore, required=folders)]
     if not spec.has_diffusers:
-        wanted.append(Wanted(registry.SINGLE_FILE_REPO, [spec.dit.filename], required=[spec.dit.filename]))
+        wanted.append(Wanted(known_models.SINGLE_FILE_REPO, [spec.dit.filename], required=[spec.dit.filename]))
     return wanted
 
 
@@ -167,7 +167,7 @@ def expected_sha256(repo_id: str, file: RemoteFile) -> str | None:
     Raises:
         ModelInputError: the Hub now serves different content than the pinned hash (do not download 4 GB for nothing).
     """
-    known = registry.known_file(repo_id, file.filename)
+    known = known_models.known_file(repo_id, file.filename)
     if known is None or known.sha256 is None:
         return file.sha256
     if file.sha256 and file.sha256 != known.sha256:
@@ -189,11 +189,11 @@ def validate_models_dir(models_dir: str | Path) -> ModelPaths:
     if not root.is_dir():
         raise ModelInputError(f"{setting('models_dir', root)} does not exist; point it at a Diffusers-format Anima folder",
                               field="models_dir")
-    missing = [s for s in registry.DIFFUSERS_SUBFOLDERS if not (root / s).is_dir()]
+    missing = [s for s in known_models.DIFFUSERS_SUBFOLDERS if not (root / s).is_dir()]
     if missing:
         raise ModelInputError(
             f"{setting('models_dir', root)} lacks {', '.join(m + '/' for m in missing)}; point it at a Diffusers-format "
-            f"Anima folder (like {registry.DIFFUSERS_REPO}) or leave out {setting('models_dir')} to download one",
+            f"Anima folder (like {known_models.DIFFUSERS_REPO}) or leave out {setting('models_dir')} to download one",
             field="models_dir",
         )
     return ModelPaths(diffusers_dir=root)
@@ -215,7 +215,7 @@ def ready_models(base_model: str, backend: Backend, cache_dir: Path | None = Non
 
 def _check_choice(base_model: str, backend: str) -> None:
     try:
-        registry.base_model(base_model)
+        known_models.base_model(base_model)
     except KeyError as exc:
         raise ModelInputError(exc.args[0]) from None
     if backend not in ("native", "sd-scripts"):
@@ -224,13 +224,13 @@ def _check_choice(base_model: str, backend: str) -> None:
 
 def _manifest(hub: Hub, wanted: Wanted, record: HashRecord, durable: DurableCache | None) -> Manifest:
     """A saved manifest whose files are all present (no network), else the Hub's, else any saved one."""
-    saved = load_manifest(hub, wanted.repo_id, registry.REVISION)
+    saved = load_manifest(hub, wanted.repo_id, known_models.REVISION)
     if saved is not None and all(_is_ok(hub, saved, f, record) for f in _select(saved, wanted)):
         return saved
     try:
-        return fetch_manifest(hub, wanted.repo_id, registry.REVISION)
+        return fetch_manifest(hub, wanted.repo_id, known_models.REVISION)
     except ModelDownloadError as exc:
-        fallback = saved or (durable.load_manifest(wanted.repo_id, registry.REVISION) if durable else None)
+        fallback = saved or (durable.load_manifest(wanted.repo_id, known_models.REVISION) if durable else None)
         if fallback is None:
             raise
         log.warning("%s; using the file list saved earlier", exc)
@@ -269,7 +269,7 @@ def _converted_dir(hub: Hub, base_model: str, dit: RemoteFile) -> Path:
 
 
 def _conversion_bytes(hub: Hub, base_model: str, backend: str, chosen) -> int:
-    spec = registry.base_model(base_model)
+    spec = known_models.base_model(base_model)
     if backend != "native" or spec.has_diffusers:
         return 0
     dit = next(f for m, files in chosen for f in files if f.filename == spec.dit.filename)
@@ -277,15 +277,15 @@ def _conversion_bytes(hub: Hub, base_model: str, backend: str, chosen) -> int:
 
 
 def _assemble(hub: Hub, base_model: str, backend: str, chosen, local: dict[tuple[str, str], Path]) -> ModelPaths:
-    spec = registry.base_model(base_model)
-    single = registry.SINGLE_FILE_REPO
+    spec = known_models.base_model(base_model)
+    single = known_models.SINGLE_FILE_REPO
     if backend == "sd-scripts":
         return ModelPaths(
             dit=local[(single, spec.dit.filename)],
-            text_encoder=local[(single, registry.TEXT_ENCODER.filename)],
-            vae=local[(single, registry.VAE.filename)],
+            text_encoder=local[(single, known_models.TEXT_ENCODER.filename)],
+            vae=local[(single, known_models.VAE.filename)],
         )
-    key, path = next((k, p) for k, p in local.items() if k[0] == registry.DIFFUSERS_REPO)
+    key, path = next((k, p) for k, p in local.items() if k[0] == known_models.DIFFUSERS_REPO)
     reference = _snapshot_root(path, key[1])
     if spec.has_diffusers:
         return ModelPaths(diffusers_dir=reference)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import registry
+from ..core import known_models
 from .download import Backend, expected_sha256, make_hub, plan
 from .durable import DurableCache
 from .errors import ModelInputError
@@ -39,8 +39,8 @@ def inspect_models(
     durable = DurableCache(durable_cache) if durable_cache else None
     rows: list[FileStatus] = []
     for wanted in plan(base_model, backend):
-        manifest = load_manifest(hub, wanted.repo_id, registry.REVISION)
-        if manifest is None:  # never downloaded: show what the registry knows
+        manifest = load_manifest(hub, wanted.repo_id, known_models.REVISION)
+        if manifest is None:  # never downloaded: show what known_models knows
             rows += _unlisted(wanted.repo_id, wanted.required)
             continue
         for file in manifest.select(wanted.allow, wanted.ignore):
@@ -63,10 +63,10 @@ def inspect_models(
 
 
 def _unlisted(repo_id: str, required: list[str]) -> list[FileStatus]:
-    if repo_id == registry.DIFFUSERS_REPO:  # its file list comes from the Hub on the first download
-        return [FileStatus(repo_id, " ".join(required), registry.DIFFUSERS_APPROX_BYTES, None, "missing")]
+    if repo_id == known_models.DIFFUSERS_REPO:  # its file list comes from the Hub on the first download
+        return [FileStatus(repo_id, " ".join(required), known_models.DIFFUSERS_APPROX_BYTES, None, "missing")]
     rows = []
     for name in required:
-        known = registry.known_file(repo_id, name)
+        known = known_models.known_file(repo_id, name)
         rows.append(FileStatus(repo_id, name, known.size if known else None, known.sha256 if known else None, "missing"))
     return rows

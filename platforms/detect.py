@@ -19,7 +19,6 @@ PlatformKind = Literal["colab", "kaggle", "local", "prefect-worker"]
 HOUR = 3600.0
 # Documented maximum session lengths (competitors.md §5): Colab FAQ, Kaggle Notebooks docs.
 COLAB_FREE_LIMIT_S = 12 * HOUR
-COLAB_PRO_PLUS_LIMIT_S = 24 * HOUR
 KAGGLE_LIMIT_S = 12 * HOUR
 # GPUs Colab lends only to paid plans; a T4 may be either tier.
 _COLAB_PAID_GPUS = ("a100", "l4", "h100", "g4", "rtx pro")

@@ -103,7 +103,7 @@ def _free_space(path) -> str:
 
 
 def check_prefect() -> Finding:
-    from ..prefect_env import api_problem  # noqa: PLC0415
+    from .prefect_env import api_problem  # noqa: PLC0415
 
     url = os.environ.get("PREFECT_API_URL")
     if not url:

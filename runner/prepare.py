@@ -8,8 +8,8 @@ from pathlib import Path
 
 from ..config import TrainingConfig, cache_root
 from ..core.caption_tokens import has_tokenizers
+from ..core.dataset_report import DatasetReport
 from ..dataset.intake import prepare_dataset
-from ..dataset.report import DatasetReport
 from ..planner.plan import Plan, enforce_plan, make_plan
 from ..platforms.detect import PlatformInfo, detect_platform
 from ..platforms.kaggle import import_previous_run_store, on_kaggle
@@ -71,20 +71,20 @@ def backend_files(config: TrainingConfig, report: DatasetReport, plan: Plan, run
     """(the dry-run result's key, the backend's own files for this run written into the run store and the
     launch command), e.g. sd-scripts' two TOML files; None for a backend without any. Models not downloaded yet are named where
     `anima-lora models download` puts them."""
-    from ..models import registry  # noqa: PLC0415 - only for a dry run
+    from ..core import known_models  # noqa: PLC0415 - only for a dry run
     from ..models.download import ready_models  # noqa: PLC0415
 
     backend = backend_for(config.trainer)
     paths = ready_models(config.base_model, config.trainer)
-    fallback = cache_root() / "models" / registry.SINGLE_FILE_REPO
+    fallback = cache_root() / "models" / known_models.SINGLE_FILE_REPO
     work = config.resolved_work_dir() / config.trainer / run_id
     job = TrainJob(
         config=config.model_dump(mode="json"), items=[], dataset_fingerprint=report.fingerprint, run_id=run_id,
         models_dir=str(paths.diffusers_dir) if paths and paths.diffusers_dir else None,
         work_dir=str(config.resolved_work_dir()), run_dir=str(work), output_dir=str(work / "output"),
-        dit=str(paths.dit if paths and paths.dit else fallback / registry.base_model(config.base_model).dit.filename),
-        text_encoder=str(paths.text_encoder if paths and paths.text_encoder else fallback / registry.TEXT_ENCODER.filename),
-        vae=str(paths.vae if paths and paths.vae else fallback / registry.VAE.filename),
+        dit=str(paths.dit if paths and paths.dit else fallback / known_models.base_model(config.base_model).dit.filename),
+        text_encoder=str(paths.text_encoder if paths and paths.text_encoder else fallback / known_models.TEXT_ENCODER.filename),
+        vae=str(paths.vae if paths and paths.vae else fallback / known_models.VAE.filename),
         precision=plan.precision, total_steps=plan.steps.total_steps,
     )
     preview = backend.preview(job, report)

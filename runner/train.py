@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TrainingConfig
+from ..core.dataset_report import DatasetReport
 from ..core.lora_files import kohya_name
 from ..core.processes import start_process_group
 from ..core.train_items import TrainItem
-from ..dataset.report import DatasetReport
 from ..errors import TrainingError, render, setting
 from ..storage.drive import remount_on_drop
 from ..storage.runstore import RunStore

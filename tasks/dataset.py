@@ -9,9 +9,9 @@ from prefect.exceptions import MissingContextError
 from prefect.artifacts import create_markdown_artifact
 
 from ..config import TrainingConfig
-from ..dataset.report import DatasetError, DatasetReport
+from ..core.dataset_report import DatasetError, DatasetReport
 from ..runner.prepare import dataset_report
-from .artifacts import artifact_key as shared_artifact_key
+from ..ui.artifacts import artifact_key as shared_artifact_key
 
 
 def artifact_key(project_name: str) -> str:

@@ -9,7 +9,7 @@ from ..config import TrainingConfig
 from ..planner.plan import Plan, enforce_plan
 from ..platforms.detect import detect_platform
 from ..runner.prepare import plan_run
-from .artifacts import artifact_key
+from ..ui.artifacts import artifact_key
 
 
 @task(name="plan")  # no retries: nothing here is transient

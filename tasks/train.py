@@ -11,12 +11,12 @@ from ..config import TrainingConfig
 from ..models.download import ModelPaths
 from ..planner.plan import Plan
 from ..runner.train import run_training_session
+from ..storage.runstore import StoreRef
+from ..ui.artifacts import artifact_key
 from ..ui.console import FOR_CONSOLE
 from ..ui.loss_chart import loss_chart_png, loss_table
+from ..ui.prefect_progress import PrefectProgress
 from ..ui.progress import ConsoleProgress
-from .artifacts import artifact_key
-from .progress import PrefectProgress
-from ..storage.runstore import StoreRef
 from .storage import run_store
 
 

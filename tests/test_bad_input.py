@@ -136,7 +136,7 @@ def test_an_unwritable_home_is_named_for_the_default_folders(tmp_path, dataset, 
 
 def test_an_unwritable_prefect_home_is_named(tmp_path, a_file):
     from anima_lora_flow.errors import UserInputError
-    from anima_lora_flow.prefect_env import configure_prefect_environment
+    from anima_lora_flow.platforms.prefect_env import configure_prefect_environment
 
     with pytest.raises(UserInputError, match="set PREFECT_HOME to a writable folder, or unset it"):
         configure_prefect_environment({"PREFECT_HOME": str(a_file / "prefect")})

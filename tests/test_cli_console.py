@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from anima_lora_flow.cli import _no_console_echo_of_user_errors
-from anima_lora_flow.dataset.report import DatasetError
+from anima_lora_flow.core.dataset_report import DatasetError
 from anima_lora_flow.errors import NotBuiltError
 from anima_lora_flow.runner.resume import ResumeRefusedError
 

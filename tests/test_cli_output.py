@@ -44,7 +44,7 @@ def test_install_hints_are_the_readme_install_lines(url):
 
 
 def test_adamw8bit_hint_is_the_readme_install_line():
-    from anima_lora_flow.tasks.preflight import BNB_INSTALL
+    from anima_lora_flow.planner.preflight import BNB_INSTALL
 
     assert f"`{BNB_INSTALL}`" in README.read_text()
 

@@ -1,6 +1,6 @@
 """Prefect settings: local database, generous server start, no analytics, the user's API kept."""
 
-from anima_lora_flow.prefect_env import configure_prefect_environment
+from anima_lora_flow.platforms.prefect_env import configure_prefect_environment
 
 
 def test_defaults_on_a_bare_machine():

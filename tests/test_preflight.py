@@ -4,7 +4,7 @@ import pytest
 
 from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.errors import NotBuiltError
-from anima_lora_flow.tasks.preflight import check_supported
+from anima_lora_flow.planner.preflight import check_supported
 
 
 def test_defaults_are_supported():
@@ -28,7 +28,7 @@ def test_unbuilt_settings_are_named(changes, flag):
 
 # --- optional packages, checked before any download (issue 17 item 7, issue 16 item 4) ------------------
 from anima_lora_flow.errors import UserInputError  # noqa: E402
-from anima_lora_flow.tasks.preflight import missing_packages  # noqa: E402
+from anima_lora_flow.planner.preflight import missing_packages  # noqa: E402
 
 
 def _absent(module: str) -> bool:

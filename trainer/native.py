@@ -18,7 +18,7 @@ from .events import JsonLinesParser
 
 if TYPE_CHECKING:
     from ..config import TrainingConfig
-    from ..dataset.report import DatasetReport
+    from ..core.dataset_report import DatasetReport
 
 PROGRESS_FILE = "progress.json"  # a state folder's progress record (trainer/state.py)
 # Settings that exist in the config (for the sd-scripts backend or for later) but that this trainer

@@ -194,7 +194,7 @@ def base_model_record(cfg: TrainingConfig, transformer: torch.nn.Module) -> dict
     heads, head_dim = conf.get("num_attention_heads"), conf.get("attention_head_dim")
     sha256 = None
     if not cfg.models_dir:  # a folder of the user's may hold anything: only a pinned download is known
-        from ..models.registry import base_model  # noqa: PLC0415
+        from ..core.known_models import base_model  # noqa: PLC0415
 
         sha256 = base_model(cfg.base_model).dit.sha256
     return {

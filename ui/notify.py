@@ -54,7 +54,7 @@ def connect_to_lasting_api() -> str:
     Raises:
         UserInputError: no such server is configured, or the configured one does not answer.
     """
-    from ..prefect_env import api_problem, configure_prefect_environment
+    from ..platforms.prefect_env import api_problem, configure_prefect_environment
     from .server import _client_host, _running_server, prefect_home
 
     configure_prefect_environment()

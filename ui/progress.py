@@ -45,7 +45,7 @@ class ConsoleProgress:
         every_s: float = 30.0,
         redraw_s: float = 1.0,
     ):
-        # False where a Prefect log reports the trainer's own lines and stops (tasks/progress.py): once is enough.
+        # False where a Prefect log reports the trainer's own lines and stops (ui/prefect_progress.py): once is enough.
         self.echo_checkpoints, self.echo_messages = echo_checkpoints, echo_messages
         self._bar: tqdm | None = None
         self._file = file or sys.stdout

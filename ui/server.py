@@ -54,7 +54,7 @@ class UiServer:
 
 def prefect_home(home: Path | None = None) -> Path:
     """The local PREFECT_HOME (configure_prefect_environment's), or `home`; never Google Drive."""
-    from ..prefect_env import configure_prefect_environment
+    from ..platforms.prefect_env import configure_prefect_environment
     from ..storage.drive import is_drive_path
 
     if home is None:

@@ -132,7 +132,7 @@ def _pin(module) -> None:
 
 
 _PATCHES = {
-    "anima_lora_flow.models.registry": lambda m: _pin(m) if os.environ.get("ANIMA_REHEARSAL_PINS") else None,
+    "anima_lora_flow.core.known_models": lambda m: _pin(m) if os.environ.get("ANIMA_REHEARSAL_PINS") else None,
     "anima_lora_flow.trainer.events": lambda m: _wrap_sink(m),
     "anima_lora_flow.models.hub": lambda m: _timed(m, "download", "download"),
     "anima_lora_flow.models.verify": lambda m: _timed(m, "check_file", "verify"),

@@ -10,7 +10,7 @@ import pytest
 
 from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.dataset.commands import add_validate_parser
-from anima_lora_flow.dataset.report import DatasetError
+from anima_lora_flow.core.dataset_report import DatasetError
 from anima_lora_flow.tasks import dataset as dataset_tasks
 
 from dataset_builders import write_caption, write_image

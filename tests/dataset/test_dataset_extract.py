@@ -13,7 +13,7 @@ import pytest
 
 from anima_lora_flow.dataset.extract import LEFT_IN_ARCHIVE, ExtractLimits, _Entry, _open_archive, _write_all, safe_extract
 from anima_lora_flow.dataset.intake import extract_to_work_dir, prepare_dataset
-from anima_lora_flow.dataset.report import DatasetError
+from anima_lora_flow.core.dataset_report import DatasetError
 
 from dataset_builders import png_bytes
 

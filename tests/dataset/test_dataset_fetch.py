@@ -19,7 +19,7 @@ import requests
 from anima_lora_flow.dataset import fetch
 from anima_lora_flow.dataset.fetch import FetchError, classify_source, download_http, is_transient, parse_drive_link
 from anima_lora_flow.dataset.intake import prepare_dataset
-from anima_lora_flow.dataset.report import DatasetError
+from anima_lora_flow.core.dataset_report import DatasetError
 from anima_lora_flow.errors import UserInputError
 
 from dataset_builders import captioned_zip, png_bytes

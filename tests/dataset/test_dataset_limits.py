@@ -8,7 +8,7 @@ import pytest
 
 from anima_lora_flow.cli import main
 from anima_lora_flow.dataset import validate
-from anima_lora_flow.dataset.report import DatasetError
+from anima_lora_flow.core.dataset_report import DatasetError
 from anima_lora_flow.dataset.validate import MAX_REPEATS, validate_folder
 
 from dataset_builders import write_caption, write_image

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from anima_lora_flow.dataset.intake import prepare_dataset
-from anima_lora_flow.dataset.report import DatasetError
+from anima_lora_flow.core.dataset_report import DatasetError
 from anima_lora_flow.dataset.validate import (
     MAX_CAPTION_TOKENS,
     bucket_fit,

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # so tests import hub_server wit
 from fake_anima import diffusers_repo, single_file_repo  # noqa: E402
 from hub_server import FakeHub  # noqa: E402
 
-from anima_lora_flow.models import registry  # noqa: E402
+from anima_lora_flow.core import known_models  # noqa: E402
 
 
 @pytest.fixture
@@ -33,13 +33,13 @@ def hub_online(monkeypatch, tmp_path):
 @pytest.fixture
 def fake_hub(hub_online, monkeypatch, tmp_path):
     """The two Anima repos, tiny, served locally; the registry pins follow the fake files."""
-    repos = {registry.DIFFUSERS_REPO: diffusers_repo(), registry.SINGLE_FILE_REPO: single_file_repo()}
-    single = repos[registry.SINGLE_FILE_REPO]
+    repos = {known_models.DIFFUSERS_REPO: diffusers_repo(), known_models.SINGLE_FILE_REPO: single_file_repo()}
+    single = repos[known_models.SINGLE_FILE_REPO]
     pin = lambda known: replace(known, sha256=single.etag(known.filename), size=len(single.files[known.filename]))  # noqa: E731
-    monkeypatch.setattr(registry, "TEXT_ENCODER", pin(registry.TEXT_ENCODER))
-    monkeypatch.setattr(registry, "VAE", pin(registry.VAE))
-    base = registry.BASE_MODELS["anima-base-v1.0"]
-    monkeypatch.setitem(registry.BASE_MODELS, "anima-base-v1.0", replace(base, dit=pin(base.dit)))
+    monkeypatch.setattr(known_models, "TEXT_ENCODER", pin(known_models.TEXT_ENCODER))
+    monkeypatch.setattr(known_models, "VAE", pin(known_models.VAE))
+    base = known_models.BASE_MODELS["anima-base-v1.0"]
+    monkeypatch.setitem(known_models.BASE_MODELS, "anima-base-v1.0", replace(base, dit=pin(base.dit)))
     with FakeHub(repos, token="hf_secret_test_token") as hub:
         from huggingface_hub import constants
 

@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from anima_lora_flow.config import TrainingConfig
-from anima_lora_flow.models import registry
+from anima_lora_flow.core import known_models
 from anima_lora_flow.models.commands import add_models_parser, run_models
 
 
@@ -42,7 +42,7 @@ class TestCommands:
         assert "damaged" in captured.out and captured.err.startswith("error: ") and "models download" in captured.err
 
     def test_user_error_exits_2_with_one_line(self, fake_hub, tmp_path, capsys):
-        del fake_hub.repos[registry.SINGLE_FILE_REPO]
+        del fake_hub.repos[known_models.SINGLE_FILE_REPO]
         assert run_models(parse("download", "--backend", "sd-scripts", "--cache-dir", str(tmp_path))) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1
@@ -54,7 +54,7 @@ class TestCommands:
 
 
 def tiny_models_dir(root):
-    for sub in registry.DIFFUSERS_SUBFOLDERS:
+    for sub in known_models.DIFFUSERS_SUBFOLDERS:
         (root / sub).mkdir(parents=True)
     return root
 

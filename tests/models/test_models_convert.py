@@ -129,17 +129,17 @@ def test_not_an_anima_file_is_refused(tmp_path):
 
 def test_preview_model_is_converted_by_ensure_models(fake_hub, tmp_path):
     """A base model without a Diffusers repo: DiT single file + the Diffusers repo's other modules."""
-    from anima_lora_flow.models import registry
+    from anima_lora_flow.core import known_models
     from anima_lora_flow.models.download import ensure_models
     from fake_anima import DIT_PREVIEW
 
     transformer, conditioner = tiny_modules()
     write_reference(tmp_path / "ref", transformer, conditioner)
     write_original_checkpoint(tmp_path / "dit.safetensors", transformer, conditioner)
-    diffusers_files = fake_hub.repos[registry.DIFFUSERS_REPO].files
+    diffusers_files = fake_hub.repos[known_models.DIFFUSERS_REPO].files
     for sub in ("transformer", "text_conditioner"):
         diffusers_files[f"{sub}/config.json"] = (tmp_path / "ref" / sub / "config.json").read_bytes()
-    fake_hub.repos[registry.SINGLE_FILE_REPO].files[DIT_PREVIEW] = (tmp_path / "dit.safetensors").read_bytes()
+    fake_hub.repos[known_models.SINGLE_FILE_REPO].files[DIT_PREVIEW] = (tmp_path / "dit.safetensors").read_bytes()
 
     paths = ensure_models("anima-preview", backend="native", cache_dir=tmp_path / "m", endpoint=fake_hub.url)
 

@@ -12,10 +12,10 @@ import pytest
 from fake_anima import DIT_BASE, single_file_repo
 
 from anima_lora_flow.errors import UserInputError
-from anima_lora_flow.models import registry
+from anima_lora_flow.core import known_models
 from anima_lora_flow.models.download import ModelInputError, ModelNetworkError, ensure_models, ready_models
 
-TE = registry.TEXT_ENCODER.filename
+TE = known_models.TEXT_ENCODER.filename
 
 
 def sha(path) -> str:
@@ -30,7 +30,7 @@ class TestNative:
     def test_downloads_only_needed_subfolders(self, fake_hub, tmp_path):
         paths = ensure_models("anima-base-v1.0", backend="native", cache_dir=tmp_path / "m", endpoint=fake_hub.url)
         root = paths.diffusers_dir
-        for sub in registry.DIFFUSERS_SUBFOLDERS:
+        for sub in known_models.DIFFUSERS_SUBFOLDERS:
             assert (root / sub / "config.json").is_file()
         assert (root / "model_index.json").is_file()
         assert not (root / "README.md").exists()
@@ -50,7 +50,7 @@ class TestSdScripts:
         paths = ensure_models("anima-base-v1.0", backend="sd-scripts", cache_dir=tmp_path / "m", endpoint=fake_hub.url)
         repo = single_file_repo()
         assert paths.dit.read_bytes() == repo.files[DIT_BASE]
-        assert sha(paths.text_encoder) == registry.TEXT_ENCODER.sha256
+        assert sha(paths.text_encoder) == known_models.TEXT_ENCODER.sha256
         assert paths.vae.name == "qwen_image_vae.safetensors"
         assert paths.diffusers_dir is None
 
@@ -64,14 +64,14 @@ class TestFaults:
         paths = ensure_models("anima-base-v1.0", backend="sd-scripts", cache_dir=tmp_path / "m", endpoint=fake_hub.url)
         ranges = [r[2] for r in fake_hub.gets(TE)]
         assert ranges == [None, "bytes=1024-"]
-        assert sha(paths.text_encoder) == registry.TEXT_ENCODER.sha256
+        assert sha(paths.text_encoder) == known_models.TEXT_ENCODER.sha256
 
     def test_corrupt_download_is_deleted_and_fetched_again(self, fake_hub, tmp_path, caplog):
         fake_hub.faults.corrupt[TE] = 1
         with caplog.at_level(logging.WARNING, logger="anima_lora_flow.models"):
             paths = ensure_models("anima-base-v1.0", backend="sd-scripts", cache_dir=tmp_path / "m", endpoint=fake_hub.url)
         assert len(fake_hub.gets(TE)) == 2
-        assert sha(paths.text_encoder) == registry.TEXT_ENCODER.sha256
+        assert sha(paths.text_encoder) == known_models.TEXT_ENCODER.sha256
         assert "damaged" in caplog.text
 
     def test_corrupt_twice_is_a_clear_error(self, fake_hub, tmp_path):
@@ -84,11 +84,11 @@ class TestFaults:
         blob = paths.vae.resolve()
         blob.write_bytes(b"\0" * blob.stat().st_size)  # same size, wrong content: only the hash notices
         again = ensure_models("anima-base-v1.0", backend="sd-scripts", cache_dir=tmp_path / "m", endpoint=fake_hub.url)
-        assert sha(again.vae) == registry.VAE.sha256
-        assert len(fake_hub.gets(registry.VAE.filename)) == 2
+        assert sha(again.vae) == known_models.VAE.sha256
+        assert len(fake_hub.gets(known_models.VAE.filename)) == 2
 
     def test_file_missing_from_repo_names_the_fix(self, fake_hub, tmp_path):
-        del fake_hub.repos[registry.SINGLE_FILE_REPO].files["split_files/diffusion_models/anima-preview.safetensors"]
+        del fake_hub.repos[known_models.SINGLE_FILE_REPO].files["split_files/diffusion_models/anima-preview.safetensors"]
         with pytest.raises(ModelInputError, match="not in circlestone-labs/Anima.*--base-model"):
             ensure_models("anima-preview", backend="sd-scripts", cache_dir=tmp_path / "m", endpoint=fake_hub.url)
 
@@ -99,12 +99,12 @@ class TestFaults:
         assert isinstance(info.value, UserInputError)
 
     def test_missing_repo_is_a_clear_error(self, fake_hub, tmp_path):
-        del fake_hub.repos[registry.DIFFUSERS_REPO]
+        del fake_hub.repos[known_models.DIFFUSERS_REPO]
         with pytest.raises(ModelInputError, match="was not found.*HF_TOKEN"):
             ensure_models("anima-base-v1.0", backend="native", cache_dir=tmp_path / "m", endpoint=fake_hub.url)
 
     def test_gated_repo_needs_token_and_token_is_never_logged(self, fake_hub, tmp_path, monkeypatch, caplog):
-        fake_hub.repos[registry.SINGLE_FILE_REPO].gated = True
+        fake_hub.repos[known_models.SINGLE_FILE_REPO].gated = True
         with pytest.raises(ModelInputError, match="gated.*HF_TOKEN"):
             ensure_models("anima-base-v1.0", backend="sd-scripts", cache_dir=tmp_path / "m", endpoint=fake_hub.url)
         monkeypatch.setenv("HF_TOKEN", fake_hub.token)
@@ -116,7 +116,7 @@ class TestFaults:
     def test_hub_errors_are_retried_then_succeed(self, fake_hub, tmp_path):
         fake_hub.faults.status[TE] = [503, 503]
         paths = ensure_models("anima-base-v1.0", backend="sd-scripts", cache_dir=tmp_path / "m", endpoint=fake_hub.url)
-        assert sha(paths.text_encoder) == registry.TEXT_ENCODER.sha256
+        assert sha(paths.text_encoder) == known_models.TEXT_ENCODER.sha256
 
     def test_lasting_hub_outage_is_a_retryable_oserror(self, fake_hub, tmp_path):
         fake_hub.faults.status[TE] = [503] * 40
@@ -142,12 +142,12 @@ class TestFaults:
 
         from anima_lora_flow.tasks.retry import retry_unless_user_error
 
-        fake_hub.faults.status[f"api/{registry.SINGLE_FILE_REPO}"] = [503]
+        fake_hub.faults.status[f"api/{known_models.SINGLE_FILE_REPO}"] = [503]
         with pytest.raises(ModelNetworkError, match="HTTP 503") as info:
             ensure_models("anima-base-v1.0", backend="sd-scripts", cache_dir=tmp_path / "m", endpoint=fake_hub.url)
         assert retry_unless_user_error(None, None, Failed(data=info.value)) is True
         paths = ensure_models("anima-base-v1.0", backend="sd-scripts", cache_dir=tmp_path / "m", endpoint=fake_hub.url)
-        assert sha(paths.text_encoder) == registry.TEXT_ENCODER.sha256
+        assert sha(paths.text_encoder) == known_models.TEXT_ENCODER.sha256
 
     def test_no_internet_names_the_fix(self, hub_online, tmp_path):
         with socket.socket() as s:
@@ -157,7 +157,7 @@ class TestFaults:
             ensure_models("anima-base-v1.0", backend="native", cache_dir=tmp_path / "m", endpoint=closed)
 
     def test_pinned_hash_differs_from_hub_stops_before_downloading(self, fake_hub, tmp_path):
-        fake_hub.repos[registry.SINGLE_FILE_REPO].files[TE] = b"a new upload"
+        fake_hub.repos[known_models.SINGLE_FILE_REPO].files[TE] = b"a new upload"
         with pytest.raises(ModelInputError, match="changed on the Hub"):
             ensure_models("anima-base-v1.0", backend="sd-scripts", cache_dir=tmp_path / "m", endpoint=fake_hub.url)
         assert resolve_gets(fake_hub) == []
@@ -185,7 +185,7 @@ class TestDurableCache:
         )
         assert len(resolve_gets(fake_hub)) == downloads
         assert second.text_encoder != first.text_encoder
-        assert sha(second.text_encoder) == registry.TEXT_ENCODER.sha256
+        assert sha(second.text_encoder) == known_models.TEXT_ENCODER.sha256
         assert os.path.islink(second.vae)
 
 

@@ -4,36 +4,12 @@ import pytest
 
 from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.planner.plan import make_plan
-from anima_lora_flow.planner.refine import RateTracker, refine
+from anima_lora_flow.planner.refine import refine
 from anima_lora_flow.platforms.detect import detect_platform
 from anima_lora_flow.core.gpu import GpuInfo
 
 NOW = 1_700_000_000.0
 T4 = GpuInfo(name="Tesla T4", memory_gib=14.7, capability=(7, 5))
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-
-def test_tracker_skips_warmup_and_averages_the_window():
-    clock = Clock()
-    tracker = RateTracker(warmup_steps=2, window=3, clock=clock)
-    for step, dt in enumerate([30.0, 20.0, 5.0, 5.0, 5.0, 8.0, 8.0, 8.0], start=1):
-        clock.now += dt
-        tracker.update(step)
-        if step == 4:
-            assert tracker.sec_per_step == pytest.approx(5.0)  # the slow first steps are ignored
-    assert tracker.sec_per_step == pytest.approx(8.0)  # only the last 3 intervals
-
-
-def test_tracker_needs_two_points():
-    tracker = RateTracker(warmup_steps=0, clock=Clock())
-    assert tracker.update(1) is None
 
 
 def test_refine_sharpens_the_estimate():

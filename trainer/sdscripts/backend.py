@@ -20,7 +20,7 @@ from .console import ConsoleParser
 from .resume import TRAIN_STATE_FILE, read_train_state, resume_parser
 
 if TYPE_CHECKING:
-    from ...dataset.report import DatasetReport
+    from ...core.dataset_report import DatasetReport
 
 
 class SdScriptsBackend:

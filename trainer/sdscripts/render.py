@@ -309,7 +309,3 @@ def render_configs(
     training_name, dataset_name = config_file_names(config.project_name, run_id)
     return RenderedConfigs(training, dataset, training_name, dataset_name)
 
-
-def run_id_for(now: dt.datetime | None = None) -> str:
-    """A file-name-safe run id from the time (seconds), for `config_file_names`."""
-    return (now or dt.datetime.now()).strftime("%Y-%m-%d_%H%M%S")

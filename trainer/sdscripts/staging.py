@@ -32,8 +32,8 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
+from ...core.dataset_report import DatasetError, DatasetReport, ImageRecord
 from ...core.orientation import exif_orientation, upright
-from ...dataset.report import DatasetError, DatasetReport, ImageRecord
 from ...errors import UserInputError, setting
 
 STAGE_VERSION = 1  # bump when the layout or the file rules change, so old stages are not reused

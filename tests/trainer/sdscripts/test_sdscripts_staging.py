@@ -20,7 +20,7 @@ from PIL import Image
 
 from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.core.orientation import exif_orientation
-from anima_lora_flow.dataset.report import DatasetError
+from anima_lora_flow.core.dataset_report import DatasetError
 from anima_lora_flow.errors import UserInputError
 from anima_lora_flow.platforms.detect import PlatformInfo
 from anima_lora_flow.core.gpu import GpuInfo

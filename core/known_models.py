@@ -82,7 +82,7 @@ DIFFUSERS_APPROX_BYTES = 5_600_000_000
 
 
 def base_model(name: str) -> BaseModel:
-    """The registry entry for a base-model name.
+    """The entry for a base-model name.
 
     Raises:
         KeyError: unknown name (the message lists the known ones).

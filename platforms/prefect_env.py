@@ -6,11 +6,11 @@ import os
 import sys
 from pathlib import Path
 
-from .config import cache_root
-from .errors import UserInputError
-from .platforms.secrets import secret
-from .storage.drive import is_drive_path
-from .storage.location import ensure_cache_folder, ensure_local_folder
+from ..config import cache_root
+from ..errors import UserInputError
+from ..storage.drive import is_drive_path
+from ..storage.location import ensure_cache_folder, ensure_local_folder
+from .secrets import secret
 
 
 def configure_prefect_environment(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -63,7 +63,7 @@ def api_problem(url: str, key: str | None = None, *, timeout_s: float = API_CHEC
     import urllib.error  # noqa: PLC0415
     import urllib.request  # noqa: PLC0415
 
-    from .storage.location import unreachable_reason  # noqa: PLC0415
+    from ..storage.location import unreachable_reason  # noqa: PLC0415
 
     if not url.lower().startswith(("http://", "https://")):
         return "is not an http(s) URL"

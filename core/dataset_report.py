@@ -10,9 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from ..core.buckets import Bucket
-from ..core.train_items import TrainItem, samples_per_bucket
 from ..errors import UserInputError
+from .buckets import Bucket
+from .train_items import TrainItem, samples_per_bucket
 
 # What happens to the file: problems are "skipped"; warnings say what the trainer will do instead.
 Verdict = Literal["skipped", "ignored", "converted", "trained", "note"]
