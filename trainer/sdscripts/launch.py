@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from ...config import TrainingConfig
-from ...errors import render, setting
-from ...errors import render, setting
+from ...errors import TrainingError, render, setting
 from ...core.processes import stop_process_group
 from ..events import Error, Event, EventSink, Stopped, emit
 from .console import ConsoleParser
@@ -42,7 +41,7 @@ class SdScriptsResult:
     checkpoints: list[Event] = field(default_factory=list)
 
 
-class SdScriptsFailed(RuntimeError):
+class SdScriptsFailed(TrainingError):
     """sd-scripts exited non-zero; the message holds the OOM advice when memory ran out."""
 
     def __init__(self, message: str, result: SdScriptsResult):
