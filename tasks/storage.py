@@ -5,13 +5,13 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from ..config import TrainingConfig
-from ..errors import NotBuiltError, UserInputError
+from ..errors import NotBuiltError, TrainingError, UserInputError
 from ..runner.prepare import mount_store, open_run_store
 from ..runner.train import TrainingFailedError
 from ..storage.runstore import RunStore, StoreRef
 from .retry import retry_unless_user_error
 
-OWN_ERRORS = (UserInputError, NotBuiltError, TrainingFailedError)
+OWN_ERRORS = (UserInputError, NotBuiltError, TrainingError)  # sentences that say what to do
 
 
 @task(name="mount-storage", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_unless_user_error)
