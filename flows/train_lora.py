@@ -70,7 +70,7 @@ def _train_lora(config: TrainingConfig, dry_run: bool) -> dict:
     if dry_run:
         logger.info("dry run: %s; stopping before the model download and training", resume.would(plan.steps.total_steps))
         result = dry_run_result(run_id, store_root, report, plan, resume)
-        files = backend_files_task(config, report, plan, run_id)
+        files = backend_files_task(config, report, plan, run_id, storage)
         if files is not None:
             result[files[0]] = files[1]
         return result
