@@ -7,7 +7,6 @@ from prefect import get_run_logger, task
 from ..config import TrainingConfig
 from ..errors import NotBuiltError, TrainingError, UserInputError
 from ..runner.prepare import mount_store, open_run_store
-from ..runner.train import TrainingFailedError
 from ..storage.runstore import RunStore, StoreRef
 from .retry import retry_unless_user_error
 
