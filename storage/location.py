@@ -49,7 +49,7 @@ def resolve_location(location: str, *, mount_drive: bool = True, **storage_optio
     Raises:
         UserInputError: the string is empty, its URL scheme is unknown or its package is not installed,
             or its host cannot be reached (for filesystems that connect when created, such as ftp://).
-        DriveUnavailableError: a Drive path outside Colab, or the mount failed.
+        UserInputError: a Drive path outside Colab, or the mount failed (field "storage").
     """
     text = (location or "").strip()
     if not text:
