@@ -3,14 +3,17 @@
 Three types: `UserInputError` (bad input: exit 2, no retry), `NotBuiltError` (an option this version
 does not implement: exit 2) and `TrainingError` (training ran and failed: exit 1). A class that adds
 data or is caught on its own (a dataset report, a refused resume) subclasses one of them; everything
-else raises one of these three, or a builtin whose message names the fix.
+else raises one of these three, or a builtin whose message names the fix (an OSError where a retry
+may help: a dropped connection, a Hub outage). `exit_code` and `error_line` are the one mapping from an
+error to what a command prints and returns.
 
 A message never spells a setting the way one front end does: it names it through `setting("learning_rate")`,
 and `render` spells it for whoever reads the message. The CLI reads `--learning-rate`, a notebook its
 form field (the notebooks' form fields are the config fields: `learning_rate`), the flow its parameter
 (`config.learning_rate`). An error's `str()` is rendered for the current audience, which an edge chooses
-with `speaking_to`; a caller that chose none reads the CLI's spelling (the one README documents),
-except inside a notebook kernel.
+with `speaking_to` (the CLI) or `speaking_by_default` (the flow, for a deployment's run); a caller that
+chose none reads the CLI's spelling (the one README documents), except inside a notebook kernel.
+Text that is not an error (a plan's warnings, a resume's notes) is rendered where it is made: `render(f"...")`.
 """
 
 from __future__ import annotations
