@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import re
 import sys
+import typing
 from collections.abc import Iterator
 from typing import Literal
 
@@ -36,6 +38,7 @@ FLOW_PARAMETERS = frozenset({"config", "dry_run"})
 # paths, URLs and TOML, so rendering cannot touch anything else in a message.
 _OPEN, _CLOSE = "\u2039", "\u203a"
 _PLACEHOLDER = re.compile(f"{_OPEN}([a-z][a-z0-9_]*)(?:=([^{_CLOSE}]*))?{_CLOSE}")
+AUDIENCE_VARIABLE = "ANIMA_LORA_AUDIENCE"  # set for the trainer's subprocess: its messages reach this reader
 _AUDIENCE: contextvars.ContextVar[Audience | None] = contextvars.ContextVar("anima_lora_audience", default=None)
 
 
@@ -71,11 +74,20 @@ def render(message: str | BaseException, audience: Audience | None = None) -> st
 
 
 def current_audience() -> Audience:
-    """The audience an edge chose with `speaking_to`; else a notebook inside a kernel, else the CLI."""
+    """The audience an edge chose with `speaking_to`; else the one a parent process passed down
+    (`audience_env`); else a notebook inside a kernel; else the CLI."""
     chosen = _AUDIENCE.get()
     if chosen:
         return chosen
+    inherited = os.environ.get(AUDIENCE_VARIABLE)
+    if inherited in typing.get_args(Audience):
+        return inherited  # type: ignore[return-value]
     return "notebook" if "ipykernel" in sys.modules else "cli"
+
+
+def audience_env() -> dict[str, str]:
+    """The environment entry that makes a child process (the trainer) speak to this process's reader."""
+    return {AUDIENCE_VARIABLE: current_audience()}
 
 
 def audience_chosen() -> bool:

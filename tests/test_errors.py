@@ -4,7 +4,10 @@ And the layers below the CLI never spell a setting as a flag themselves."""
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -16,6 +19,7 @@ from anima_lora_flow.errors import (
     NotBuiltError,
     TrainingError,
     UserInputError,
+    audience_env,
     error_line,
     exit_code,
     render,
@@ -71,6 +75,16 @@ def test_the_flow_speaks_to_its_parameters_unless_an_edge_chose():
         assert str(error) == "lower config.learning_rate"
     with speaking_to("cli"), speaking_by_default("flow"):
         assert str(error) == "lower --learning-rate"
+
+
+def test_a_child_process_speaks_to_its_parents_reader():
+    # The trainer runs as a subprocess: its warnings and advice must reach a notebook as form fields too.
+    child = [sys.executable, "-c", "from anima_lora_flow.errors import render, setting; print(render(setting('resolution', 512)))"]
+    with speaking_to("notebook"):
+        env = {**os.environ, **audience_env()}
+    assert subprocess.run(child, env=env, capture_output=True, text=True, check=True).stdout == "resolution=512\n"
+    plain = {k: v for k, v in os.environ.items() if k != "ANIMA_LORA_AUDIENCE"}
+    assert subprocess.run(child, env=plain, capture_output=True, text=True, check=True).stdout == "--resolution 512\n"
 
 
 def _form_fields(notebook: Path) -> dict[str, str]:
