@@ -18,7 +18,7 @@ from ..core.dataset_report import DatasetReport
 from ..core.lora_files import kohya_name
 from ..core.processes import start_process_group
 from ..core.train_items import TrainItem
-from ..errors import TrainingError, render, setting
+from ..errors import TrainingError, audience_env, render, setting
 from ..storage.drive import remount_on_drop
 from ..storage.runstore import RunStore
 from ..trainer.backend import EXIT_STOPPED, TrainJob
@@ -124,7 +124,7 @@ def run_training_session(
         on_storage_error=remount_on_drop(store.root) if store.location.is_local else None,
     )
     log_path = run_dir / "trainer.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **audience_env()}  # its messages spell settings for our reader
     proc = start_process_group(command, log_path=log_path, env=env)
     try:
         outcome = supervise(proc, events_path, syncer=syncer, should_stop=should_stop, on_event=on_event)
