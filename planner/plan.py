@@ -32,14 +32,6 @@ SETUP_S = 600.0
 RESERVE_S = DEFAULT_SAVE_COST_S + DEFAULT_MARGIN_S
 
 
-class PlanOverrunError(UserInputError):
-    """The run cannot finish in this session and the user chose to stop (or cannot resume)."""
-
-    def __init__(self, message: str, plan: "Plan | None" = None):
-        super().__init__(message)
-        self.plan = plan
-
-
 class Suggestion(BaseModel):
     """A setting change that makes the run fit this session, with what it would cost."""
 
@@ -156,12 +148,13 @@ def enforce_plan(plan: Plan) -> None:
     """Stop before any download when the plan says so.
 
     Raises:
-        PlanOverrunError: decision is "stop"; the message has the reason and the suggestions.
+        UserInputError: decision is "stop"; the message has the reason and the suggestions (field
+            "on_overrun" when the run does not fit this session).
     """
     if plan.decision != "stop":
         return
     lines = [plan.reason] + [f"  try: {s.text}" for s in plan.suggestions]
-    raise PlanOverrunError("\n".join(lines), plan)
+    raise UserInputError("\n".join(lines), field="on_overrun" if plan.fits is False else None)
 
 
 def _session_for_named_gpu(platform: PlatformInfo, gpu: GpuInfo, budget_h: float | None, now: float) -> PlatformInfo:

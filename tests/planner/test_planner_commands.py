@@ -63,7 +63,7 @@ class FakeReport:
 def test_plan_task_body(monkeypatch):
     import pytest
 
-    from anima_lora_flow.planner.plan import PlanOverrunError
+    from anima_lora_flow.errors import UserInputError
     from anima_lora_flow.tasks import plan as plan_module
 
     artifacts = []
@@ -73,6 +73,6 @@ def test_plan_task_body(monkeypatch):
     assert plan.steps.total_steps == 1500
     assert artifacts[0]["key"] == "plan-my-lora-v2" and artifacts[0]["markdown"].startswith("# Plan")
     cfg = TrainingConfig(dataset="/d", mixed_precision="bf16", session_budget_hours=4.0, storage="/content/runs")
-    with pytest.raises(PlanOverrunError):
+    with pytest.raises(UserInputError):
         plan_module.plan_task.fn(cfg, FakeReport())
     assert len(artifacts) == 2  # the plan is published before the stop

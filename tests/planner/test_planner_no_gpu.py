@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from anima_lora_flow.config import TrainingConfig
-from anima_lora_flow.planner.plan import PlanOverrunError, enforce_plan, make_plan
+from anima_lora_flow.errors import UserInputError
+from anima_lora_flow.planner.plan import enforce_plan, make_plan
 from anima_lora_flow.platforms.detect import detect_platform
 
 SAMPLES = {(768, 768): 50}
@@ -21,7 +22,7 @@ SAMPLES = {(768, 768): 50}
 def test_no_gpu_on_a_notebook_stops(env, fix):
     platform = detect_platform(env=env, uptime_s=60, gpu=lambda: None, has_module=lambda name: False)
     plan = make_plan(TrainingConfig(dataset="d", storage="/kaggle/working/runs"), SAMPLES, platform)
-    with pytest.raises(PlanOverrunError, match="has no GPU") as err:
+    with pytest.raises(UserInputError, match="has no GPU") as err:
         enforce_plan(plan)
     assert fix in str(err.value)
 

@@ -6,7 +6,7 @@ import pytest
 
 from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.errors import UserInputError
-from anima_lora_flow.planner.plan import RESERVE_S, SETUP_S, PlanOverrunError, enforce_plan, make_plan
+from anima_lora_flow.planner.plan import RESERVE_S, SETUP_S, enforce_plan, make_plan
 from anima_lora_flow.planner.steps import count_steps, with_repeats
 from anima_lora_flow.platforms.detect import detect_platform
 from anima_lora_flow.core.gpu import GpuInfo
@@ -77,9 +77,9 @@ class TestOverrun:
         plan = plan_for(self.cfg(storage="/content/runs"), colab())
         assert plan.fits is False and plan.decision == "stop"
         assert plan.sessions_needed == 2
-        with pytest.raises(PlanOverrunError) as info:
+        with pytest.raises(UserInputError) as info:
             enforce_plan(plan)
-        assert isinstance(info.value, UserInputError)
+        assert info.value.field == "on_overrun"
         assert "1500 steps" in str(info.value) and "--max-train-epochs 6" in str(info.value)
 
     def test_auto_with_drive_resumes(self):
@@ -231,5 +231,5 @@ class TestDataParallel:
         assert plan.decision == "stop"
         assert "--num-gpus 2 needs 2 CUDA GPUs, this machine has 1 (Tesla T4): use --num-gpus 1" in plan.reason
         assert "GPU T4 x2" in plan.reason
-        with pytest.raises(PlanOverrunError):
+        with pytest.raises(UserInputError):
             enforce_plan(plan)
