@@ -39,6 +39,8 @@ class ModelsOnDisk(CachePolicy):
         return hash_objects(base, repr(paths)) if base else None
 
 
+# These retries are the repo listing's only retry layer; a file download has huggingface_hub's own, and
+# its errors come marked `retried`, which retry_unless_user_error does not retry again (models/hub.py).
 @task(
     retries=3,
     retry_delay_seconds=exponential_backoff(backoff_factor=10),
