@@ -170,8 +170,8 @@ def translated(hub: Hub, what: str, call: Callable[[], T], *, repo_id: str, firs
 
     One retry layer per operation. huggingface_hub retries a file download itself (the metadata request
     with backoff on 408/429/5xx and network errors, the body resumed with a Range request after a cut),
-    so a download passes `retried=True` and its network error is final: Prefect's task retries skip it
-    (tasks/retry.py). The listing (HfApi.model_info) has no retries of its own: its network errors are
+    so a download passes `retried=True` and a failure huggingface_hub already retried is final: Prefect's
+    task retries skip it (tasks/retry.py). The listing (HfApi.model_info) has no retries of its own: its network errors are
     left to the models task's retries. `first_contact` marks the listing: if it cannot connect at all,
     the machine is offline, which the user fixes (internet switch, proxy), so no layer retries that.
     """
@@ -183,8 +183,23 @@ def translated(hub: Hub, what: str, call: Callable[[], T], *, repo_id: str, firs
         error = classify(exc, hub=hub, what=what, repo_id=repo_id, first_contact=first_contact)
         if error is None:
             raise
-        error.retried = retried
+        error.retried = retried and _retried_by_huggingface_hub(exc)
         raise error from exc
+
+
+def _retried_by_huggingface_hub(exc: BaseException) -> bool:
+    """Whether hf_hub_download already retried this failure of a download.
+
+    It retries the file's metadata request with backoff on 408/429/5xx and network errors (what still
+    fails arrives wrapped in LocalEntryNotFoundError) and resumes the body after network errors; a 5xx
+    answer to the body's own request and a body cut short without an error are not retried there, so
+    those stay for the task's retries.
+    """
+    if isinstance(exc, LocalEntryNotFoundError):
+        return True
+    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+        return exc.response.status_code in (408, 429)
+    return bool(_chain_names(exc) & _TRANSIENT_NAMES) and not _consistency_error(exc)
 
 
 def classify(

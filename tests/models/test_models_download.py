@@ -137,6 +137,17 @@ class TestFaults:
         assert 2 <= len(tries) <= 7  # huggingface_hub: one quick try, then up to six with backoff
         assert retry_unless_user_error(None, None, Failed(data=info.value)) is False
 
+    def test_a_5xx_on_the_body_which_huggingface_hub_does_not_retry_is_left_to_the_task(self, fake_hub, tmp_path):
+        from prefect.states import Failed
+
+        from anima_lora_flow.tasks.retry import retry_unless_user_error
+
+        fake_hub.faults.status[TE] = [None, 503]  # the metadata request is answered, the file's GET is not
+        with pytest.raises(ModelNetworkError, match="HTTP 503") as info:
+            ensure_models("anima-base-v1.0", backend="sd-scripts", cache_dir=tmp_path / "m", endpoint=fake_hub.url)
+        assert len(fake_hub.gets(TE)) == 1
+        assert retry_unless_user_error(None, None, Failed(data=info.value)) is True
+
     def test_a_failed_listing_is_left_to_the_task_retries(self, fake_hub, tmp_path):
         from prefect.states import Failed
 
