@@ -55,17 +55,17 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def check_setting_bounds(args: argparse.Namespace, *names: str) -> None:
-    """Refuse flags outside TrainingConfig's bounds, so validate never reports on settings train would reject.
+    """Refuse settings outside TrainingConfig's bounds, so validate never reports on settings train would reject.
 
     Raises:
-        UserInputError: one line naming the flag, its value and the allowed range.
+        UserInputError: one line naming the setting, its value and the allowed range.
     """
     for name in names:
         value = getattr(args, name)
         low, high = _field_bounds(name)
         if (low is not None and value < low) or (high is not None and value > high):
-            flag = "--" + name.replace("_", "-")
-            raise UserInputError(f"{flag} {value} is out of range; use a value from {low} to {high} (as train does)")
+            raise UserInputError(f"{setting(name, value)} is out of range; use a value from {low} to {high} (as train does)",
+                                 field=name)
 
 
 def _field_bounds(name: str) -> tuple[int | None, int | None]:
