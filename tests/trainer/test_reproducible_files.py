@@ -37,7 +37,7 @@ def test_two_identical_runs_write_identical_bytes(tmp_path, items, tiny_model, t
     assert {"safetensors", "pt", "json"} <= kinds  # LoRAs (comfy and kohya), state tensors, progress
     assert any(path.startswith("state/") for path in first) and len(first) >= 8
     assert first == second
-    final = list(read_events(tmp_path / "first.jsonl"))[-1]["lora"]
+    final = list(read_events(tmp_path / "first.jsonl"))[-1].lora
     with safe_open(final, "pt") as f:
         meta = f.metadata()
     assert meta["ss_mixed_precision"] == "no" and meta["ss_optimizer"].startswith("torch.optim.adamw.AdamW(")
