@@ -562,7 +562,7 @@ def sd_scripts_session(spec_path: str) -> int:
     from anima_lora_flow.dataset.intake import prepare_dataset
     from anima_lora_flow.runner.prepare import open_run_store
     from anima_lora_flow.runner.train import TrainingFailedError, new_run_id, run_training_session
-    from anima_lora_flow.tasks.train import sd_scripts_spec
+    from anima_lora_flow.trainer.events import Checkpoint
 
     spec = json.loads(Path(spec_path).read_text())
     config = TrainingConfig(trainer="sd-scripts", dataset=spec["dataset"], storage=spec["storage"],
@@ -570,22 +570,15 @@ def sd_scripts_session(spec_path: str) -> int:
                             repeats=1, mixed_precision="no")  # fmt: skip
     report = prepare_dataset(config.dataset, config.resolved_work_dir(), resolution=256, repeats=1)
 
-    class Models:
-        dit, text_encoder, vae = spec["dit"], spec["text_encoder"], spec["vae"]
-
-    class Plan:
-        precision = "no"
-        memory = None
-
-        class steps:  # noqa: N801
-            total_steps = 2
-
+    total_steps = 2
+    fields = {"dit": spec["dit"], "text_encoder": spec["text_encoder"], "vae": spec["vae"], "precision": "no",
+              "total_steps": total_steps}
     state_seen = {"saved": False}
 
     def on_event(event, outcome):
         print(f"event {event.event} {json.dumps(event.data, default=str)[:300]}", flush=True)
         # Stopped after the first state before the end; the resumed session's last state ends it normally.
-        if event.event == "checkpoint" and event.get("kind") == "state" and event.get("step", 0) < Plan.steps.total_steps:
+        if isinstance(event, Checkpoint) and event.kind == "state" and event.step < total_steps:
             state_seen["saved"] = True
 
     try:
@@ -593,7 +586,7 @@ def sd_scripts_session(spec_path: str) -> int:
             config, items=report.train_items(), dataset_fingerprint=report.fingerprint, models_dir=None,
             store=open_run_store(config), work_dir=config.resolved_work_dir(), run_id=new_run_id(),
             should_stop=lambda *_: state_seen["saved"], on_event=on_event, log=print,
-            sd_scripts=sd_scripts_spec(config, report, Models, Plan),
+            job_fields=fields, report=report,
         )  # fmt: skip
         print(json.dumps(result.to_dict(), default=str))
         return 0
