@@ -17,10 +17,11 @@ from ...core.lora_files import lora_file_name
 from ...errors import UserInputError
 from ..backend import EXIT_DONE, EXIT_ERROR, EXIT_STOPPED, EXIT_USER, TrainJob
 from ..events import Done, Error, JsonLinesSink, Log, Stopped, emit
+from .backend import SdScriptsBackend
 from .install import SdScriptsInstallError, ensure_sd_scripts
 from .launch import SdScriptsFailed, run_sd_scripts
 from .prepare import prepare_sd_scripts_run
-from .resume import fix_train_state, resume_parser
+from .resume import fix_train_state
 
 
 def run_job(job: TrainJob, events: Path) -> int:
@@ -50,7 +51,7 @@ def run_job(job: TrainJob, events: Path) -> int:
         emit(sink, Log(message=f"sd-scripts: {prepared.command_text}"))
         result = run_sd_scripts(
             prepared.command, sink=sink, stop_requested=lambda: stop["requested"], echo=_quiet,
-            parser=resume_parser(config, resume), config=config, gpu_memory_gib=job.gpu_memory_gib,
+            parser=SdScriptsBackend().parse_events(job), config=config, gpu_memory_gib=job.gpu_memory_gib,
         )
     except (UserInputError, SdScriptsInstallError) as exc:
         emit(sink, Error(message=str(exc)))
@@ -61,9 +62,9 @@ def run_job(job: TrainJob, events: Path) -> int:
     if result.stopped:
         emit(sink, Stopped(reason="requested"))
         return EXIT_STOPPED
-    final = output_dir / lora_file_name(config.project_name)
-    if not final.exists():
-        emit(sink, Error(message=f"sd-scripts exited cleanly but wrote no {final.name}"))
+    final = SdScriptsBackend().outputs(output_dir, config.project_name).final_lora
+    if final is None:
+        emit(sink, Error(message=f"sd-scripts exited cleanly but wrote no {lora_file_name(config.project_name)}"))
         return EXIT_ERROR
     emit(sink, Done(lora=str(final), step=job.total_steps or result.last_step))
     return EXIT_DONE
