@@ -134,6 +134,19 @@ def test_imports_inside_the_package_are_relative():
     assert absolute == []
 
 
+def test_the_readme_layout_table_lists_the_layers_in_order():
+    """The Layout table is the rule's documentation: its rows name the packages in LAYERS' order."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Layout", 1)[1].split("\n\n", 2)[1]
+    named = [
+        cell.strip("`").removesuffix("/").removesuffix(".py")
+        for row in table.splitlines()[2:]
+        for cell in row.split("|")[1].replace(",", " ").split()
+    ]
+    assert [unit for unit in named if unit in LAYERS] == [unit for unit in LAYERS if unit]
+    assert set(named) - set(LAYERS) == {"notebooks", "bench"}
+
+
 def _write(root: Path, files: dict[str, str]) -> Path:
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
