@@ -367,6 +367,8 @@ def rehearse(args) -> dict:
     pins_path = work / "pins.json"
     pins_path.write_text(json.dumps(pins_for(generated), indent=1))
     cache = Path(args.cache).resolve() if args.cache else work / "cache"
+    # A fresh user's model state too (converted bases, hash records); an sd-scripts install beside it is kept.
+    shutil.rmtree(cache / "models", ignore_errors=True)
 
     with serve_repos(generated) as hub:
         env = {
