@@ -27,6 +27,7 @@ from ..tasks.plan import plan_task
 from ..tasks.resume import check_resume_task
 from ..tasks.storage import mount_storage_task, record_run_task, store_json_task
 from ..tasks.train import train_task
+from ..trainer.registry import backend_for
 from ..ui.artifacts import artifact_key
 from ..ui.console import FOR_CONSOLE
 from ..ui.summary import summary_markdown
@@ -70,9 +71,9 @@ def _train_lora(config: TrainingConfig, dry_run: bool) -> dict:
     if dry_run:
         logger.info("dry run: %s; stopping before the model download and training", resume.would(plan.steps.total_steps))
         result = dry_run_result(run_id, store_root, report, plan, resume)
-        files = backend_files_task(config, report, plan, run_id, storage)
-        if files is not None:
-            result[files[0]] = files[1]
+        if backend_for(config.trainer).preview_key is not None:  # sd-scripts: its TOML files and command
+            key, files = backend_files_task(config, report, plan, run_id, storage)
+            result[key] = files
         return result
 
     logger.info(plan.to_text(), extra=FOR_CONSOLE)  # the quiet console of a CLI run shows the plan too

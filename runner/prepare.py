@@ -71,10 +71,12 @@ def backend_files(config: TrainingConfig, report: DatasetReport, plan: Plan, run
     """(the dry-run result's key, the backend's own files for this run written into the run store and the
     launch command), e.g. sd-scripts' two TOML files; None for a backend without any. Models not downloaded yet are named where
     `anima-lora models download` puts them."""
-    from ..core import known_models  # noqa: PLC0415 - only for a dry run
+    backend = backend_for(config.trainer)
+    if backend.preview_key is None:
+        return None
+    from ..core import known_models  # noqa: PLC0415 - only for a dry run of a backend with files
     from ..models.download import ready_models  # noqa: PLC0415
 
-    backend = backend_for(config.trainer)
     paths = ready_models(config.base_model, config.trainer)
     fallback = cache_root() / "models" / known_models.SINGLE_FILE_REPO
     work = config.resolved_work_dir() / config.trainer / run_id
@@ -88,15 +90,13 @@ def backend_files(config: TrainingConfig, report: DatasetReport, plan: Plan, run
         precision=plan.precision, total_steps=plan.steps.total_steps,
     )
     preview = backend.preview(job, report)
-    if preview is None:
-        return None
     result = {"command": preview.command}
     for name, path in preview.files.items():
         store.publish_file(path, f"configs/{run_id}/{path.name}")
         result[name] = store.path("configs", run_id, path.name)
     result["models_note"] = "" if paths else (
         f" (model paths are where `anima-lora models download --backend {config.trainer}` puts them)")
-    return preview.key, result
+    return backend.preview_key, result
 
 
 def dry_run_result(run_id: str, storage: str, report: DatasetReport, plan: Plan, resume: ResumePoint) -> dict:

@@ -89,7 +89,6 @@ class Outputs:
 class Preview:
     """A dry run's look at what the backend would start: its own config files (local) and the command."""
 
-    key: str  # where the dry run's result holds it
     files: dict[str, Path]  # what the result calls each file -> the local file
     command: str
 
@@ -111,6 +110,8 @@ class Backend(Protocol):
     kept_by_state: frozenset[str]
     # Builds its optimizer in this Python environment (its optional packages must be installed here).
     optimizer_here: bool
+    # Where a dry run's result holds the backend's own files (see `preview`); None: it has none.
+    preview_key: str | None
 
     def unsupported(self, config: "TrainingConfig") -> list[str]:
         """Settings this backend does not build, one line each saying what to use instead."""

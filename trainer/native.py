@@ -36,6 +36,7 @@ class NativeBackend:
     multi_gpu = True
     kept_by_state: frozenset[str] = frozenset()  # the loop applies every "continue" setting on resume
     optimizer_here = True
+    preview_key = None  # no files of its own: the job is the whole story
 
     def unsupported(self, config: "TrainingConfig") -> list[str]:
         if config.timestep_sampling in _UNBUILT_TIMESTEPS:
@@ -64,7 +65,7 @@ class NativeBackend:
         return lora_files(output_dir, project_name, list((Path(output_dir) / "state").glob("step_*")))
 
     def preview(self, job: TrainJob, report: "DatasetReport | None") -> None:
-        return None  # no files of its own: the job is the whole story
+        return None
 
 
 def saved_step(state_dir: str | Path | None) -> int:

@@ -33,6 +33,7 @@ class SdScriptsBackend:
     # rate and the grad scaler from its state: a new value would be ignored there.
     kept_by_state = frozenset({"learning_rate", "weight_decay", "betas", "mixed_precision"})
     optimizer_here = False  # it runs in its own virtual environment, from its own requirements
+    preview_key = "sd_scripts"
 
     def unsupported(self, config: TrainingConfig) -> list[str]:
         return []
@@ -75,8 +76,7 @@ class SdScriptsBackend:
             config_dir=Path(job.run_dir) / "configs", output_dir=Path(job.output_dir),
             mixed_precision=job.precision or "bf16", total_steps=job.total_steps,
         )
-        return Preview("sd_scripts", {"training_toml": prepared.training_path, "dataset_toml": prepared.dataset_path},
-                       prepared.command_text)
+        return Preview({"training_toml": prepared.training_path, "dataset_toml": prepared.dataset_path}, prepared.command_text)
 
 
 def default_checkout(config: TrainingConfig) -> Path:
