@@ -70,7 +70,10 @@ def _load(folder: Path) -> Any:
     if (folder / "tokenizer.json").is_file():
         from tokenizers import Tokenizer
 
-        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        try:
+            tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        except Exception as exc:  # the Rust library raises a bare Exception for a damaged file
+            raise ValueError(f"{folder / 'tokenizer.json'}: {exc}") from exc
         tokenizer.no_truncation()
         tokenizer.no_padding()
         return tokenizer
