@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from .core.backends import TrainerBackend  # the names live in the backend table; re-exported here
 from .errors import UserInputError, render, setting
 
 BaseModelName = Literal["anima-base-v1.0", "anima-preview3-base", "anima-preview", "anima-preview2"]
@@ -28,7 +29,6 @@ Scheduler = Literal[
 ]
 TimestepSampling = Literal["sigmoid", "uniform", "shift", "flux_shift", "sigma"]
 Precision = Literal["auto", "bf16", "fp16", "no"]
-TrainerBackend = Literal["native", "sd-scripts"]
 OnOverrun = Literal["auto", "stop", "resume", "proceed"]
 
 # The project name becomes folder and file names (<name>-000001.safetensors) on Windows, macOS, Linux

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import UserInputError
 
-from ..core import known_models
+from ..core import backends, known_models
 from .download import ensure_models
 from .errors import ModelDownloadError
 from .status import FileStatus, inspect_models
@@ -20,6 +20,10 @@ _HELP = {
 }
 
 
+_LAYOUT_TEXT = {"diffusers": "takes a Diffusers folder", "single-files": "single files"}
+_LAYOUTS = ", ".join(f"{b.name} {_LAYOUT_TEXT[b.model_layout]}" for b in backends.TABLE)
+
+
 def add_models_parser(subparsers) -> None:
     """Register `models` with its three sub-commands on the CLI's subparsers."""
     parser = subparsers.add_parser("models", help="download, list or verify the Anima model files")
@@ -28,9 +32,8 @@ def add_models_parser(subparsers) -> None:
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("--base-model", default="anima-base-v1.0", choices=list(known_models.BASE_MODELS),
                          help="the model train's --base-model names (default: anima-base-v1.0)")
-        sub.add_argument("--backend", default="native", choices=["native", "sd-scripts"],
-                         help="the trainer the files are for, as train's --trainer: native takes a Diffusers folder, "
-                              "sd-scripts single files (default: native)")
+        sub.add_argument("--backend", default="native", choices=list(backends.NAMES),
+                         help="the trainer the files are for, as train's --trainer: " + _LAYOUTS + " (default: native)")
         sub.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
                          help="folder for the downloads (default: the HF cache)")
         sub.add_argument(

@@ -6,14 +6,13 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
-
 from huggingface_hub import constants
 
 from ..config import cache_root
 from ..errors import setting
 
 from ..core import known_models
+from ..core.backends import NAMES, TrainerBackend, model_layout
 from .convert import convert_single_file_dit
 from .durable import DurableCache
 from .errors import ModelDownloadError, ModelInputError, ModelNetworkError
@@ -33,7 +32,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("anima_lora_flow.models")
-Backend = Literal["native", "sd-scripts"]
+Backend = TrainerBackend  # a backend name: core/backends.py says which model layout it reads
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ def make_hub(cache_dir: Path | None = None, endpoint: str | None = None, *, onli
 def plan(base_model: str, backend: Backend) -> list[Wanted]:
     """The repos and patterns a base model needs for a backend."""
     spec = known_models.base_model(base_model)
-    if backend == "sd-scripts":
+    if model_layout(backend) == "single-files":
         names = [f.filename for f in known_models.single_files(base_model)]
         return [Wanted(known_models.SINGLE_FILE_REPO, names, required=names)]
     allow, ignore = known_models.diffusers_patterns(base_model)
@@ -218,8 +217,8 @@ def _check_choice(base_model: str, backend: str) -> None:
         known_models.base_model(base_model)
     except KeyError as exc:
         raise ModelInputError(exc.args[0]) from None
-    if backend not in ("native", "sd-scripts"):
-        raise ModelInputError(f"unknown backend {backend!r}; choose native or sd-scripts")
+    if backend not in NAMES:
+        raise ModelInputError(f"unknown backend {backend!r}; choose {' or '.join(NAMES)}")
 
 
 def _manifest(hub: Hub, wanted: Wanted, record: HashRecord, durable: DurableCache | None) -> Manifest:
@@ -270,7 +269,7 @@ def _converted_dir(hub: Hub, base_model: str, dit: RemoteFile) -> Path:
 
 def _conversion_bytes(hub: Hub, base_model: str, backend: str, chosen) -> int:
     spec = known_models.base_model(base_model)
-    if backend != "native" or spec.has_diffusers:
+    if model_layout(backend) != "diffusers" or spec.has_diffusers:
         return 0
     dit = next(f for m, files in chosen for f in files if f.filename == spec.dit.filename)
     return 0 if (_converted_dir(hub, base_model, dit) / ".complete").exists() else dit.size
@@ -279,7 +278,7 @@ def _conversion_bytes(hub: Hub, base_model: str, backend: str, chosen) -> int:
 def _assemble(hub: Hub, base_model: str, backend: str, chosen, local: dict[tuple[str, str], Path]) -> ModelPaths:
     spec = known_models.base_model(base_model)
     single = known_models.SINGLE_FILE_REPO
-    if backend == "sd-scripts":
+    if model_layout(backend) == "single-files":
         return ModelPaths(
             dit=local[(single, spec.dit.filename)],
             text_encoder=local[(single, known_models.TEXT_ENCODER.filename)],

@@ -11,17 +11,20 @@ from pathlib import Path
 import pytest
 
 from anima_lora_flow.config import TrainerBackend, TrainingConfig
+from anima_lora_flow.core import backends
 from anima_lora_flow.errors import NotBuiltError
 from anima_lora_flow.trainer.backend import Backend, TrainJob
 from anima_lora_flow.trainer.events import Checkpoint, Done, Event, JsonLinesParser, Plan, Step
 from anima_lora_flow.trainer.registry import BACKENDS, backend_for
 
 PACKAGE = Path(__file__).parents[2]
-REGISTRY = PACKAGE / "trainer" / "registry.py"
+REGISTRY = PACKAGE / "core" / "backends.py"  # the table of names
 
 
 def test_the_registry_holds_every_trainer_choice_and_each_is_a_backend():
-    assert set(BACKENDS) == set(typing.get_args(TrainerBackend))
+    # One table names them: the setting's choices, the registry and models' --backend all read it.
+    assert typing.get_args(TrainerBackend) == backends.NAMES == tuple(BACKENDS)
+    assert {backends.model_layout(name) for name in backends.NAMES} <= set(typing.get_args(backends.ModelLayout))
     for name, backend in BACKENDS.items():
         assert isinstance(backend, Backend), name
         assert backend.name == backend.numbers.name == name
@@ -53,10 +56,10 @@ def _name_comparisons(path: Path, names: set[str], root: Path = PACKAGE) -> list
 
 
 def test_nothing_outside_the_registry_branches_on_a_backend_name(tmp_path):
-    # models/ keeps the two download layouts keyed by the backend's name (`models download --backend`).
-    skipped = {"tests", "bench", "models", "notebooks"}
+    # models/ asks the backend table for the layout it downloads (`models download --backend`).
+    skipped = {"tests", "bench", "notebooks"}
     sources = [p for p in PACKAGE.rglob("*.py") if p != REGISTRY and not (set(p.relative_to(PACKAGE).parts) & skipped)]
-    assert len(sources) > 50 and PACKAGE / "flows" / "train_lora.py" in sources
+    assert len(sources) > 50 and {PACKAGE / "flows" / "train_lora.py", PACKAGE / "models" / "download.py"} <= set(sources)
     assert [hit for path in sources for hit in _name_comparisons(path, set(BACKENDS))] == []
     planted = tmp_path / "planted.py"  # the check itself finds a branch
     planted.write_text('if config.trainer == "sd-scripts" or backend in ("native",) or attention_backend == "native":\n'
