@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..config import TrainingConfig
 from ..core.formatting import format_duration
+from ..trainer.registry import backend_for
 
 
 def format_bytes(n: int) -> str:
@@ -76,7 +77,17 @@ def _dry_run_text(config: TrainingConfig, result: dict) -> str:
     plan = result.get("plan") or {}
     steps = (plan.get("steps") or {}).get("total_steps")
     lines = [f"{config.project_name}: dry run, {result.get('trainable_images')} images, {steps} steps; nothing trained"]
-    sd = result.get("sd_scripts")
-    if sd:
-        lines += [f"training TOML: {sd['training_toml']}", f"dataset TOML:  {sd['dataset_toml']}", "command:", sd["command"]]
+    key = backend_for(config.trainer).preview_key
+    own = result.get(key) if key else None  # the backend's own files and command (runner/prepare.backend_files)
+    if own:
+        files = {_file_label(name): path for name, path in own.items() if name not in ("command", "models_note")}
+        width = max(map(len, files), default=0) + 1
+        lines += [f"{(label + ':').ljust(width)} {path}" for label, path in files.items()]
+        lines += ["command:", own["command"]]
     return "\n".join(lines)
+
+
+def _file_label(name: str) -> str:
+    """training_toml -> training TOML."""
+    stem, _, kind = name.rpartition("_")
+    return f"{stem.replace('_', ' ')} {kind.upper()}" if stem else name
