@@ -14,10 +14,8 @@ from ..config import TrainingConfig
 from ..errors import speaking_by_default
 from ..planner.guard import guard_for
 from ..planner.preflight import check_supported, ensure_local_folders
-from ..planner.refine import refine
 from ..runner.prepare import dry_run_result
 from ..runner.train import new_run_id
-from ..storage.lock import acquire_project_lock
 from ..storage.runstore import StoreRef
 from ..tasks.backend_files import backend_files_task
 from ..tasks.dataset import prepare_dataset_task
@@ -25,7 +23,8 @@ from ..tasks.history import label_this_flow_run, mark_stale_runs_crashed_task
 from ..tasks.models import download_models_task
 from ..tasks.plan import plan_task
 from ..tasks.resume import check_resume_task
-from ..tasks.storage import mount_storage_task, record_run_task, store_json_task
+from ..tasks.storage import (lock_project_task, mount_storage_task, record_run_task, store_json_task,
+                             store_refined_plan_task, unlock_project_task)
 from ..tasks.train import train_task
 from ..trainer.registry import backend_for
 from ..ui.artifacts import artifact_key
@@ -78,12 +77,11 @@ def _train_lora(config: TrainingConfig, dry_run: bool) -> dict:
 
     logger.info(plan.to_text(), extra=FOR_CONSOLE)  # the quiet console of a CLI run shows the plan too
     # One run per project from here on: a second run would resume from this one's half-written states.
-    lock = acquire_project_lock(storage.open(), run_id)
-    lock.start_heartbeat()
+    lock = lock_project_task(storage, run_id)
     try:
         return _download_and_train(config, report, plan, run_id, started, storage)
     finally:
-        lock.release()
+        unlock_project_task(lock)
 
 
 def _download_and_train(config: TrainingConfig, report, plan, run_id: str, started: float, storage: StoreRef) -> dict:
@@ -102,9 +100,7 @@ def _download_and_train(config: TrainingConfig, report, plan, run_id: str, start
             "total_steps": result.get("total_steps"), "trainer": config.trainer,
         }, error=sys.exc_info()[1], storage=storage)  # the exception ending the run, if any: `status` shows it as the reason
     if result.get("sec_per_step"):
-        # The measured rate replaces the table's estimate, so the next session plans with it.
-        store_json_task(config, "plan.json", refine(plan, result["sec_per_step"], result.get("steps_done") or 0)
-                        .model_dump(mode="json"), storage)
+        store_refined_plan_task(config, plan, result["sec_per_step"], result.get("steps_done") or 0, storage)
     create_markdown_artifact(
         markdown=summary_markdown(config, result, storage.open().root), key=artifact_key("summary", config.project_name),
         description="Anima LoRA run summary",

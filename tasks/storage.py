@@ -1,12 +1,16 @@
-"""Prefect tasks for the run store: mount it, record the run's config, keep the run history."""
+"""Prefect tasks for the run store: mount it, hold the project lock, keep the plan and the run history."""
 
 from __future__ import annotations
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from ..config import TrainingConfig
 from ..errors import NotBuiltError, TrainingError, UserInputError
+from ..planner.plan import Plan
+from ..planner.refine import refine
 from ..runner.prepare import mount_store, open_run_store
+from ..storage.lock import ProjectLock, acquire_project_lock
 from ..storage.runstore import RunStore, StoreRef
 from .retry import retry_unless_user_error
 
@@ -72,3 +76,25 @@ def one_line(text: str) -> str:
 def store_json_task(config: TrainingConfig, rel_path: str, payload: dict, storage: StoreRef | None = None) -> None:
     """Publish a small JSON document (the plan, a report) into the run store."""
     run_store(config, storage).write_json(rel_path, payload)
+
+
+# No cache and no retries: a lock is this run's alone, and a second try would find its own first one.
+@task(name="lock-project", cache_policy=NO_CACHE)
+def lock_project_task(storage: StoreRef, run_id: str) -> ProjectLock:
+    """Take the project's lock (UserInputError naming the run that holds it) and keep its heartbeat going."""
+    lock = acquire_project_lock(storage.open(), run_id)
+    lock.start_heartbeat()
+    return lock
+
+
+@task(name="unlock-project", cache_policy=NO_CACHE)
+def unlock_project_task(lock: ProjectLock) -> None:
+    """Stop the heartbeat and remove the lock if it is still this run's (a lock left behind goes stale)."""
+    lock.release()
+
+
+@task(name="store-refined-plan", retries=2, retry_delay_seconds=[5, 30])
+def store_refined_plan_task(config: TrainingConfig, plan: Plan, sec_per_step: float, steps_done: int,
+                            storage: StoreRef | None = None) -> None:
+    """plan.json with the run's measured rate in place of the table's estimate: the next session plans with it."""
+    run_store(config, storage).write_json("plan.json", refine(plan, sec_per_step, steps_done).model_dump(mode="json"))

@@ -60,8 +60,17 @@ def test_demo_flow_end_to_end(prefect_harness, demo):
     assert list((project / "configs").iterdir())
     assert list((project / "logs").glob("*.log"))
 
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts() if a.key}
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[runs[-1]["flow_run_id"]])))
+    # The flow's storage steps are tasks: the lock is taken before the download and given back last.
+    order = [t.name.rsplit("-", 1)[0] for t in sorted(task_runs, key=lambda t: t.start_time)]
+    assert [n for n in order if n in {"lock-project", "download_models_task", "train", "store-refined-plan",
+                                      "unlock-project"}] == ["lock-project", "download_models_task", "train",
+                                                             "store-refined-plan", "unlock-project"]
+    assert not (project / "LOCK.json").exists()
     assert {"dataset-report-demo", "plan-demo", "summary-demo", "progress-demo", "loss-demo", "loss-chart-demo"} <= keys
     assert list((project / "logs").glob("*-loss.png"))
 
