@@ -2,6 +2,11 @@
 
 tqdm redraws its `steps:` bar with carriage returns and no newline, so the stream is split on
 both `\r` and `\n`; a bar is one progress update, never one line per redraw.
+
+sd-scripts draws each step's bar twice: `progress_bar.update(1)` first, still showing the previous
+step's `avr_loss`, then `set_postfix(avr_loss=...)` with this step's (train_network.py, 48d368fa).
+Step saves and sampling run between the two. So a step's event waits for its second draw; `step`
+(what checkpoints and stops report) moves at the first.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class Piece:
     text: str
     progress: bool
     events: list[Event] = field(default_factory=list)
+    echo: bool = True  # False: no console text, only events (the last step, reported at the end)
 
 
 def is_progress(text: str) -> bool:
@@ -64,7 +70,7 @@ class ConsoleParser:
         self.grad_accum = 1
         self.images: int | None = None
         self.step = initial_step  # absolute step of the latest bar
-        self.loss: float | None = None
+        self.loss: float | None = None  # of the latest reported step
         self.sec_per_step: float | None = None
         self.final_lora: str | None = None
         self.checkpoints: list[Event] = []
@@ -73,6 +79,7 @@ class ConsoleParser:
         self._plan_sent = False
         self._buffer = ""
         self._shown_partial = ""
+        self._unreported: dict | None = None  # the latest step, drawn but not yet reported
 
     # --- splitting -------------------------------------------------------------------------
     def feed(self, chunk: str) -> list[Event]:
@@ -88,7 +95,7 @@ class ConsoleParser:
             if cut is None:
                 break
             text, self._buffer = self._buffer[: cut[0]], self._buffer[cut[1] :]
-            if text == self._shown_partial and text:
+            if self._already_shown(text):
                 self._shown_partial = ""  # this redraw was already reported before its terminator
                 continue
             self._shown_partial = ""
@@ -96,17 +103,30 @@ class ConsoleParser:
                 pieces.append(self._parse(text))
         # tqdm writes "\r<bar>" so the newest bar waits for the next redraw: report it now.
         pending = self._buffer.removesuffix("\r")
-        if pending and is_progress(pending) and pending != self._shown_partial:
+        if pending and is_progress(pending):
+            if not self._already_shown(pending):
+                pieces.append(self._parse(pending))
             self._shown_partial = pending
-            pieces.append(self._parse(pending))
         return pieces
 
     def flush(self) -> list[Piece]:
-        """Whatever is left after the stream ended."""
+        """Whatever is left after the stream ended, and the last step if it was never reported."""
         rest, self._buffer = self._buffer.removesuffix("\r"), ""
-        if not rest or rest == self._shown_partial:
-            return []
-        return [self._parse(rest)]
+        pieces = [] if not rest or self._already_shown(rest) else [self._parse(rest)]
+        if self._unreported is not None:
+            # A normal exit redraws the bar when tqdm closes, so a step drawn once was cut short
+            # (stopped, crashed) before set_postfix: the loss it shows is the previous step's.
+            self._unreported["loss"] = None
+            event = self._report()
+            if pieces:
+                pieces[-1].events.append(event)
+            else:
+                pieces.append(Piece("", False, [event], echo=False))
+        return pieces
+
+    def _already_shown(self, text: str) -> bool:
+        # tqdm pads a shorter redraw with spaces, which may come in a later chunk: still one draw.
+        return bool(self._shown_partial) and text.rstrip() == self._shown_partial.rstrip()
 
     # --- parsing -----------------------------------------------------------------------------
     def _parse(self, raw: str) -> Piece:
@@ -186,14 +206,27 @@ class ConsoleParser:
         if rate := _RATE.search(bar["info"]):
             value = float(rate["value"])
             self.sec_per_step = value if rate["unit"] == "s/it" else (1.0 / value if value else None)
-        if loss := _LOSS.search(bar["info"]):
-            self.loss = float(loss["loss"])
+        loss = _LOSS.search(bar["info"])
+        draw = {"loss": float(loss["loss"]) if loss else None, "sec_per_step": self.sec_per_step, "epoch": self.epoch}
         step = self._offset + n
+        unreported = self._unreported
+        if unreported is not None and unreported["step"] != step:
+            # tqdm skips update()'s draw when the last one is under 0.1 s old (fast steps), but
+            # set_postfix always draws: a step drawn once before the next one showed its own loss.
+            events.append(self._report())
+        elif unreported is not None:
+            unreported.update(draw)
+            events.append(self._report())  # the set_postfix draw: this step's own loss
         if n > 0 and step != self.step:
             self.step = step
-            events.append(Step(step=step, total_steps=self.total, loss=self.loss, sec_per_step=self.sec_per_step,
-                               epoch=self.epoch))
+            self._unreported = {"step": step, **draw}
         return events
+
+    def _report(self) -> Event:
+        data, self._unreported = self._unreported, None
+        self.loss = data["loss"]
+        return Step(step=data["step"], total_steps=self.total, loss=data["loss"], sec_per_step=data["sec_per_step"],
+                    epoch=data["epoch"])
 
     def _checkpoint_lora(self, path: str) -> Event:
         data = {"kind": "lora", "path": path, "step": self.step, "epoch": self.epoch, "final": False}

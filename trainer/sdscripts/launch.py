@@ -203,9 +203,9 @@ def _drain(chunks: queue.Queue, parser: ConsoleParser, shown: _Echo, sink, timeo
 
 
 def _show(piece, shown: _Echo, sink) -> None:
-    if piece.progress:
+    if piece.echo and piece.progress:
         shown.bar(piece.text.strip())
-    else:
+    elif piece.echo:
         shown.line(piece.text)
     for event in piece.events:
         if sink is not None:

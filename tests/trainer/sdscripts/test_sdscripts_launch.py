@@ -75,7 +75,8 @@ def test_success_streams_lines_and_redraws(tmp_path):
     redraws = [text for text, end in echo.calls if end == ""]
     assert redraws and all(t.startswith("\rsteps:") for t in redraws)  # in place, not a line each
     assert ("epoch 2/2", "\n") in echo.calls
-    assert len(result.tail) == 6 and result.tail[-1] == "model saved."
+    assert len(result.tail) == 6 and result.tail[-2] == "model saved."
+    assert result.tail[-1].startswith("steps: 100%|")  # tqdm's redraw when the bar closes at exit
 
 
 def test_failure_raises_with_oom_advice_and_tail(tmp_path):
