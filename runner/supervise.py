@@ -100,17 +100,18 @@ def supervise(
     outcome = Outcome()
     tail = EventTail(events_path)
     stop_sent_at: float | None = None
+
+    def take_events() -> None:
+        for event in tail.read():
+            _apply(event, outcome, syncer)
+            if on_event is not None:
+                on_event(event, outcome)
+
     try:
         while True:
-            for event in tail.read():
-                _apply(event, outcome, syncer)
-                if on_event is not None:
-                    on_event(event, outcome)
+            take_events()
             if proc.poll() is not None:
-                for event in tail.read():
-                    _apply(event, outcome, syncer)
-                    if on_event is not None:
-                        on_event(event, outcome)
+                take_events()  # what it wrote between the last read and its exit
                 break
             if stop_sent_at is None and should_stop is not None and should_stop(outcome.sec_per_step):
                 outcome.stop_reason = outcome.stop_reason or "deadline"
