@@ -132,32 +132,33 @@ def fetch_verified(
     sha = expected_sha256(manifest.repo_id, file)
     path = hub.cached_path(manifest, file)
     if path is not None:
-        reason = check_file(path, file.size, sha, record)
-        if reason is None:
+        if (reason := _discard_if_damaged(path, file, sha, record)) is None:
             return path
         log.warning("cached %s is damaged (%s); fetching it again", file.filename, reason)
-        _discard(path, record)
     path = durable.copy_into_cache(hub, manifest, file) if durable is not None else None
-    if path is not None and check_file(path, file.size, sha, record) is not None:
-        log.warning("the durable copy of %s is damaged; downloading instead", file.filename)
-        _discard(path, record)
+    if path is not None and (reason := _discard_if_damaged(path, file, sha, record)) is not None:
+        log.warning("the durable copy of %s is damaged (%s); downloading instead", file.filename, reason)
         path = None
     if path is None:
         path = download(hub, manifest, file)
-    reason = check_file(path, file.size, sha, record)
-    if reason is None:
+    if (reason := _discard_if_damaged(path, file, sha, record)) is None:
         return path
     log.warning("downloaded %s is damaged (%s); deleting it and downloading again", file.filename, reason)
-    _discard(path, record)
     path = download(hub, manifest, file, force=True)
-    reason = check_file(path, file.size, sha, record)
-    if reason is not None:
-        _discard(path, record)
+    if (reason := _discard_if_damaged(path, file, sha, record)) is not None:
         raise ModelInputError(
             f"{manifest.repo_id}/{file.filename} was damaged after two downloads ({reason}); check the disk under "
             f"{hub.cache_dir} and run again, and report it if it keeps happening"
         )
     return path
+
+
+def _discard_if_damaged(path: Path, file: RemoteFile, sha: str | None, record: HashRecord) -> str | None:
+    """Why `path` is not the file (it is deleted then, and its hash forgotten), or None when it is."""
+    reason = check_file(path, file.size, sha, record)
+    if reason is not None:
+        _discard(path, record)
+    return reason
 
 
 def expected_sha256(repo_id: str, file: RemoteFile) -> str | None:
