@@ -170,8 +170,11 @@ def _restore(folder, cfg, eff: Effective, fresh: TrainingProgress, accelerator, 
     progress.adopt(fresh)  # after apply_new_settings, which reads the saved settings
     if progress.total_steps != eff.total_steps:
         # More or fewer epochs: the schedule is re-planned for the new total from this step, continuing
-        # from the saved rate (scaled when the learning rate setting changed too).
-        lr_at_step = saved_lr * cfg.learning_rate / saved_peak if saved_peak else saved_lr
+        # from the saved rate (scaled when the learning rate setting changed too). A finished run's rate
+        # has decayed to its end (0 for cosine and linear): continuing from it would train the added
+        # epochs at nothing, so a finished run follows the new schedule itself from this step.
+        finished = progress.global_step >= progress.total_steps
+        lr_at_step = None if finished else saved_lr * cfg.learning_rate / saved_peak if saved_peak else saved_lr
         scheduler = build_scheduler(optimizer, cfg, eff, step=progress.global_step, lr_at_step=lr_at_step)
         log.info("the run now has %d steps instead of %d: the LR schedule continues from step %d at %.3g",
                  eff.total_steps, progress.total_steps, progress.global_step, scheduler.get_last_lr()[0])  # fmt: skip

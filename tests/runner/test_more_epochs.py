@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from anima_lora_flow.dataset.intake import prepare_dataset
 from anima_lora_flow.demo import demo_config
@@ -43,6 +45,12 @@ def test_a_finished_run_given_more_epochs_continues_from_its_state(tmp_path):
     assert "the earlier final LoRA (step 12) is kept as demo-000001.safetensors" in said
     assert (checkpoints / "demo-000001.safetensors").read_bytes() == one_epoch
     assert (checkpoints / "demo.safetensors").read_bytes() != one_epoch
+    # The added epoch really trains: a finished cosine schedule ends at LR 0, and the re-planned one
+    # must not continue from there.
+    trained_on = load_file(checkpoints / "demo.safetensors")
+    assert any(not torch.equal(tensor, load_file(checkpoints / "demo-000001.safetensors")[key]) for key, tensor in trained_on.items())
+    lrs = [e.lr for e in events if e.event == "step" and e.lr is not None]
+    assert lrs and max(lrs) > 0
     plan = next(e for e in events if e.event == "plan")
     assert (plan.start_step, plan.total_steps) == (12, 24)
     assert min(e.step for e in events if e.event == "step") > 12  # nothing of epoch 1 was trained again
