@@ -26,6 +26,12 @@ from .formats import is_caption, is_image, is_junk
 MIN_IMAGE_SIDE = 64  # below this an image carries no detail even in the smallest bucket
 MAX_IMAGE_PIXELS = 8192 * 8192  # larger ones are decompression bombs or need downscaling first
 MAX_CAPTION_TOKENS = WINDOW  # the text window when no tokenizer is here to count exactly
+# No real tag list comes near this (the text window reads a few hundred tokens); a larger .txt is
+# something else under that name (a zip's zeros, a log) and is skipped without being read whole.
+MAX_CAPTION_BYTES = 64 * 1024
+# C0 control characters other than tab, newline, CR, vertical tab and form feed: no editor writes them in
+# text, and a NUL-filled file decodes (as UTF-16 or latin-1) to nothing else.
+_NOT_TEXT = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
 ESTIMATE_MARGIN = 0.75  # an estimate may be this far under the real count (long tags split into several BPE pieces)
 # A kohya N_name folder obeys the same bound as --repeats (train refuses more).
 MAX_REPEATS = next(r.le for r in TrainingConfig.model_fields["repeats"].metadata if getattr(r, "le", None) is not None)
@@ -45,6 +51,14 @@ _MODE_NOTES = {
     "PA": "has an alpha channel: converted to RGB with transparency flattened on white",
     "1": "1-bit black-and-white image: converted to RGB",
 }
+
+
+class CaptionNotRead(Exception):
+    """A caption file that is not read as text: `code` and `reason` go into the report's problems."""
+
+    def __init__(self, code: str, reason: str):
+        super().__init__(reason)
+        self.code, self.reason = code, reason
 
 
 @dataclass(frozen=True)
@@ -104,7 +118,7 @@ def validate_folder(
             warnings.append(Issue(file=name, code="caption-not-read", reason=why, verdict="trained"))
             caption = ""
         else:
-            caption = _caption_for(root, relpath, captions, read, warnings, tokenizers)
+            caption = _caption_for(root, relpath, captions, read, problems, warnings, tokenizers)
         bucket = assign_bucket(check.width, check.height, buckets)
         warnings += _image_warnings(name, check, bucket)
         records.append(ImageRecord(path=name, caption=caption, width=check.width, height=check.height,
@@ -350,11 +364,13 @@ def _shared_stems(records: list[ImageRecord], captions: dict) -> list[Issue]:
 
 
 def _caption_for(
-    root: Path, image: PurePosixPath, captions: dict, read: dict, warnings: list[Issue], tokenizers: CaptionTokenizers | None
+    root: Path, image: PurePosixPath, captions: dict, read: dict, problems: list[Issue], warnings: list[Issue],
+    tokenizers: CaptionTokenizers | None,
 ) -> str:
     """The caption text for an image, warning (once per caption file) on anything the trainer mishandles.
 
     Images sharing a stem (img0.png, img0.jpg) share img0.txt, as in kohya: the text is read once into `read`.
+    A caption that is not text is a problem (skipped by name); its image trains with an empty caption.
     """
     name = image.as_posix()
     key = (image.parent.as_posix(), image.stem)
@@ -365,7 +381,14 @@ def _caption_for(
         why = "no caption file (.txt of the same name): trains with an empty caption"
         warnings.append(Issue(file=name, code="no-caption", reason=why, verdict="trained"))
         return ""
-    text, encoding = read_caption(root / path)
+    try:
+        text, encoding = read_caption(root / path)
+    except CaptionNotRead as exc:
+        problems.append(Issue(file=path.as_posix(), code=exc.code, reason=exc.reason, verdict="skipped"))
+        why = f"its caption {path.as_posix()} is not read (see the problems): trains with an empty caption"
+        warnings.append(Issue(file=name, code="caption-not-read", reason=why, verdict="trained"))
+        read[key] = ""
+        return ""
     if encoding != "utf-8":
         why = (f"caption is not UTF-8: read as {encoding}, and both backends train the text as read here "
                "(sd-scripts gets a UTF-8 copy); re-save it as UTF-8 if its characters look wrong")
@@ -396,8 +419,25 @@ def _length_warning(text: str, tokenizers: CaptionTokenizers | None) -> str | No
 
 
 def read_caption(path: Path) -> tuple[str, str]:
-    """(stripped text, encoding used): UTF-8, then UTF-16 by its BOM, then cp1252, then latin-1."""
-    data = path.read_bytes()
+    """(stripped text, encoding used): UTF-8, then UTF-16 by its BOM, then cp1252, then latin-1.
+
+    Raises CaptionNotRead for a file over MAX_CAPTION_BYTES (never read whole) or one that is not text.
+    """
+    with path.open("rb") as f:
+        data = f.read(MAX_CAPTION_BYTES + 1)  # the size as read, not as stat'ed: the file may grow meanwhile
+    if len(data) > MAX_CAPTION_BYTES:
+        size = path.stat().st_size
+        shown = f"{size / 1024**2:.1f} MiB" if size >= 1024**2 else f"{size // 1024} KiB"
+        raise CaptionNotRead("caption-too-large", f"{shown}, over the {MAX_CAPTION_BYTES // 1024} KiB a caption may have: "
+                                                  "not read; a caption is a list of tags or a few sentences")
+    text, encoding = _decode_caption(data)
+    if _NOT_TEXT.search(text):
+        raise CaptionNotRead("not-text", "not a text file (it holds NUL or other control bytes): not read; "
+                                         "save the caption as plain UTF-8 text")
+    return text, encoding
+
+
+def _decode_caption(data: bytes) -> tuple[str, str]:
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         candidates = ("utf-16",)
     elif b"\x00" in data:  # UTF-16 saved without a byte-order mark (Windows editors)
