@@ -278,13 +278,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# `demo`'s default --work-dir is ./anima-demo and its storage <work-dir>/runs: a new user's first
+# `status demo` looks in train's ./anima-runs instead.
+DEMO_STORAGE = "./anima-demo/runs"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from .storage import RunStore, resolve_location
+    from .storage.status import list_projects, projects_text
+
+    default_storage = args.storage == TrainingConfig.model_fields["storage"].default
+    location = resolve_location(args.storage)
+    if args.project is None:
+        print(projects_text(list_projects(location), args.storage, as_json=args.json))
+        if default_storage and not args.json and Path(DEMO_STORAGE).is_dir():
+            print(f"the demo keeps its runs in {DEMO_STORAGE}: anima-lora status --storage {DEMO_STORAGE}")
+        return EXIT_OK
+    store = RunStore(location, args.project)
+    if not store.fs.exists(store.root):
+        if default_storage and (Path(DEMO_STORAGE) / args.project).is_dir():
+            raise UserInputError(f"no project '{args.project}' in {args.storage}; the demo keeps its runs in {DEMO_STORAGE}: "
+                                 f"anima-lora status {args.project} --storage {DEMO_STORAGE}")
+        raise UserInputError(f"no project '{args.project}' in {args.storage}; run `anima-lora status --storage {args.storage}` "
+                             "to list its projects, or check --storage")
     from .storage.status import status_text
 
-    store = RunStore(resolve_location(args.storage), args.project)
-    if not store.fs.exists(store.root):
-        raise UserInputError(f"no project '{args.project}' in {args.storage}; check --storage and the project name")
     print(status_text(store, as_json=args.json))
     return EXIT_OK
 
@@ -393,8 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--verbose", action="store_true", help="also print Prefect's INFO lines (always in the UI's run log)")
     demo.set_defaults(func=cmd_demo)
 
-    status = sub.add_parser("status", help="show the run training now and a project's states, checkpoints and runs")
-    status.add_argument("project", metavar="PROJECT", help="the --project-name used for training (default my_lora)")
+    status = sub.add_parser("status", help="show the run training now and a project's states, checkpoints and runs "
+                                           "(without PROJECT: list the projects in storage)")
+    status.add_argument("project", metavar="PROJECT", nargs="?", default=None,
+                        help="the --project-name used for training (my_lora unless set); omit it to list the projects")
     status.add_argument("--storage", default=TrainingConfig.model_fields["storage"].default, metavar="PATH_OR_URL",
                         help="the storage root used for training (default: train's, %(default)s)")
     status.add_argument("--json", action="store_true", help="print the status as JSON")

@@ -13,8 +13,9 @@ import math
 import time
 
 from ..core.formatting import epoch_position
+from .location import Location
 from .lock import STALE_S, _why_free, read_lock
-from .runstore import RunStore
+from .runstore import PART_MARK, RunStore
 
 TRAINING_NOW = "training now"
 KILLED = "ended without a record (killed?)"
@@ -127,4 +128,39 @@ def status_text(store: RunStore, *, as_json: bool = False, now: float | None = N
     if not (info["lock"] or info["states"] or info["checkpoints"] or info["runs"]):
         lines.append("nothing here yet: no run of this project has started training in this storage "
                      "(a run refused before training, or a dry run, leaves nothing)")
+    return "\n".join(lines)
+
+
+def list_projects(location: Location) -> list[dict]:
+    """Each project folder in the storage root, by name, with its newest published state's step (None: none yet)."""
+    location.fs.invalidate_cache(location.root)
+    if not location.fs.isdir(location.root):
+        return []
+    projects = []
+    for entry in location.fs.ls(location.root, detail=True):
+        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        if entry.get("type") != "directory" or name.startswith(".") or PART_MARK in name:
+            continue
+        states = RunStore(location, name).list_states()
+        newest = states[-1] if states else None
+        projects.append({"project": name, "newest_step": newest.step if newest else None,
+                         "total_steps": newest.total_steps if newest else None})
+    return sorted(projects, key=lambda p: p["project"])
+
+
+def projects_text(projects: list[dict], shown_root: str, *, as_json: bool = False) -> str:
+    """`anima-lora status` without a project: the projects in `shown_root` (as the user wrote it), or where none were found."""
+    if as_json:
+        return json.dumps({"root": shown_root, "projects": projects}, indent=2)
+    if not projects:
+        return f"no projects in {shown_root}: nothing has trained with this --storage yet"
+    lines = [f"projects in {shown_root} ({len(projects)}):"]
+    width = max(len(p["project"]) for p in projects)
+    for p in projects:
+        if p["newest_step"] is None:
+            newest = "no state saved yet"
+        else:
+            newest = f"newest state: step {p['newest_step']}" + (f" of {p['total_steps']}" if p["total_steps"] else "")
+        lines.append(f"  {p['project']:<{width}}  {newest}")
+    lines.append(f"details: anima-lora status PROJECT --storage {shown_root}")
     return "\n".join(lines)
