@@ -145,7 +145,8 @@ def preflight(config: TrainingConfig) -> None:
     from .storage import resolve_storage
 
     check_supported(config)
-    resolve_storage(config.storage)  # first: it mounts Drive, where the dataset may live
+    # First: it mounts Drive, where the dataset may live. Nothing is created: a refused run leaves no folder.
+    resolve_storage(config.storage, create=False)
     ensure_local_folders(config)
     classify_source(config.dataset)  # a mistyped local path fails here, not after the server start
     check_api_reachable()

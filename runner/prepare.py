@@ -23,7 +23,9 @@ Log = Callable[[str], None]
 
 
 def open_run_store(config: TrainingConfig) -> RunStore:
-    return RunStore(resolve_storage(config.storage), config.project_name)
+    """The project's store, checked to be creatable but not created: the first file written creates its
+    folders, so a dry run or a run refused before training leaves no empty folder in storage."""
+    return RunStore(resolve_storage(config.storage, create=False), config.project_name)
 
 
 def existing_store_bytes(store: RunStore) -> int:
@@ -35,9 +37,9 @@ def existing_store_bytes(store: RunStore) -> int:
 
 
 def mount_store(config: TrainingConfig, log: Log | None = None) -> RunStore:
-    """Resolve the storage root (mounting Drive on Colab), check it has room, create the project folder."""
+    """Resolve the storage root (mounting Drive on Colab) and check it has room; the project folder is made
+    by the first file the run writes (its lock), not here."""
     store = open_run_store(config)
-    store.fs.makedirs(store.root, exist_ok=True)
     check_capacity(store.location, config, existing_bytes=existing_store_bytes(store))
     if on_kaggle() and store.location.is_local:
         note = import_previous_run_store(store)

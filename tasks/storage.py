@@ -19,7 +19,8 @@ OWN_ERRORS = (UserInputError, NotBuiltError, TrainingError)  # sentences that sa
 
 @task(name="mount-storage", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_unless_user_error)
 def mount_storage_task(config: TrainingConfig, run_id: str) -> StoreRef:
-    """Resolve the storage root (mounting Drive on Colab), check it has room, create the project folder.
+    """Resolve the storage root (mounting Drive on Colab) and check it has room (nothing is created: the
+    run's first write, its lock, makes the project folder).
 
     The only place a run resolves and probes its storage: the stages after it take the returned
     StoreRef. The run's config.json is written by the training session, once the run has passed its

@@ -85,10 +85,11 @@ def test_an_interrupted_run_is_not_called_failed(tmp_path):
 
 
 def test_mounting_storage_writes_no_config(tmp_path):
-    """The config is the session's to write: a run refused for its dataset right after the mount leaves none."""
+    """The config is the session's to write: a run refused for its dataset right after the mount leaves none
+    (nor an empty project folder: the folder is made by the run's first write)."""
     cfg = _config(tmp_path)
     root = mount_storage_task.fn(cfg, "refused-run").open().root
-    assert Path(root).is_dir() and not (Path(root) / "configs").exists()
+    assert not Path(root).exists()
     text = status_text(_store(cfg))
     assert "runs: none recorded" in text and "nothing here yet" in text
 
