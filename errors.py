@@ -82,7 +82,18 @@ def current_audience() -> Audience:
     inherited = os.environ.get(AUDIENCE_VARIABLE)
     if inherited in typing.get_args(Audience):
         return inherited  # type: ignore[return-value]
-    return "notebook" if "ipykernel" in sys.modules else "cli"
+    return "notebook" if in_notebook_kernel() else "cli"
+
+
+def in_notebook_kernel() -> bool:
+    """True when this code runs inside a Jupyter/Colab/Kaggle kernel's shell.
+
+    Asked of IPython's running shell, not of `sys.modules`: a process that merely imported ipykernel
+    (nbclient driving a notebook, a test session) is still a terminal program.
+    """
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return getattr(shell, "kernel", None) is not None
 
 
 def audience_env() -> dict[str, str]:

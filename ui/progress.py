@@ -10,6 +10,7 @@ from collections.abc import Callable
 from tqdm import tqdm
 
 from ..core.formatting import format_duration
+from ..errors import in_notebook_kernel
 from ..trainer.events import Checkpoint, Done, Error, Event, Log, Plan, Step, Stopped
 
 
@@ -18,7 +19,7 @@ def redraws_in_place(file) -> bool:
     if getattr(file, "isatty", lambda: False)():
         return True
     # A notebook cell's stdout is no tty but renders "\r" in place; a log file or a pipe keeps every copy.
-    return file in (sys.stdout, sys.__stdout__) and "ipykernel" in sys.modules
+    return file in (sys.stdout, sys.__stdout__) and in_notebook_kernel()
 
 
 def _percent(step: int, total: int | None) -> str:
