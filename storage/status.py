@@ -13,6 +13,7 @@ import math
 import time
 
 from ..core.formatting import epoch_position
+from ..errors import render, setting
 from .location import Location
 from .lock import STALE_S, _why_free, read_lock
 from .runstore import PART_MARK, RunStore
@@ -153,7 +154,7 @@ def projects_text(projects: list[dict], shown_root: str, *, as_json: bool = Fals
     if as_json:
         return json.dumps({"root": shown_root, "projects": projects}, indent=2)
     if not projects:
-        return f"no projects in {shown_root}: nothing has trained with this --storage yet"
+        return render(f"no projects in {shown_root}: nothing has trained with this {setting('storage')} yet")
     lines = [f"projects in {shown_root} ({len(projects)}):"]
     width = max(len(p["project"]) for p in projects)
     for p in projects:
