@@ -181,18 +181,13 @@ def fake_cache(model: str, batch: int, resolution: int, text_dim: int, context_l
 
 
 def build_session(combo: Combo, device: torch.device, total_steps: int, tmp: Path):
-    """A trainer.loop.Session built by the trainer's own builders, with a synthetic cache and sampler."""
+    """A trainer.loop.Session built by the trainer's own builders (trainer.run.build_lora_training), with a
+    synthetic cache and sampler in place of the dataset's."""
     from anima_lora_flow.config import TrainingConfig
     from anima_lora_flow.effective import Machine, derive
     from anima_lora_flow.trainer.data import BucketSampler
-    from anima_lora_flow.trainer.loop import (
-        Session,
-        build_accelerator,
-        build_optimizer,
-        build_scheduler,
-        weight_dtype,
-    )
-    from anima_lora_flow.trainer.lora import build_lora_model, lora_parameters
+    from anima_lora_flow.trainer.loop import Session, build_accelerator, weight_dtype
+    from anima_lora_flow.trainer.run import build_lora_training
     from anima_lora_flow.trainer.native import NativeBackend
     from anima_lora_flow.trainer.state import TrainingProgress
 
@@ -213,11 +208,7 @@ def build_session(combo: Combo, device: torch.device, total_steps: int, tmp: Pat
         raise RuntimeError(f"accelerate chose {accelerator.device}, the bench wants {device}")
     dtype = weight_dtype(precision)
     transformer = build_transformer_for_bench(combo.model, accelerator.device, dtype, combo.grad_checkpointing, tmp)
-    model = build_lora_model(transformer, cfg.network_dim, cfg.network_alpha, cfg.seed)
-    model.to(accelerator.device)
-    optimizer = build_optimizer(lora_parameters(model), cfg, eff)
-    scheduler = build_scheduler(optimizer, cfg, eff)  # outside prepare, as the trainer keeps it
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, _, optimizer, scheduler = build_lora_training(cfg, eff, accelerator, transformer)
 
     base = accelerator.unwrap_model(model)
     context_length = REAL_CONTEXT_TOKENS if combo.model == "real" else _tiny_context_length()

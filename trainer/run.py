@@ -112,17 +112,7 @@ def build_session(job: TrainJob, cfg: TrainingConfig, items: list[TrainItem], mo
              if st.latents_repaired or st.texts_repaired else "")  # fmt: skip
     sampler = build_sampler(items, cfg.batch_size, eff.micro_batches_per_step, cfg.seed)
     transformer = build_transformer(models_dir, dtype, eff.gradient_checkpointing, rope_patches=eff.rope_patches)
-    model = build_lora_model(transformer, cfg.network_dim, cfg.network_alpha, cfg.seed)
-    # The optimizer needs the LoRA parameters; the scheduler needs the optimizer and the step counts.
-    model.to(accelerator.device)  # before the optimizer is built: it must hold the device's parameters
-    speed_up_transformer(accelerator.unwrap_model(model), attention_backend=cfg.attention_backend,
-                         compile_blocks=cfg.compile_blocks and accelerator.device.type == "cuda")
-    optimizer = build_optimizer(lora_parameters(model), cfg, eff)
-    # Built before a saved optimizer state is loaded: a new scheduler sets the LR to its step-0 value,
-    # the loaded state then puts the saved one back.
-    scheduler = build_scheduler(optimizer, cfg, eff)
-    # The scheduler stays out of prepare (see loop.build_scheduler): it counts optimizer steps.
-    model, prepared_optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer, prepared_optimizer, scheduler = build_lora_training(cfg, eff, accelerator, transformer)
     # Reseeded for every micro-batch (loop.micro_batch_seed); its device is where the draws happen.
     generator = torch.Generator(device=accelerator.device).manual_seed(cfg.seed)
     fingerprint = cfg.fingerprint(job.dataset_fingerprint)
@@ -139,6 +129,26 @@ def build_session(job: TrainJob, cfg: TrainingConfig, items: list[TrainItem], mo
         sampler=sampler, cache=cache, generator=generator, progress=progress, output_dir=Path(job.output_dir),
         dataset_fingerprint=job.dataset_fingerprint, last_state=job.resume_state,
     )  # fmt: skip
+
+
+def build_lora_training(cfg: TrainingConfig, eff: Effective, accelerator, transformer: torch.nn.Module):
+    """The LoRA model, its optimizer and LR schedule around a frozen transformer, in dependency order.
+
+    Returns (model, optimizer, prepared optimizer, scheduler); the unprepared optimizer is the one a
+    saved state loads into. The trainer and bench/bench_step.py both build through here.
+    """
+    model = build_lora_model(transformer, cfg.network_dim, cfg.network_alpha, cfg.seed)
+    # The optimizer needs the LoRA parameters; the scheduler needs the optimizer and the step counts.
+    model.to(accelerator.device)  # before the optimizer is built: it must hold the device's parameters
+    speed_up_transformer(accelerator.unwrap_model(model), attention_backend=cfg.attention_backend,
+                         compile_blocks=cfg.compile_blocks and accelerator.device.type == "cuda")
+    optimizer = build_optimizer(lora_parameters(model), cfg, eff)
+    # Built before a saved optimizer state is loaded: a new scheduler sets the LR to its step-0 value,
+    # the loaded state then puts the saved one back.
+    scheduler = build_scheduler(optimizer, cfg, eff)
+    # The scheduler stays out of prepare (see loop.build_scheduler): it counts optimizer steps.
+    model, prepared_optimizer = accelerator.prepare(model, optimizer)
+    return model, optimizer, prepared_optimizer, scheduler
 
 
 def _restore(folder, cfg, eff: Effective, fresh: TrainingProgress, accelerator, model, optimizer, scheduler, generator):
