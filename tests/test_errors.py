@@ -12,6 +12,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from package_sources import package_modules
 
 from anima_lora_flow.cli import main
 from anima_lora_flow.config import TrainingConfig
@@ -167,11 +168,10 @@ def _flags_in_prose(text: str) -> list[str]:
 
 
 def _modules_below_the_cli():
-    for path in sorted(PACKAGE.rglob("*.py")):
+    for path in package_modules(PACKAGE):
         rel = path.relative_to(PACKAGE).as_posix()
-        if rel.split("/")[0] in ("tests", "bench") or rel in _NOT_SCANNED or any(p.startswith(".") for p in rel.split("/")):
-            continue
-        yield rel, path
+        if rel not in _NOT_SCANNED:
+            yield rel, path
 
 
 def test_no_module_below_the_cli_spells_a_setting_as_a_flag():

@@ -9,6 +9,7 @@ import typing
 from pathlib import Path
 
 import pytest
+from package_sources import package_modules
 
 from anima_lora_flow.config import TrainerBackend, TrainingConfig
 from anima_lora_flow.core import backends
@@ -57,8 +58,7 @@ def _name_comparisons(path: Path, names: set[str], root: Path = PACKAGE) -> list
 
 def test_nothing_outside_the_registry_branches_on_a_backend_name(tmp_path):
     # models/ asks the backend table for the layout it downloads (`models download --backend`).
-    skipped = {"tests", "bench", "notebooks"}
-    sources = [p for p in PACKAGE.rglob("*.py") if p != REGISTRY and not (set(p.relative_to(PACKAGE).parts) & skipped)]
+    sources = [p for p in package_modules(PACKAGE) if p != REGISTRY]
     assert len(sources) > 50 and {PACKAGE / "flows" / "train_lora.py", PACKAGE / "models" / "download.py"} <= set(sources)
     assert [hit for path in sources for hit in _name_comparisons(path, set(BACKENDS))] == []
     planted = tmp_path / "planted.py"  # the check itself finds a branch
