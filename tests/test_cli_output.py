@@ -7,6 +7,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from package_sources import package_modules
 
 from anima_lora_flow.cli import main
 from anima_lora_flow.demo import make_demo_dataset
@@ -53,7 +54,7 @@ def test_no_hint_installs_this_package_from_an_index():
     """The package is installed from a checkout or git (README); `pip install anima-lora-flow[x]` asks PyPI."""
     root = README.parent
     hints = [f"{path.relative_to(root)}: {line.strip()}"
-             for path in sorted(root.rglob("*.py")) if "tests" not in path.relative_to(root).parts
+             for path in [*package_modules(root), *sorted((root / "bench").rglob("*.py"))]
              for line in path.read_text(errors="replace").splitlines()
              if re.search(r"pip install ['\"]?anima-lora-flow\[", line) and not line.lstrip().startswith("#")]
     assert hints == []
