@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     finally:
         sink.close()
+        _leave_process_group()
     if not main_process:
         return EXIT_STOPPED if result.stopped else EXIT_DONE
     if result.stopped:
@@ -91,6 +92,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_STOPPED
     print(f"done: {result.final_lora}", file=sys.stderr)
     return EXIT_DONE
+
+
+def _leave_process_group() -> None:
+    """Shut the data-parallel group down before the interpreter exits.
+
+    Left to the C++ static destructors at exit, a worker that had already saved its state and
+    returned its exit code sometimes aborted instead ("terminate called without an active exception",
+    exit 134): the group's threads were still joinable when the process ended.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
