@@ -30,6 +30,7 @@ Scheduler = Literal[
 TimestepSampling = Literal["sigmoid", "uniform", "shift", "flux_shift", "sigma"]
 Precision = Literal["auto", "bf16", "fp16", "no"]
 OnOverrun = Literal["auto", "stop", "resume", "proceed"]
+CompileMode = Literal["auto", "none", "blocks", "model", "cuda-graphs"]
 
 # The project name becomes folder and file names (<name>-000001.safetensors) on Windows, macOS, Linux
 # and Google Drive, so it keeps to what all of them accept.
@@ -86,6 +87,7 @@ RESUME_RULES: dict[str, ResumeRule] = {
     "gradient_checkpointing": "free",
     "attention_backend": "free",
     "compile_blocks": "free",
+    "compile_mode": "free",  # how the same math is executed
     "save_every_n_epochs": "continue",
     "save_last_n_epochs": "continue",
     "save_state_every_minutes": "free",
@@ -199,7 +201,11 @@ class TrainingConfig(BaseModel):
         description="diffusers attention backend: native (PyTorch SDPA), _native_cudnn, flash, sage, xformers... (non-native ones need their package).",
     )
     compile_blocks: bool = Field(
-        False, description="Compile each transformer block with torch.compile (GPU; faster steps after a one-time compile)."
+        False, description="Compile each transformer block with torch.compile (GPU; faster steps after a one-time compile). Same as compile_mode = blocks."
+    )
+    compile_mode: CompileMode = Field(
+        "auto",
+        description="How the training step runs: none (eager), blocks (each block compiled), model (the whole forward and loss compiled), cuda-graphs (compiled and captured as CUDA graphs; CUDA only). auto = the planner's choice for the GPU (eager on a CPU).",
     )
 
     # --- Saving and resume --------------------------------------------------------------------

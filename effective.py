@@ -107,6 +107,7 @@ class Effective(BaseModel):
     optimizer: ResolvedOptimizer
     optimizer_class: str  # what the backend builds for `optimizer`
     gradient_checkpointing: bool
+    compile_mode: str  # none, blocks, model or cuda-graphs: never auto
     buckets: list[tuple[int, int]]
     rope_patches: int  # RoPE positions per side the largest bucket needs
 
@@ -190,6 +191,16 @@ def rope_patches_for(buckets: list[Bucket]) -> int:
     return math.ceil(max(max(b) for b in buckets) / PIXELS_PER_PATCH)
 
 
+def resolve_compile_mode(config: TrainingConfig, machine: Machine) -> str:
+    """The compile mode the step runs with; an explicit choice wins, compile_blocks means blocks.
+
+    auto is eager until the planner's per-GPU choice replaces this rule (issue 22).
+    """
+    if config.compile_mode != "auto":
+        return config.compile_mode
+    return "blocks" if config.compile_blocks else "none"
+
+
 def derive(config: TrainingConfig, samples_per_bucket: Mapping, machine: Machine, backend: BackendNumbers) -> Effective:
     """Every effective number of the run on `backend` (the registry's backend_for(config.trainer).numbers).
 
@@ -223,6 +234,7 @@ def derive(config: TrainingConfig, samples_per_bucket: Mapping, machine: Machine
         optimizer=optimizer,
         optimizer_class=optimizer_class(optimizer, backend, machine),
         gradient_checkpointing=config.gradient_checkpointing,
+        compile_mode=resolve_compile_mode(config, machine),
         buckets=buckets,
         rope_patches=rope_patches_for(buckets),
     )
