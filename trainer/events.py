@@ -3,7 +3,7 @@
 Each kind is a class with one name per field, for every backend's producer and every consumer:
 Plan (the run's total steps, where it starts), Step (progress), Checkpoint (a LoRA or a full state
 landed on local disk), Log (a human line), Stopped (saved and stopped early, e.g. for the session
-deadline), Done (final LoRA written), Error.
+deadline), Done (final LoRA written), Samples (a sample grid, or why sampling failed), Error.
 """
 
 from __future__ import annotations
@@ -130,6 +130,23 @@ class Done(Event):
 
 
 @dataclass(kw_only=True)
+class Samples(Event):
+    """One sampling point: a grid PNG (base row over LoRA row) landed in the output folder, or sampling failed.
+
+    `path` is the grid, None when sampling failed (`error` says why; training goes on). `base` lists the
+    base model's images (the same at every sampling point of a run), stored once so a resume reuses them.
+    """
+
+    event: ClassVar[str] = "samples"
+    path: str | None = None
+    step: int = 0
+    epoch: int | None = None
+    prompts: list[str] = field(default_factory=list)
+    base: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass(kw_only=True)
 class Error(Event):
     """`kind` "user" or "diverged": the message already says what to do."""
 
@@ -141,7 +158,7 @@ class Error(Event):
     oom: bool | None = None
 
 
-KINDS: dict[str, type[Event]] = {k.event: k for k in (Plan, Step, Checkpoint, Log, Stopped, Done, Error)}
+KINDS: dict[str, type[Event]] = {k.event: k for k in (Plan, Step, Checkpoint, Log, Stopped, Done, Samples, Error)}
 
 EventSink = Callable[[Event], None]
 
