@@ -18,19 +18,40 @@ def _known(value) -> str:
     return "-" if value is None else str(value)
 
 
+def loss_text(loss: float | None) -> str:
+    """A loss to 4 significant digits: the digits that differ between steps, not the float's noise."""
+    return "-" if loss is None else f"{loss:.4g}"
+
+
+def seconds_text(sec: float) -> str:
+    """Seconds per step to 3 significant digits, trailing zeros kept (0.0512, 1.29, 3.00, 12.5, 250)."""
+    return f"{sec:.0f}" if sec >= 100 else f"{sec:#.3g}"
+
+
 def speed_text(result: dict) -> str:
     """The session's average seconds per step, and which steps it covers."""
     sec = result.get("sec_per_step")
     if not sec:
         return ""
+    speed = f"{seconds_text(sec)} s/step"
     timed, warmup = result.get("timed_steps"), result.get("warmup_steps")
     if timed and warmup:
-        return f"{sec:.2f} s/step (average of {timed} steps after {warmup} warm-up steps)"
-    return f"{sec:.2f} s/step (average of {timed} steps, warm-up included)" if timed else f"{sec:.2f} s/step"
+        return f"{speed} (average of {timed} steps after {warmup} warm-up steps)"
+    return f"{speed} (average of {timed} steps, warm-up included)" if timed else speed
+
+
+def resume_advice(result: dict) -> str:
+    """What a stopped session saved and how to go on: the log line, the summary and the flow's state message."""
+    return (
+        f"saved a resumable state at step {_known(result.get('steps_done'))} and stopped "
+        f"({result.get('stop_reason') or 'deadline'}); run the same command or cell again in a new session to continue"
+    )
 
 
 def summary_markdown(config: TrainingConfig, result: dict, store_root: str) -> str:
+    """The summary artifact. A failed run's `result` carries `reason`, the error that ended it."""
     outcome = result.get("outcome", "?")
+    elapsed = result.get("elapsed_s")
     lines = [
         f"# {config.project_name}: {outcome}",
         "",
@@ -38,16 +59,21 @@ def summary_markdown(config: TrainingConfig, result: dict, store_root: str) -> s
         "|---|---|",
         f"| steps | {_known(result.get('steps_done'))} of {_known(result.get('total_steps'))} "
         f"(started at {result.get('start_step', 0)}) |",
-        f"| last loss | {result.get('last_loss') if result.get('last_loss') is not None else '-'} |",
+        f"| last loss | {loss_text(result.get('last_loss'))} |",
         f"| speed | {speed_text(result) or '-'} |",
+        f"| time | {'-' if elapsed is None else format_duration(elapsed)} |",
         f"| storage | `{store_root}` |",
         f"| final LoRA | `{result.get('final_lora') or '-'}` |",
     ]
     if result.get("already_complete"):
         lines += ["", "Training was already complete: nothing was trained and the final LoRA was left as it was."]
     if outcome == "stopped":
-        lines += ["", f"Stopped to save the session ({result.get('stop_reason')}). "
-                      "Run the same cell or command again in a new session to continue from the saved state."]
+        advice = resume_advice(result)
+        lines += ["", advice[0].upper() + advice[1:] + "."]
+    if result.get("reason"):
+        # Fenced: a trainer's last words may hold `|`, `*` or several lines that markdown would reflow.
+        reason = str(result["reason"]).replace("```", "'''")
+        lines += ["", f"The run failed at step {_known(result.get('steps_done'))}:", "", "```text", reason, "```"]
     if result.get("unsynced_steps"):
         lines += ["", f"**{result['unsynced_steps']} steps are not yet in storage**; keep this session alive until sync finishes."]
     return "\n".join(lines)

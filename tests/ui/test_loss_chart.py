@@ -52,3 +52,25 @@ class TestLossTable:
     def test_max_rows_below_two_names_the_fix(self):
         with pytest.raises(ValueError, match="max_rows"):
             loss_table(_losses(5), max_rows=1)
+
+
+class TestValidationSeries:
+    def test_validation_loss_is_drawn_in_its_own_colour_with_markers(self, tmp_path):
+        from anima_lora_flow.ui.loss_chart import _VALIDATION
+
+        without = loss_chart_png(_losses(300), tmp_path / "a.png")
+        with_validation = loss_chart_png(_losses(300), tmp_path / "b.png", validation=[(100, 0.45), (200, 0.42), (300, 0.41)])
+        with Image.open(without) as a, Image.open(with_validation) as b:
+            assert a.size == b.size == SIZE
+            a_counts, b_counts = ({color: n for n, color in im.convert("RGB").getcolors(maxcolors=1_000_000)} for im in (a, b))
+        assert _VALIDATION not in a_counts
+        assert b_counts[_VALIDATION] > 3 * 40  # three filled markers (and a line between them)
+
+    def test_validation_alone_or_non_finite_still_draws(self, tmp_path):
+        with Image.open(loss_chart_png([], tmp_path / "v.png", validation=[(12, 0.5), (24, float("nan"))])) as image:
+            assert image.size == SIZE
+
+
+def test_table_losses_keep_four_significant_digits():
+    rows = loss_table([(1, 0.123456789), (2, 2.5e-6), (3, 12.3456)])
+    assert [r["loss"] for r in rows] == [0.1235, 2.5e-06, 12.35]

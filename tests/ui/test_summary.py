@@ -1,10 +1,13 @@
-"""The dry run's summary shows the backend's own files from the result key the backend names (preview_key)."""
+"""The summaries: the dry run's shows the backend's own files from the result key the backend names
+(preview_key); a run's shows rounded figures, a failure's reason and a stop's resume advice."""
 
 from __future__ import annotations
 
+import pytest
+
 from anima_lora_flow.config import TrainingConfig
 from anima_lora_flow.trainer.registry import backend_for
-from anima_lora_flow.ui.summary import summary_text
+from anima_lora_flow.ui.summary import loss_text, resume_advice, seconds_text, summary_markdown, summary_text
 
 
 def _dry_run(trainer: str, **extra) -> tuple[TrainingConfig, dict]:
@@ -31,3 +34,47 @@ def test_a_backend_without_files_shows_only_the_plan_line():
     # Another backend's files in the result are not this run's: native shows none.
     cfg, result = _dry_run("native", sd_scripts={"training_toml": "/t", "dataset_toml": "/d", "command": "c"})
     assert summary_text(cfg, result) == "p: dry run, 3 images, 12 steps; nothing trained"
+
+
+def _trained(**extra) -> dict:
+    return {"outcome": "completed", "steps_done": 24, "total_steps": 24, "start_step": 0, **extra}
+
+
+def test_the_summary_rounds_its_figures():
+    cfg = TrainingConfig(dataset="d", project_name="p")
+    result = _trained(last_loss=0.123456789, sec_per_step=0.0512345678, timed_steps=14, warmup_steps=10,
+                      elapsed_s=3725.4)
+    lines = summary_markdown(cfg, result, "/r").splitlines()
+    assert "| last loss | 0.1235 |" in lines
+    assert "| speed | 0.0512 s/step (average of 14 steps after 10 warm-up steps) |" in lines
+    assert "| time | 1h02m |" in lines
+    assert "3725" not in "\n".join(lines) and "0.12345" not in "\n".join(lines)
+    assert "at 0.0512 s/step" in summary_text(cfg, result) and "time: 1h02m" in summary_text(cfg, result)
+
+
+@pytest.mark.parametrize(("sec", "shown"), [(3.0, "3.00"), (1.2874, "1.29"), (12.46, "12.5"), (250.4, "250"),
+                                            (0.000123456, "0.000123")])
+def test_speeds_keep_three_significant_digits(sec, shown):
+    assert seconds_text(sec) == shown
+
+
+@pytest.mark.parametrize(("loss", "shown"), [(None, "-"), (1.0, "1"), (0.0123456, "0.01235"), (2.5e-6, "2.5e-06")])
+def test_losses_keep_four_significant_digits(loss, shown):
+    assert loss_text(loss) == shown
+
+
+def test_a_failed_run_s_summary_gives_the_reason_whole():
+    cfg = TrainingConfig(dataset="d", project_name="p")
+    reason = "training failed at step 10: a | b\nsecond line (full log: /w/trainer.log)"
+    text = summary_markdown(cfg, {"outcome": "failed", "steps_done": 10, "total_steps": 24, "reason": reason}, "/r")
+    assert text.startswith("# p: failed")
+    assert text.endswith("The run failed at step 10:\n\n```text\n" + reason + "\n```")
+
+
+def test_a_stopped_run_s_summary_gives_the_resume_advice():
+    cfg = TrainingConfig(dataset="d", project_name="p")
+    result = {"outcome": "stopped", "steps_done": 7, "total_steps": 24, "stop_reason": "deadline"}
+    assert resume_advice(result) == ("saved a resumable state at step 7 and stopped (deadline); run the same "
+                                     "command or cell again in a new session to continue")
+    assert summary_markdown(cfg, result, "/r").endswith("\n\nSaved a resumable state at step 7 and stopped (deadline); "
+                                                       "run the same command or cell again in a new session to continue.")
