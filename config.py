@@ -100,6 +100,8 @@ RESUME_RULES: dict[str, ResumeRule] = {
     "on_overrun": "free",
     "sample_every_n_epochs": "continue",
     "sample_prompts": "continue",
+    "validation_split": "match",  # which images train
+    "validation_dataset": "continue",  # measured only; the best epoch so far restarts with a new set
 }
 # Changing one of these re-plans the learning-rate schedule from the resumed step.
 _SCHEDULE_FIELDS = frozenset({"learning_rate", "max_train_epochs", "lr_scheduler", "lr_scheduler_num_cycles", "lr_warmup_steps"})
@@ -232,6 +234,14 @@ class TrainingConfig(BaseModel):
     )
     sample_every_n_epochs: int = Field(0, ge=0, description="Render sample images every N epochs (0: off).")
     sample_prompts: list[str] = Field(default_factory=list, description="Prompts for sample images.")
+    validation_split: float = Field(
+        0.0, ge=0, le=0.5,
+        description="Fraction of the dataset's images held out for the validation loss (chosen by seed and image, the same on every resume). 0: a fixed few training images measure it instead.",
+    )
+    validation_dataset: str | None = Field(
+        None,
+        description="Held-out images with .txt captions for the validation loss, given like dataset (folder, .zip, link, URL).",
+    )
 
     @field_validator("*", mode="before")
     @classmethod
@@ -279,9 +289,11 @@ class TrainingConfig(BaseModel):
             raise ValueError(f"{_shown(value)} {problem}; {PROJECT_NAME_RULE}")
         return value
 
-    @field_validator("dataset", "storage")
+    @field_validator("dataset", "storage", "validation_dataset")
     @classmethod
-    def _not_blank(cls, value: str) -> str:
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
         if not value.strip():
             raise ValueError("must not be empty")
         return value.strip()
@@ -292,6 +304,15 @@ class TrainingConfig(BaseModel):
         if value % 16:
             raise ValueError(f"must be a multiple of 16 (Anima needs it), got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _one_validation_set(self) -> "TrainingConfig":
+        if self.validation_split > 0 and self.validation_dataset:
+            raise ValueError(render(
+                f"{setting('validation_split')} and {setting('validation_dataset')} both choose the held-out images; "
+                "give one of them"
+            ))
+        return self
 
     @model_validator(mode="after")
     def _check_buckets(self) -> "TrainingConfig":

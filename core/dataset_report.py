@@ -62,6 +62,10 @@ class DatasetReport(BaseModel):
     tag_frequency: dict[str, int] = Field(default_factory=dict)
     bucket_histogram: dict[str, int] = Field(default_factory=dict)
     fingerprint: str = ""
+    # Trainable images kept out of training for the validation loss (core/validation_split.py), with
+    # absolute paths; held_out_source is "validation_split" or the validation dataset's source.
+    held_out: list[ImageRecord] = Field(default_factory=list)
+    held_out_source: str = ""
 
     @property
     def trainable_count(self) -> int:
@@ -78,6 +82,10 @@ class DatasetReport(BaseModel):
 
     def samples_per_bucket(self) -> dict[Bucket, int]:
         return samples_per_bucket(self.train_items())
+
+    def validation_items(self) -> list[TrainItem]:
+        """The held-out images as the trainer's records (each once)."""
+        return [TrainItem(Path(i.path), i.caption, tuple(i.bucket), 1) for i in self.held_out]
 
     def to_text(self) -> str:
         """The report for the terminal: totals first, then buckets, problems, warnings and tags."""
@@ -120,8 +128,9 @@ class DatasetReport(BaseModel):
     def summary(self) -> str:
         repeats = sorted({i.repeats for i in self.images})
         how = f"x{repeats[0]} repeats" if len(repeats) == 1 else "with per-folder repeats"
+        held = f"; {len(self.held_out)} held out for the validation loss" if self.held_out else ""
         return (
-            f"{self.trainable_count} images will be trained ({how} = {self.samples_per_epoch} samples per epoch); "
+            f"{self.trainable_count} images will be trained ({how} = {self.samples_per_epoch} samples per epoch){held}; "
             f"{len(self.problems)} skipped, {len(self.warnings)} warnings"
         )
 

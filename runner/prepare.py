@@ -8,7 +8,9 @@ from pathlib import Path
 
 from ..config import TrainingConfig, cache_root
 from ..core.caption_tokens import has_tokenizers
-from ..core.dataset_report import DatasetReport
+from ..core.dataset_report import DatasetError, DatasetReport
+from ..core.validation_split import split_off, with_validation_set
+from ..errors import setting
 from ..dataset.intake import prepare_dataset
 from ..planner.plan import Plan, enforce_plan, make_plan
 from ..platforms.detect import PlatformInfo, detect_platform
@@ -59,7 +61,15 @@ def dataset_report(config: TrainingConfig) -> DatasetReport:
                                         "base_model"})
     models_dir = Path(config.models_dir).expanduser() if config.models_dir else None
     usable = models_dir if models_dir is not None and has_tokenizers(models_dir) else None
-    return prepare_dataset(config.dataset, config.resolved_work_dir(), models_dir=usable, **kwargs)
+    report = prepare_dataset(config.dataset, config.resolved_work_dir(), models_dir=usable, **kwargs)
+    # The held-out images leave the report here, before anything counts steps from it.
+    if config.validation_dataset:
+        try:
+            held = prepare_dataset(config.validation_dataset, config.resolved_work_dir(), models_dir=usable, **kwargs)
+        except DatasetError as exc:
+            raise DatasetError(f"{setting('validation_dataset')}: {exc}", exc.report, field="validation_dataset") from exc
+        return with_validation_set(report, held)
+    return split_off(report, config.validation_split, config.seed)
 
 
 def plan_run(config: TrainingConfig, report: DatasetReport, steps_done: int = 0, platform: PlatformInfo | None = None) -> Plan:
