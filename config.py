@@ -232,8 +232,10 @@ class TrainingConfig(BaseModel):
         "auto",
         description="When the run does not fit the session: stop, resume across sessions, or proceed. auto = resume with durable storage, else stop.",
     )
-    sample_every_n_epochs: int = Field(0, ge=0, description="Render sample images every N epochs (0: off).")
-    sample_prompts: list[str] = Field(default_factory=list, description="Prompts for sample images.")
+    sample_every_n_epochs: int = Field(
+        0, ge=0,
+        description="Sample images (base model beside the LoRA) every N epochs, at the end of the run and when a session stops (0: off).",
+    )
     validation_split: float = Field(
         0.0, ge=0, le=0.5,
         description="Fraction of the dataset's images held out for the validation loss (chosen by seed and image, the same on every resume). 0: a fixed few training images measure it instead.",
@@ -250,6 +252,10 @@ class TrainingConfig(BaseModel):
         annotation = unwrap_optional(cls.model_fields[info.field_name].annotation)
         if typing.get_origin(annotation) is Literal:
             return canonical_choice(typing.get_args(annotation), value)
+    sample_prompts: str = Field(
+        "",
+        description="A text file of sample prompts, one per line, with sd-scripts' options --w --h --s --d --l --n --fs. Empty: a few of the dataset's own captions.",
+    )
         if annotation is float and isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"must be a finite number, got {value}")
         if typing.get_origin(annotation) is tuple:  # betas: JSON, TOML and argparse all give a list

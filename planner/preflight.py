@@ -8,6 +8,7 @@ from ..config import TrainingConfig
 from ..errors import NotBuiltError, UserInputError, setting
 from ..storage.location import ensure_cache_folder, ensure_hf_cache_folder, ensure_local_folder
 from ..trainer.registry import BACKENDS, backend_for
+from ..trainer.sample_plan import check_sample_prompts
 
 # The module diffusers looks for before it uses each attention backend, and how to get it.
 _FLASH = ("flash_attn", "pip install flash-attn")
@@ -30,8 +31,6 @@ BNB_INSTALL = "pip install bitsandbytes"  # the [bnb] extra's package; this pack
 
 def unsupported_settings(config: TrainingConfig) -> list[str]:
     problems = []
-    if config.sample_every_n_epochs:
-        problems.append(f"sample images during training are not built yet; use {setting('sample_every_n_epochs', 0)}")
     backend = backend_for(config.trainer)
     if config.num_gpus > 1 and not backend.multi_gpu:
         multi = [name for name, other in BACKENDS.items() if other.multi_gpu]
@@ -73,7 +72,8 @@ def check_supported(config: TrainingConfig) -> None:
 
     Raises:
         NotBuiltError: every unbuilt setting the config asks for.
-        UserInputError: every optional package the settings need that is not installed, with its install line.
+        UserInputError: every optional package the settings need that is not installed, with its install line;
+            a sample prompt file that cannot be read, has no prompt or asks for a size outside the buckets.
     """
     problems = unsupported_settings(config)
     if problems:
@@ -81,6 +81,7 @@ def check_supported(config: TrainingConfig) -> None:
     missing = missing_packages(config)
     if missing:
         raise UserInputError("; ".join(missing))
+    check_sample_prompts(config)  # reads the prompt file: a bad line is refused now, not an hour into training
 
 
 def ensure_local_folders(config: TrainingConfig, *, downloads: bool = True) -> None:

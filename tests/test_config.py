@@ -150,7 +150,7 @@ def test_betas_must_be_finite():
     "bad",
     [{"network_dim": True}, {"network_dim": 8.0}, {"network_dim": "8"}, {"learning_rate": "1e-4"},
      {"learning_rate": True}, {"restart": "yes"}, {"restart": 1}, {"gradient_checkpointing": "false"},
-     {"project_name": 5}, {"sample_prompts": "a cat"}],
+     {"project_name": 5}, {"sample_prompts": ["a cat"]}],
 )
 def test_values_keep_their_type(bad):
     with pytest.raises(ValidationError):

@@ -14,7 +14,6 @@ def test_defaults_are_supported():
 @pytest.mark.parametrize(
     ("changes", "flag"),
     [
-        ({"sample_every_n_epochs": 2}, "--sample-every-n-epochs 0"),
         ({"timestep_sampling": "flux_shift"}, "--trainer sd-scripts"),
         ({"trainer": "sd-scripts", "num_gpus": 2}, "--trainer native or --num-gpus 1"),
     ],
