@@ -326,6 +326,18 @@ def cmd_notify(args: argparse.Namespace) -> int:
     return run_notify(args)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .flows.serve import run_serve
+
+    return run_serve(args)
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    from .flows.queue import run_queue
+
+    return run_queue(args)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -441,6 +453,25 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the http(s) URL to POST the JSON message to (its `text` field is what Slack-style webhooks show)")
     what.add_argument("--remove", action="store_true", help="remove the automation and its webhook")
     notify.set_defaults(func=cmd_notify)
+
+    serve = sub.add_parser("serve", help="run training runs started from the Prefect UI's form on this machine",
+                           description="Serve the training flow from this machine as the deployment "
+                           "train-anima-lora/NAME, one run at a time per GPU, until Ctrl-C. Needs a Prefect server "
+                           "that keeps running: `anima-lora ui` (started first), or PREFECT_API_URL.")
+    serve.add_argument("--name", metavar="NAME", help="the deployment's name (default: serve-<hostname>)")
+    serve.set_defaults(func=cmd_serve)
+
+    queue = sub.add_parser("queue", help="train many LoRAs through a Prefect work pool, from a TOML file",
+                           description="Submit one deployment run per entry of FILE ([[project]] tables, or one "
+                           "[project] with a [grid] of settings) to a work pool. Running it again submits only the "
+                           "entries that have not finished; --wait waits for them and publishes a table comparing them.")
+    queue.add_argument("file", metavar="FILE.toml", help="the queue file (format: README, section Work pools)")
+    queue.add_argument("--pool", default="gpu-pool", help="the work pool whose workers train (default %(default)s)")
+    queue.add_argument("--deployment", default="train-anima-lora", metavar="NAME",
+                       help="the deployment to run (default %(default)s, prefect.yaml's); created on --pool when missing")
+    queue.add_argument("--wait", action="store_true", help="wait for every entry to end, then publish the comparison table")
+    queue.add_argument("--poll-seconds", type=float, default=5.0, metavar="S", help=argparse.SUPPRESS)
+    queue.set_defaults(func=cmd_queue)
     return parser
 
 

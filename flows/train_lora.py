@@ -9,13 +9,14 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging.loggers import flow_run_logger
 from prefect.runtime import flow_run
+from prefect.states import Completed, State
 
 from ..config import TrainingConfig
 from ..errors import speaking_by_default
 from ..planner.guard import guard_for
 from ..planner.preflight import check_supported, ensure_local_folders
 from ..runner.prepare import dry_run_result
-from ..runner.train import new_run_id
+from ..runner.train import TrainingFailedError, new_run_id
 from ..storage.runstore import StoreRef
 from ..tasks.backend_files import backend_files_task
 from ..tasks.dataset import prepare_dataset_task
@@ -29,7 +30,8 @@ from ..tasks.train import train_task
 from ..trainer.registry import backend_for
 from ..ui.artifacts import artifact_key
 from ..ui.console import FOR_CONSOLE
-from ..ui.summary import summary_markdown
+from ..ui.summary import resume_advice, summary_markdown
+from .turns import project_turn
 
 
 def tell_how_to_resume(flow, flow_run, state) -> None:
@@ -42,15 +44,20 @@ def tell_how_to_resume(flow, flow_run, state) -> None:
 
 
 @flow(name="train-anima-lora", log_prints=True, on_crashed=[tell_how_to_resume], on_cancellation=[tell_how_to_resume])
-def train_lora(config: TrainingConfig, dry_run: bool = False) -> dict:
-    """Validate, plan, download, train (resuming from storage) and publish one Anima LoRA."""
+def train_lora(config: TrainingConfig, dry_run: bool = False) -> dict | State:
+    """Validate, plan, download, train (resuming from storage) and publish one Anima LoRA.
+
+    A session stopped before its end (deadline, SIGTERM) with its state saved ends Completed, named
+    "Stopped", with the resume advice as the state's message; calling the flow returns the result dict
+    either way."""
     # A deployment's run names a setting by this flow's parameter (config.learning_rate); the CLI and a
     # notebook have chosen their own spelling (--learning-rate, learning_rate) before they call it.
-    with speaking_by_default("flow"):
+    # A second deployment run of this project waits here for the first to end (flows/turns.py).
+    with speaking_by_default("flow"), project_turn(config.project_name, needed=not dry_run):
         return _train_lora(config, dry_run)
 
 
-def _train_lora(config: TrainingConfig, dry_run: bool) -> dict:
+def _train_lora(config: TrainingConfig, dry_run: bool) -> dict | State:
     logger = get_run_logger()
     check_supported(config)
     ensure_local_folders(config)
@@ -84,8 +91,7 @@ def _train_lora(config: TrainingConfig, dry_run: bool) -> dict:
         unlock_project_task(lock)
 
 
-def _download_and_train(config: TrainingConfig, report, plan, run_id: str, started: float, storage: StoreRef) -> dict:
-    logger = get_run_logger()
+def _download_and_train(config: TrainingConfig, report, plan, run_id: str, started: float, storage: StoreRef) -> dict | State:
     models = download_models_task(config)
     store_json_task(config, "plan.json", plan.model_dump(mode="json"), storage)
     # Saves a state and stops the trainer before the session's end, whatever the overrun choice.
@@ -93,6 +99,16 @@ def _download_and_train(config: TrainingConfig, report, plan, run_id: str, start
     result = {"run_id": run_id, "outcome": "failed", "steps_done": 0}
     try:
         result = train_task(config, report, models, run_id, guard, plan, storage)
+    except Exception as exc:
+        # The run fails, but what it reached is worth seeing first: the summary says why (the train
+        # task has published the loss so far). A Ctrl-C or a crash is not caught: its hooks speak.
+        reached = exc.result.to_dict() if isinstance(exc, TrainingFailedError) and exc.result is not None else result
+        result = {**reached, "outcome": "failed", "reason": str(exc), "elapsed_s": time.time() - started}
+        try:
+            publish_summary(config, result, storage)
+        except Exception as publish_error:  # noqa: BLE001 - the training error is the one to raise
+            get_run_logger().warning("could not publish the failed run's summary: %s", publish_error)
+        raise
     finally:
         record_run_task(config, {
             "run_id": run_id, "flow_run_id": str(flow_run.get_id() or ""), "started": started, "ended": time.time(),
@@ -101,13 +117,20 @@ def _download_and_train(config: TrainingConfig, report, plan, run_id: str, start
         }, error=sys.exc_info()[1], storage=storage)  # the exception ending the run, if any: `status` shows it as the reason
     if result.get("sec_per_step"):
         store_refined_plan_task(config, plan, result["sec_per_step"], result.get("steps_done") or 0, storage)
+    result["elapsed_s"] = time.time() - started
+    publish_summary(config, result, storage)
+    if result["outcome"] == "stopped":
+        advice = resume_advice(result)
+        get_run_logger().warning(advice)
+        # Completed (nothing failed, the state is safe) but named for what happened, with the way on in
+        # its message: the run list tells a finished LoRA from a session that must be resumed. A caller
+        # of the flow still gets the result dict (Prefect returns the state's data).
+        return Completed(name="Stopped", message=advice, data=result)
+    return result
+
+
+def publish_summary(config: TrainingConfig, result: dict, storage: StoreRef) -> None:
     create_markdown_artifact(
         markdown=summary_markdown(config, result, storage.open().root), key=artifact_key("summary", config.project_name),
         description="Anima LoRA run summary",
     )
-    if result["outcome"] == "stopped":
-        logger.warning(
-            "saved a resumable state at step %s and stopped (%s); run the same command or cell again in a new "
-            "session to continue", result.get("steps_done"), result.get("stop_reason") or "deadline",
-        )
-    return result

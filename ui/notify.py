@@ -46,7 +46,7 @@ def check_webhook_url(url: str) -> str:
     return url.strip()
 
 
-def connect_to_lasting_api() -> str:
+def connect_to_lasting_api(needs: str = "notifications need") -> str:
     """Point Prefect at a server that outlives this command and answers; returns its API URL.
 
     Must run before `import prefect` in this process: prefect reads PREFECT_API_URL when imported.
@@ -66,7 +66,7 @@ def connect_to_lasting_api() -> str:
             os.environ["PREFECT_API_URL"] = url
     if not url:
         raise UserInputError(
-            "notifications need a Prefect server that keeps running: start one with `anima-lora ui` "
+            f"{needs} a Prefect server that keeps running: start one with `anima-lora ui` "
             "(train runs then use it), or set PREFECT_API_URL to your server or Prefect Cloud (with PREFECT_API_KEY)"
         )
     problem = api_problem(url, os.environ.get("PREFECT_API_KEY"))

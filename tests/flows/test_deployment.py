@@ -1,4 +1,4 @@
-"""prefect.yaml: `prefect deploy --all` accepts it against a real server and registers the flow."""
+"""prefect.yaml: `prefect deploy --all` accepts it against a real server and registers the installed flow."""
 
 from __future__ import annotations
 
@@ -25,5 +25,10 @@ def test_prefect_deploy_all(prefect_harness):
     assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("train-anima-lora/train-anima-lora")
-    assert deployment.entrypoint == "flows/train_lora.py:train_lora"
-    assert deployment.parameters["config"]["project_name"] == "my_lora"
+    # The installed package's module, not a file of the folder deployed from, and nothing pulled from it.
+    assert deployment.entrypoint == "anima_lora_flow.flows.train_lora.train_lora"
+    assert not deployment.pull_steps
+    # No default config: a run without parameters is refused by the server, before a worker creates anything.
+    assert "config" not in deployment.parameters
+    assert "config" in deployment.parameter_openapi_schema["required"]
+    assert deployment.enforce_parameter_schema

@@ -1,0 +1,95 @@
+"""`anima-lora serve`: this machine runs the training flow for runs started from the Prefect UI's form.
+
+The flow is served (a Prefect Runner: no work pool, no worker) as the deployment
+`train-anima-lora/<name>` while the command runs. One run at a time per GPU: with one GPU (or none)
+one runner takes one run at a time; with several, one runner process per GPU, each seeing only its
+own GPU (CUDA_VISIBLE_DEVICES), so two runs never share a device. Runs started beyond that wait
+in the deployment's queue (Scheduled) until a GPU is free.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+from ..core.gpu import query_torch_gpu
+
+
+def default_name() -> str:
+    """`serve-<host>`: a user with several machines sees in the UI which one a deployment runs on."""
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname()) or "host"
+    return f"serve-{host}"
+
+
+def gpu_slots(info=None) -> int:
+    """How many runs this machine takes at once: its usable GPUs, or one without a GPU (CPU training)."""
+    return info.count if info is not None and info.usable else 1
+
+
+def per_gpu_environments(count: int, env: dict[str, str]) -> list[dict[str, str]]:
+    """One environment per GPU runner, each showing it one device (of those the user already made visible)."""
+    visible = [d.strip() for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    devices = visible[:count] if len(visible) >= count else [str(i) for i in range(count)]
+    return [{**env, "CUDA_VISIBLE_DEVICES": device} for device in devices]
+
+
+def serve_here(name: str) -> None:
+    """Serve the flow from this process, one run at a time, until interrupted."""
+    from prefect.deployments.runner import EntrypointType  # noqa: PLC0415 - prefect after the API URL is set
+
+    from .train_lora import train_lora  # noqa: PLC0415
+
+    # pause_on_shutdown=False: with several runners serving one deployment, the first to stop must not
+    # pause it for the others; runs started while nothing serves simply wait (Scheduled, then Late).
+    train_lora.serve(name=name, limit=1, pause_on_shutdown=False, entrypoint_type=EntrypointType.MODULE_PATH,
+                     tags=["anima", "lora", "served"],
+                     description="Train one Anima LoRA on the machine running `anima-lora serve`.")
+
+
+def serve_per_gpu(name: str, count: int) -> int:
+    """One runner process per GPU; returns when they have all ended (Ctrl-C or SIGTERM ends them)."""
+    children = [subprocess.Popen([sys.executable, "-m", __name__, name], env=env)
+                for env in per_gpu_environments(count, dict(os.environ))]
+    previous = signal.signal(signal.SIGTERM, lambda *_: _stop(children))
+    try:
+        return max(child.wait() for child in children)
+    except KeyboardInterrupt:  # the children got the terminal's SIGINT too; wait for them to let go of their runs
+        return max(child.wait() for child in children)
+    finally:
+        _stop(children)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop(children: list[subprocess.Popen]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    for child in children:
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+def run_serve(args) -> int:
+    """`anima-lora serve`: needs a Prefect server that outlives it, where the deployment and its runs live."""
+    from ..ui.notify import connect_to_lasting_api  # noqa: PLC0415
+
+    api = connect_to_lasting_api("`anima-lora serve` needs")
+    name = args.name or default_name()
+    gpu = query_torch_gpu()
+    slots = gpu_slots(gpu)
+    print(f"serving train-anima-lora/{name} on {api}: {slots} run{'s' if slots > 1 else ''} at a time "
+          f"({'one per GPU' if slots > 1 else 'one GPU' if gpu else 'no GPU: CPU'}); start runs from "
+          "the UI's deployment page (Run > Custom run) and stop serving with Ctrl-C", flush=True)
+    if slots <= 1:
+        serve_here(name)
+        return 0
+    return serve_per_gpu(name, slots)
+
+
+if __name__ == "__main__":  # one GPU's runner, started by serve_per_gpu
+    serve_here(sys.argv[1])
