@@ -244,6 +244,10 @@ class TrainingConfig(BaseModel):
         None,
         description="Held-out images with .txt captions for the validation loss, given like dataset (folder, .zip, link, URL).",
     )
+    sample_prompts: str = Field(
+        "",
+        description="A text file of sample prompts, one per line, with sd-scripts' options --w --h --s --d --l --n --fs. Empty: a few of the dataset's own captions.",
+    )
 
     @field_validator("*", mode="before")
     @classmethod
@@ -252,10 +256,6 @@ class TrainingConfig(BaseModel):
         annotation = unwrap_optional(cls.model_fields[info.field_name].annotation)
         if typing.get_origin(annotation) is Literal:
             return canonical_choice(typing.get_args(annotation), value)
-    sample_prompts: str = Field(
-        "",
-        description="A text file of sample prompts, one per line, with sd-scripts' options --w --h --s --d --l --n --fs. Empty: a few of the dataset's own captions.",
-    )
         if annotation is float and isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"must be a finite number, got {value}")
         if typing.get_origin(annotation) is tuple:  # betas: JSON, TOML and argparse all give a list
