@@ -2,7 +2,8 @@
 
 A trainer runs in its own process group, so a stop reaches every child it started. The seed killed
 only `accelerate launch` and left the real training process holding the GPU; here every stop goes to
-the whole group: SIGTERM first (a trainer saves a state), SIGKILL after a grace.
+the whole group: SIGTERM first (a trainer saves a state), SIGKILL after a grace. A watchdog
+(core/watchdog.py) ends the group when the process that started it dies, however it dies.
 """
 
 from __future__ import annotations
@@ -11,24 +12,41 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
+ORPHAN_GRACE_S = 5.0  # SIGTERM to SIGKILL for a group whose parent died: nobody will sync what it saves
+
+
 def start_process_group(
     cmd: Sequence[str], *, log_path: Path, env: Mapping[str, str] | None = None, cwd: str | None = None
 ) -> subprocess.Popen:
-    """Start `cmd` as the leader of a new session; its stdout and stderr go to `log_path`."""
+    """Start `cmd` as the leader of a new session, guarded (it ends when this process dies); its stdout
+    and stderr go to `log_path`."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")  # noqa: SIM115 - handed to the child; our copy is closed right away
     try:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True,
         )
     finally:
         log.close()
+    guard_group(proc)
+    return proc
+
+
+def guard_group(proc: subprocess.Popen, *, grace_s: float = ORPHAN_GRACE_S) -> subprocess.Popen:
+    """Start a watchdog that stops `proc`'s process group (SIGTERM, SIGKILL after `grace_s`) once this
+    process is gone, and exits by itself when the group ends. `proc` must lead its own group
+    (start_new_session=True). Returns the watchdog's process."""
+    command = [sys.executable, "-m", f"{__package__}.watchdog", str(os.getpid()), str(proc.pid), str(grace_s)]
+    # Its own session: a terminal's Ctrl-C or a stop sent to the guarded group must not end the guard.
+    return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
 
 
 def signal_group(proc: subprocess.Popen, sig: int) -> bool:
