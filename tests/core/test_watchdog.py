@@ -11,6 +11,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from anima_lora_flow.core.processes import group_alive, pid_alive, start_process_group, stop_process_group
 
 # The guarded group: a leader that ignores SIGTERM, with a child in its group that ignores it too (as a
@@ -38,6 +40,25 @@ PARENT = textwrap.dedent(
 )
 
 
+# sd-scripts runs in a session of its own under the trainer's wrapper (trainer/sdscripts/launch.py).
+SDSCRIPTS_PARENT = textwrap.dedent(
+    """
+    import json, subprocess, sys, threading, time
+    from pathlib import Path
+    from anima_lora_flow.trainer.sdscripts import launch
+    out = Path(sys.argv[1])
+    real_popen = subprocess.Popen
+    def recording_popen(*args, **kwargs):
+        proc = real_popen(*args, **kwargs)
+        if not out.exists():
+            out.write_text(json.dumps({"pgid": proc.pid}))
+        return proc
+    launch.subprocess.Popen = recording_popen
+    launch.run_sd_scripts([sys.executable, sys.argv[2], "leader"], echo=lambda *a, **k: None)
+    """
+)
+
+
 def _wait_for(predicate, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -58,9 +79,10 @@ def _pgid(pid: str) -> int | None:
         return None
 
 
-def test_group_of_a_sigkilled_parent_is_stopped(tmp_path):
+@pytest.mark.parametrize("parent_code", [PARENT, SDSCRIPTS_PARENT], ids=["trainer", "sd-scripts"])
+def test_group_of_a_sigkilled_parent_is_stopped(tmp_path, parent_code):
     (tmp_path / "stubborn.py").write_text(STUBBORN)
-    (tmp_path / "parent.py").write_text(PARENT)
+    (tmp_path / "parent.py").write_text(parent_code)
     record = tmp_path / "child.json"
     parent = subprocess.Popen([sys.executable, str(tmp_path / "parent.py"), str(record), str(tmp_path / "stubborn.py")])
     pgid = None

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 from ...config import TrainingConfig
 from ...errors import TrainingError, render, setting
-from ...core.processes import stop_process_group
+from ...core.processes import guard_group, stop_process_group
 from ..events import Error, Event, EventSink, Stopped, emit
 from .console import ConsoleParser
 from .oom import detect_oom, kernel_oom_lines, oom_advice, uptime_seconds
@@ -135,6 +135,7 @@ def run_sd_scripts(
         cwd=cwd,
         start_new_session=True,  # its own process group, so cancel reaches the training child too
     )
+    guard_group(proc)  # its own session outlives this wrapper when it is SIGKILLed: the watchdog ends it then
     chunks: queue.Queue = queue.Queue()
     threading.Thread(target=_reader, args=(proc.stdout, chunks), daemon=True).start()
     stopped = False
