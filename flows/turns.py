@@ -17,7 +17,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists
-from prefect.runtime import flow_run
+from prefect.runtime import deployment
 
 
 def turn_limit_name(project: str) -> str:
@@ -35,7 +35,7 @@ def ensure_turn_limit(project: str) -> str:
 @contextlib.contextmanager
 def project_turn(project: str, *, needed: bool = True) -> Iterator[None]:
     """Hold the project's slot for the block (waiting for it first) when this is a deployment run."""
-    if not needed or flow_run.get_deployment_id() is None:
+    if not needed or deployment.id is None:
         yield
         return
     name = ensure_turn_limit(project)
