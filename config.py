@@ -159,7 +159,11 @@ class TrainingConfig(BaseModel):
     # --- Optimisation -----------------------------------------------------------------------
     learning_rate: float = Field(1e-4, gt=0, le=1.0, description="Peak learning rate.")
     max_train_epochs: int = Field(10, ge=1, le=10_000, description="Passes over the (repeated) dataset.")
-    batch_size: int = Field(1, ge=1, le=64, description="Images per step. A batch holds images of one aspect-ratio bucket.")
+    batch_size: int = Field(
+        1, ge=0, le=64,
+        description="Images per step. A batch holds images of one aspect-ratio bucket. 0 = auto: the largest that fits "
+        "the GPU without slowing the run (native trainer; sd-scripts: 1). The batch auto picked is recorded in the state.",
+    )  # fmt: skip
     gradient_accumulation_steps: int = Field(1, ge=1, le=128, description="Micro-batches per optimizer step.")
     num_gpus: int = Field(
         1, ge=1, le=16,
@@ -197,7 +201,11 @@ class TrainingConfig(BaseModel):
         "auto",
         description="auto = bf16 where the GPU has native bf16, fp16 otherwise (a T4 emulates bf16 slowly).",
     )
-    gradient_checkpointing: bool = Field(True, description="Recompute activations to save memory (slower).")
+    gradient_checkpointing: bool | None = Field(
+        None,
+        description="Recompute activations to save memory (slower). Unset = the planner's choice: off where the GPU "
+        "has the memory, on otherwise (always on for sd-scripts).",
+    )
     attention_backend: str = Field(
         "native",
         description="diffusers attention backend: native (PyTorch SDPA), _native_cudnn, flash, sage, xformers... (non-native ones need their package).",

@@ -23,6 +23,8 @@ from pydantic import BaseModel, ConfigDict
 
 from .config import TrainingConfig
 from .core.buckets import Bucket, batches_per_epoch, make_buckets, optimizer_steps_per_epoch
+from .core.gpus import find_spec
+from .core.step_model import FastPath, Requested, Target, choose
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,8 @@ class BackendNumbers(BaseModel):
     # (sd-scripts' prepared scheduler); otherwise once per optimizer step on any number of processes.
     scheduler_per_process: bool
     fp16_islands: bool  # its fp16 keeps fp32 islands (trainer/fp16.py): the memory estimate counts them
+    # What its step can be compiled as (config compile_mode); a backend running its own model code: none.
+    compile_modes: tuple[str, ...] = ("none",)
 
 
 # The latent is 1/8 of the image and the DiT patches it 2x2: one RoPE position per 16 pixels.
@@ -64,11 +68,20 @@ class Machine(BaseModel):
     gpu: bool = False
     bf16_native: bool = False
     processes: int = 1  # data-parallel training processes (one per GPU)
+    # What the fast path is chosen for (core/step_model.py); None: unknown, or no GPU.
+    gpu_name: str | None = None
+    memory_gib: float | None = None
+    capability: tuple[int, int] | None = None
+    peak_tflops: float | None = None
 
     @classmethod
     def from_gpu(cls, gpu, processes: int = 1) -> "Machine":
         """From a core.gpu.GpuInfo (detected or named in the planner's table), or None for no GPU."""
-        return cls(gpu=gpu is not None, bf16_native=bool(gpu is not None and gpu.bf16_native), processes=processes)
+        if gpu is None:
+            return cls(processes=processes)
+        spec = find_spec(gpu.name)
+        return cls(gpu=True, bf16_native=gpu.bf16_native, processes=processes, gpu_name=spec.name if spec else gpu.name,
+                   memory_gib=gpu.memory_gib, capability=gpu.capability, peak_tflops=spec.peak_tflops if spec else None)
 
     @classmethod
     def detect(cls, processes: int = 1) -> "Machine":
@@ -108,6 +121,9 @@ class Effective(BaseModel):
     optimizer_class: str  # what the backend builds for `optimizer`
     gradient_checkpointing: bool
     compile_mode: str  # none, blocks, model or cuda-graphs: never auto
+    batch_size: int  # images per micro-batch: the setting, or what auto chose for this GPU
+    # Why checkpointing, compile mode and batch are what they are, one line each (`anima-lora plan` shows them).
+    fast_path_reasons: tuple[str, ...] = ()
     buckets: list[tuple[int, int]]
     rope_patches: int  # RoPE positions per side the largest bucket needs
 
@@ -125,7 +141,7 @@ class Effective(BaseModel):
 
     def record(self) -> dict:
         """The numbers without the bucket list: for a state file or a log line."""
-        return self.model_dump(mode="json", exclude={"buckets"})
+        return self.model_dump(mode="json", exclude={"buckets", "fast_path_reasons"})
 
 
 def count_steps(samples_per_bucket: Mapping, batch_size: int, micro_batches_per_step: int, epochs: int) -> StepCount:
@@ -191,14 +207,45 @@ def rope_patches_for(buckets: list[Bucket]) -> int:
     return math.ceil(max(max(b) for b in buckets) / PIXELS_PER_PATCH)
 
 
-def resolve_compile_mode(config: TrainingConfig, machine: Machine) -> str:
-    """The compile mode the step runs with; an explicit choice wins, compile_blocks means blocks.
+def _fixed_by(config: TrainingConfig, backend: BackendNumbers, native: bool) -> tuple[str, str, str]:
+    """Who set each of checkpointing, compile mode and batch: the user, or (under auto) a backend without the fast path."""
+    theirs = f"the {backend.name} trainer's choice (it runs its own model code)"
+    user = "your setting"
+    if native:
+        return user, user, user
+    return (user if config.gradient_checkpointing is not None else theirs,
+            user if config.compile_mode != "auto" or config.compile_blocks else theirs,
+            user if config.batch_size else theirs)
 
-    auto is eager until the planner's per-GPU choice replaces this rule (issue 22).
+
+def resolve_fast_path(config: TrainingConfig, samples_per_bucket: Mapping, machine: Machine, backend: BackendNumbers,
+                      precision: ResolvedPrecision) -> FastPath:
+    """Gradient checkpointing, compile mode and batch: the user's where set, else the fastest that fits the GPU.
+
+    compile_blocks (the older switch) asks for blocks. A backend without the fast path keeps the seed's
+    checkpointing, eager and batch 1 under auto. Deterministic per GPU model and dataset.
     """
-    if config.compile_mode != "auto":
-        return config.compile_mode
-    return "blocks" if config.compile_blocks else "none"
+    mode = config.compile_mode
+    if mode == "auto" and config.compile_blocks:
+        mode = "blocks"
+    native = len(backend.compile_modes) > 1
+    gc = config.gradient_checkpointing
+    if gc is None and not native:
+        gc = True  # kohya's code: the seed's setting, the only one measured there
+    batch = config.batch_size or (0 if native else 1)
+    # A backend's fp16 without our fp32 islands (sd-scripts') holds what bf16 holds.
+    memory_precision = precision if backend.fp16_islands or precision != "fp16" else "bf16"
+    req = Requested(gradient_checkpointing=gc, compile_mode=mode, batch_size=batch, resolution=config.resolution,
+                    network_dim=config.network_dim, precision=memory_precision,
+                    fixed_by=_fixed_by(config, backend, native))
+    target = None if not machine.gpu else Target(machine.gpu_name, machine.memory_gib, machine.capability, machine.peak_tflops)
+    micro = config.gradient_accumulation_steps * machine.processes
+    counts = {k: n for k, n in samples_per_bucket.items() if n > 0}
+
+    def steps_for(b: int) -> int:
+        return count_steps(counts, b, micro, config.max_train_epochs).total_steps * config.gradient_accumulation_steps
+
+    return choose(target, req, backend.compile_modes, steps_for, shapes=len(counts), max_batch=max(counts.values(), default=1))
 
 
 def derive(config: TrainingConfig, samples_per_bucket: Mapping, machine: Machine, backend: BackendNumbers) -> Effective:
@@ -208,7 +255,11 @@ def derive(config: TrainingConfig, samples_per_bucket: Mapping, machine: Machine
         ValueError: the dataset has no samples, or a count below 1.
     """
     micro = config.gradient_accumulation_steps * machine.processes
-    steps = count_steps(samples_per_bucket, config.batch_size, micro, config.max_train_epochs)
+    if not any(n > 0 for n in samples_per_bucket.values()):
+        count_steps(samples_per_bucket, 1, micro, config.max_train_epochs)  # raises its ValueError
+    precision = resolve_precision(config.mixed_precision, machine)
+    fast = resolve_fast_path(config, samples_per_bucket, machine, backend, precision)
+    steps = count_steps(samples_per_bucket, fast.batch_size, micro, config.max_train_epochs)
     warmup = warmup_steps(config.lr_warmup_steps, steps.total_steps, config.lr_scheduler)
     optimizer = resolve_optimizer(config.optimizer, backend)
     buckets = make_buckets(config.resolution, config.min_bucket_reso, config.max_bucket_reso, config.bucket_reso_steps)
@@ -230,11 +281,13 @@ def derive(config: TrainingConfig, samples_per_bucket: Mapping, machine: Machine
         scheduler_training_steps=sched_total,
         scheduler_warmup_steps=sched_warmup,
         scheduler_steps_per_optimizer_step=per_step,
-        precision=resolve_precision(config.mixed_precision, machine),
+        precision=precision,
         optimizer=optimizer,
         optimizer_class=optimizer_class(optimizer, backend, machine),
-        gradient_checkpointing=config.gradient_checkpointing,
-        compile_mode=resolve_compile_mode(config, machine),
+        gradient_checkpointing=fast.gradient_checkpointing,
+        compile_mode=fast.compile_mode,
+        batch_size=fast.batch_size,
+        fast_path_reasons=fast.reasons,
         buckets=buckets,
         rope_patches=rope_patches_for(buckets),
     )

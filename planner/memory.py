@@ -6,16 +6,9 @@ import itertools
 
 from pydantic import BaseModel, Field
 
-# Fitted to anima-internals §C (H100, synthetic Anima-shaped DiT + rank-16 LoRA, AdamW, bf16, 768²):
-# GC 4.02 GiB at bs1 / 5.65 at bs4, no GC 9.47 / 27.4  ->  peak = 3.48 + batch x per-sample activations.
-STATIC_GIB = 3.48  # DiT blocks in bf16 + rank-16 LoRA with its optimizer state (measured fit)
-REAL_MODEL_EXTRA_GIB = 0.35  # LLM adapter, embedders and final layer the stand-in lacked (estimated)
-LORA_GIB_PER_RANK = 0.021  # ~1.43 M LoRA params per rank x 16 B (fp32 weight, grad, two moments), estimated
-ACTIVATION_GIB_768 = {True: 0.54, False: 5.98}  # per sample at 768², with / without gradient checkpointing
-FP32_WEIGHTS_EXTRA_GIB = 3.9  # mixed_precision "no" keeps the 2.09 B DiT in fp32 (estimated)
-FP16_ISLANDS_EXTRA_GIB = 0.45  # fp16: adaLN weights in fp32 (176 M params, +0.35) and fp32 residuals (estimated)
-CUDA_CONTEXT_GIB = 0.75  # CUDA context and allocator slack: 0.5-1 GiB (estimated)
-USABLE_SHARE = 0.95  # leave room for fragmentation
+from ..core.step_model import USABLE_SHARE, predict_peak_gib
+
+__all__ = ["MemoryEstimate", "MemoryOption", "check_memory", "predict_peak_gib", "USABLE_SHARE"]
 
 
 class MemoryOption(BaseModel):
@@ -36,33 +29,25 @@ class MemoryEstimate(BaseModel):
     options: list[MemoryOption] = Field(default_factory=list)
 
 
-def predict_peak_gib(resolution: int, batch_size: int, network_dim: int, gradient_checkpointing: bool, precision: str = "bf16") -> float:
-    """Peak GiB for DiT + LoRA training with cached latents and text embeddings (VAE and Qwen3 unloaded).
-
-    precision: "bf16", "fp16" (the native trainer's fp32 islands, trainer/fp16.py) or "no" (fp32 weights).
-    """
-    tokens_ratio = (resolution / 768) ** 2  # SDPA keeps attention memory linear in tokens
-    activations = batch_size * ACTIVATION_GIB_768[gradient_checkpointing] * tokens_ratio
-    lora = (network_dim - 16) * LORA_GIB_PER_RANK
-    extra = {"no": FP32_WEIGHTS_EXTRA_GIB, "fp16": FP16_ISLANDS_EXTRA_GIB}.get(precision, 0.0)
-    weights = STATIC_GIB + REAL_MODEL_EXTRA_GIB + extra
-    return round(weights + lora + activations + CUDA_CONTEXT_GIB, 2)
-
-
 def check_memory(
-    resolution: int, batch_size: int, network_dim: int, gradient_checkpointing: bool, precision: str, available_gib: float | None
+    resolution: int, batch_size: int, network_dim: int, gradient_checkpointing: bool, precision: str, available_gib: float | None,
+    compile_mode: str = "none",
 ) -> MemoryEstimate:
     """Compare the predicted peak with the GPU; when it does not fit, list the smallest changes that would."""
-    predicted = predict_peak_gib(resolution, batch_size, network_dim, gradient_checkpointing, precision)
+    predicted = predict_peak_gib(resolution, batch_size, network_dim, gradient_checkpointing, precision, compile_mode)
     if available_gib is None:
         return MemoryEstimate(predicted_gib=predicted, available_gib=None, fits=None)
     budget = available_gib * USABLE_SHARE
     fits = predicted <= budget
-    options = [] if fits else _fitting_options(resolution, batch_size, network_dim, gradient_checkpointing, precision, budget)
-    return MemoryEstimate(predicted_gib=predicted, available_gib=available_gib, fits=fits, options=options)
+    options = [] if fits else _fitting_options(resolution, batch_size, network_dim, gradient_checkpointing, precision, budget,
+                                               compile_mode)
+    status = "estimated"
+    if (resolution, batch_size, network_dim, gradient_checkpointing, precision, compile_mode) == (768, 1, 20, False, "bf16", "cuda-graphs"):
+        status = "estimated; issue 22 measured 10.9 GiB allocated for this setting on an H100"
+    return MemoryEstimate(predicted_gib=predicted, available_gib=available_gib, fits=fits, options=options, status=status)
 
 
-def _fitting_options(resolution, batch_size, network_dim, gc, precision, budget) -> list[MemoryOption]:
+def _fitting_options(resolution, batch_size, network_dim, gc, precision, budget, compile_mode="none") -> list[MemoryOption]:
     """The seed's advice (GC, dim 8, 512 px) plus batch 1, tried one change at a time, then in pairs, ..."""
     candidates = []
     if not gc:
@@ -78,7 +63,7 @@ def _fitting_options(resolution, batch_size, network_dim, gc, precision, budget)
         for combo in itertools.combinations(candidates, size):
             settings = {"resolution": resolution, "batch_size": batch_size, "network_dim": network_dim, "gradient_checkpointing": gc}
             settings.update(dict(combo))
-            peak = predict_peak_gib(precision=precision, **settings)
+            peak = predict_peak_gib(precision=precision, compile_mode=compile_mode, **settings)
             if peak <= budget:
                 found.append(MemoryOption(changes=dict(combo), predicted_gib=peak))
         if found:  # the fewest changes that fit; bigger combinations would only cost more quality

@@ -71,6 +71,11 @@ class Plan(BaseModel):
     storage_durable: bool
     suggestions: list[Suggestion] = Field(default_factory=list)
     memory: MemoryEstimate
+    # The fast path as the trainer will run it (effective.py), and why: one line per choice.
+    gradient_checkpointing: bool = True
+    compile_mode: str = "none"
+    batch_size: int = 1
+    choices: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
     created_at: float = Field(default_factory=time.time)
 
@@ -107,7 +112,7 @@ def make_plan(
     except ValueError as exc:
         raise UserInputError(str(exc)) from exc
     precision, steps = eff.precision, eff.steps
-    rate = _rate(config, gpu_info, precision, config.resolution)
+    rate = _rate(config, eff, gpu_info, precision, config.resolution)
     left = platform.remaining_s(now)
     timing = _timing(steps.total_steps - steps_done, rate.sec_per_step, left, platform.session_limit_s, SETUP_S)
     durable = is_durable_storage(config.storage, _storage_platform(platform, gpu), cwd)
@@ -132,6 +137,10 @@ def make_plan(
         decision="ok",
         storage_durable=durable,
         memory=_memory(eff, config, gpu_info),
+        gradient_checkpointing=eff.gradient_checkpointing,
+        compile_mode=eff.compile_mode,
+        batch_size=eff.batch_size,
+        choices=list(eff.fast_path_reasons),
         warnings=list(platform.notes),
         **timing,
     )
@@ -210,11 +219,11 @@ def _timing(steps_left: int, sec_per_step: float | None, left_s: float | None, l
     return out
 
 
-def _rate(config: TrainingConfig, gpu: GpuInfo | None, precision: str, resolution: int) -> Rate:
+def _rate(config: TrainingConfig, eff: Effective, gpu: GpuInfo | None, precision: str, resolution: int) -> Rate:
     fast = gpu is not None and (precision == "fp16" or (precision == "bf16" and gpu.bf16_native))
     return lookup_rate(
-        gpu.name if gpu else None, fast, resolution, config.batch_size, config.gradient_accumulation_steps,
-        config.gradient_checkpointing, gpu.bf16_native if gpu else False, config.num_gpus,
+        gpu.name if gpu else None, fast, resolution, eff.batch_size, config.gradient_accumulation_steps,
+        eff.gradient_checkpointing, gpu.bf16_native if gpu else False, config.num_gpus, eff.compile_mode,
     )
 
 
@@ -222,7 +231,8 @@ def _memory(eff: Effective, config: TrainingConfig, gpu: GpuInfo | None) -> Memo
     available = gpu.memory_gib if gpu else None
     # A backend's fp16 without our fp32 islands (sd-scripts') holds what bf16 holds.
     precision = eff.precision if backend_for(config.trainer).numbers.fp16_islands or eff.precision != "fp16" else "bf16"
-    return check_memory(config.resolution, config.batch_size, config.network_dim, eff.gradient_checkpointing, precision, available)
+    return check_memory(config.resolution, eff.batch_size, config.network_dim, eff.gradient_checkpointing, precision, available,
+                        eff.compile_mode)
 
 
 def _overrun_action(on_overrun: str, durable: bool) -> Literal["stop", "resume", "proceed"]:
@@ -296,7 +306,7 @@ def _suggestions(config: TrainingConfig, eff: Effective, samples: Mapping, plan:
         return []
     seconds = max(0.0, left_s - SETUP_S - RESERVE_S)
     budget = max_steps_within(seconds, plan.sec_per_step) + plan.steps_done
-    batch, accum, epochs = config.batch_size, eff.micro_batches_per_step, config.max_train_epochs
+    batch, accum, epochs = eff.batch_size, eff.micro_batches_per_step, config.max_train_epochs
     out: list[Suggestion] = []
     best_epochs = largest_epochs(samples, batch, accum, epochs, budget)
     if best_epochs:
@@ -306,7 +316,7 @@ def _suggestions(config: TrainingConfig, eff: Effective, samples: Mapping, plan:
     if best_repeats:
         steps = count_steps(with_repeats(samples, config.repeats, best_repeats), batch, accum, epochs).total_steps
         out.append(_suggestion(plan, "repeats", best_repeats, steps, flag("repeats", best_repeats)))
-    out += _speed_suggestions(config, plan, gpu, seconds)
+    out += _speed_suggestions(config, eff, plan, gpu, seconds)
     if plan.overrun_action != "resume" and plan.sessions_needed:
         out.append(Suggestion(
             setting="on_overrun", value="resume", total_steps=plan.steps.total_steps, hours=plan.total_hours,
@@ -315,17 +325,17 @@ def _suggestions(config: TrainingConfig, eff: Effective, samples: Mapping, plan:
     return out
 
 
-def _speed_suggestions(config: TrainingConfig, plan: Plan, gpu: GpuInfo | None, seconds: float) -> list[Suggestion]:
+def _speed_suggestions(config: TrainingConfig, eff: Effective, plan: Plan, gpu: GpuInfo | None, seconds: float) -> list[Suggestion]:
     """fp16 where bf16 is emulated, and 512 px, each only when the whole run would then fit."""
     out = []
     remaining = plan.steps.total_steps - plan.steps_done
     if gpu is not None and plan.precision in ("bf16", "no") and not gpu.bf16_native:
-        rate = _rate(config, gpu, "fp16", config.resolution)
+        rate = _rate(config, eff, gpu, "fp16", config.resolution)
         if rate.sec_per_step and remaining * rate.sec_per_step <= seconds:
             out.append(_suggestion(plan, "mixed_precision", "fp16", plan.steps.total_steps,
                                    flag("mixed_precision", "fp16") + f" (bf16 is emulated on {gpu.name})", rate.sec_per_step))
     if config.resolution > 512:
-        rate = _rate(config, gpu, plan.precision, 512)
+        rate = _rate(config, eff, gpu, plan.precision, 512)
         if rate.sec_per_step and remaining * rate.sec_per_step <= seconds:
             out.append(_suggestion(plan, "resolution", 512, plan.steps.total_steps, flag("resolution", 512), rate.sec_per_step))
     return out

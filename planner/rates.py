@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ..core.step_model import HOST_S, step_seconds, step_tflop
 from .gpus import find_spec
+
+__all__ = ["RATE_TABLE", "Rate", "RateRow", "lookup_rate", "step_tflop"]
 
 Speed = Literal["fast", "slow"]  # fast: native bf16 or fp16 tensor cores; slow: fp32 or emulated bf16
 Status = Literal["measured", "estimated"]
@@ -43,9 +46,9 @@ RATE_TABLE: tuple[RateRow, ...] = (
     RateRow("A100 80GB", "fast", 0.6, 768, "estimated",
             _FORMULA.format(peak="312") + "; the same tensor peak as the 40 GB A100"),
     RateRow("A100", "fast", 0.6, 768, "estimated", _FORMULA.format(peak="312")),
-    RateRow("H100", "fast", 0.41, 768, "measured",
-            "anima-internals §C: 413 ms/step at 768² bs1 GC, bf16, synthetic Anima-shaped stand-in (random weights, eager)"),
-    RateRow("H200", "fast", 0.41, 768, "estimated", "as the H100 row: same tensor throughput, bs1 is launch-bound"),
+    RateRow("H100", "fast", 0.688, 768, "measured",
+            "issue 22: 688 ms/step at 768², bs1, rank 20, GC, bf16, diffusers' modules eager, random weights"),
+    RateRow("H200", "fast", 0.688, 768, "estimated", "as the H100 row: same tensor throughput, bs1 is launch-bound"),
     RateRow("RTX 3060", "fast", 3.33, 768, "measured",
             "citron-anima-lora-trainer-ui troubleshooting doc: ≈3.33 s/it (UI defaults: 768 px, bs1, GC, bf16, cached)"),
     RateRow("RTX 3090", "fast", 2.7, 768, "estimated",
@@ -76,19 +79,6 @@ class Rate:
     source: str
 
 
-def step_tflop(resolution: int, batch_size: int = 1, gradient_checkpointing: bool = True) -> float:
-    """TFLOP of one LoRA micro-batch step on the DiT (anima-internals §C formulas; 768² GC ≈ 30.1)."""
-    tokens = (resolution / 16) ** 2  # 8x VAE downsampling, 2x2 patches
-    linear = 2 * tokens * 1.644e9 + 0.120e12  # token-wise weights + cross-attn K/V on 512 context tokens
-    attention = 4 * tokens * tokens * 2048 * 28 + 4 * tokens * 512 * 2048 * 28
-    lora = 0.096e12 * tokens / 2304
-    # Frozen base: backward ≈ 1x forward for linears, 2.5x for attention; checkpointing adds one forward.
-    flops = 2 * linear + 3.5 * attention + 3 * lora
-    if gradient_checkpointing:
-        flops += linear + attention
-    return batch_size * flops / 1e12
-
-
 def lookup_rate(
     gpu_name: str | None,
     fast: bool,
@@ -98,8 +88,11 @@ def lookup_rate(
     gradient_checkpointing: bool,
     bf16_native: bool = False,
     num_gpus: int = 1,
+    compile_mode: str = "none",
 ) -> Rate:
-    """Seconds per optimizer step for these settings, scaled from the GPU's row by FLOPs."""
+    """Seconds per optimizer step for these settings, scaled from the GPU's row (eager, GC, batch 1) by the
+    step model (core/step_model.py: compute or host bound, per compile mode), or by FLOPs alone for a GPU
+    without a tensor peak in the table."""
     if gpu_name is None:
         return Rate(None, "run-time", "CPU: no table figure; measured once training starts")
     spec = find_spec(gpu_name)
@@ -113,14 +106,26 @@ def lookup_rate(
         row = next(r for r in rows if r.speed == "fast")
         factor = SLOW_FACTOR[bf16_native]
         note = f"; x{factor:g} for fp32/emulated bf16 (estimated)"
-    scale = step_tflop(resolution, batch_size, gradient_checkpointing) / step_tflop(row.resolution, 1, row.gradient_checkpointing)
+    if spec.peak_tflops:
+        scale = (step_seconds(spec.peak_tflops, resolution, batch_size, gradient_checkpointing, compile_mode)
+                 / step_seconds(spec.peak_tflops, row.resolution, 1, row.gradient_checkpointing, "none"))
+    else:
+        scale = step_tflop(resolution, batch_size, gradient_checkpointing) / step_tflop(row.resolution, 1, row.gradient_checkpointing)
     parallel = DATA_PARALLEL_OVERHEAD if num_gpus > 1 else 1.0
     seconds = row.sec_per_step * factor * scale * grad_accum * parallel
-    exact = row.status == "measured" and scale == 1 and factor == 1 and grad_accum == 1 and num_gpus == 1
+    same = (resolution, batch_size, gradient_checkpointing, compile_mode) == (row.resolution, 1, row.gradient_checkpointing, "none")
+    exact = row.status == "measured" and same and factor == 1 and grad_accum == 1 and num_gpus == 1
     status: Literal["measured", "estimated"] = "measured" if exact else "estimated"
     where = f"{row.gpu} {row.speed} row at {row.resolution}px ({row.status}: {row.source})"
+    figure = HOST_S[(compile_mode, gradient_checkpointing)]
+    if (spec.name == "H100" and figure.status == "measured" and resolution == 768 and batch_size == 1 and factor == 1
+            and grad_accum == 1 and num_gpus == 1):
+        # The issue 22 harness measured this very setting: the figure itself, not a scaled one.
+        return Rate(figure.value, "measured", f"H100 ({figure.source})")
     if scale != 1 or grad_accum != 1:
-        where += f", scaled x{scale * grad_accum:.2f} by FLOPs for {resolution}px, batch {batch_size}, accumulation {grad_accum}"
+        how = "the step model" if spec.peak_tflops else "FLOPs"
+        where += (f", scaled x{scale * grad_accum:.2f} by {how} for {resolution}px, batch {batch_size}, "
+                  f"{'GC' if gradient_checkpointing else 'no GC'}, compile {compile_mode}, accumulation {grad_accum}")
     if num_gpus > 1:
         note += f"; x{parallel:g} for data parallel over {num_gpus} GPUs (estimated)"
     return Rate(round(seconds, 3), status, where + note)

@@ -20,7 +20,7 @@ def rows(plan: "Plan") -> list[tuple[str, str]]:
     return [
         ("Platform", plan.platform),
         ("Steps", steps),
-        ("Speed", f"{speed}, {'fp32' if plan.precision == 'no' else plan.precision}"),
+        ("Speed", f"{speed}, {'fp32' if plan.precision == 'no' else plan.precision}, {_fast_path(plan)}"),
         ("Time", time),
         ("Session", _session(plan)),
         ("Memory", _memory(plan)),
@@ -32,6 +32,9 @@ def rows(plan: "Plan") -> list[tuple[str, str]]:
 def to_text(plan: "Plan") -> str:
     lines = [f"Plan for {plan.project}"]
     lines += [f"  {label:<9} {value}" for label, value in rows(plan)]
+    if plan.choices:
+        lines.append("Why these settings:")
+        lines += [f"  - {c}" for c in plan.choices]
     if plan.suggestions:
         lines.append("Suggestions (each fits this session):")
         lines += [f"  - {s.text}" for s in plan.suggestions]
@@ -46,12 +49,19 @@ def to_markdown(plan: "Plan") -> str:
     md = [f"# Plan: {plan.project}\n", "| item | value |", "|---|---|"]
     md += [f"| {label} | {value.replace('|', '/')} |" for label, value in rows(plan)]
     md.append(f"\nSpeed source: {plan.rate_source}. Memory: {plan.memory.status}, {plan.memory.source}.")
+    if plan.choices:
+        md += ["\n## Why these settings\n"] + [f"- {c}" for c in plan.choices]
     if plan.suggestions:
         md += ["\n## Suggestions\n", "| setting | value | steps | hours |", "|---|---|---|---|"]
         md += [f"| {s.setting} | {s.value} | {s.total_steps} | {s.hours} |" for s in plan.suggestions]
     if plan.warnings:
         md += ["\n## Warnings\n"] + [f"- {w}" for w in plan.warnings]
     return "\n".join(md) + "\n"
+
+
+def _fast_path(plan: "Plan") -> str:
+    compiled = "eager" if plan.compile_mode == "none" else f"compile {plan.compile_mode}"
+    return f"{compiled}, checkpointing {'on' if plan.gradient_checkpointing else 'off'}, batch {plan.batch_size}"
 
 
 def _session(plan: "Plan") -> str:

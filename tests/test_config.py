@@ -29,7 +29,7 @@ SEED_DEFAULTS = {
     "seed": 42,
     "timestep_sampling": "sigmoid",
     "discrete_flow_shift": 1.0,
-    "gradient_checkpointing": True,
+    "gradient_checkpointing": None,  # the planner's choice (effective.py): the seed's on for sd-scripts, off where memory allows natively
     "save_every_n_epochs": 1,
     "save_last_n_epochs": 4,
     "min_bucket_reso": 256,

@@ -32,7 +32,7 @@ class NativeBackend:
     # 8-bit states save little; another Anima trainer measured -26 % step time against AdamW8bit). The
     # scheduler is stepped by the loop once per optimizer step, outside accelerate's prepare.
     numbers = BackendNumbers(name="native", auto_optimizer="adamw", adamw_kernel=True, scheduler_per_process=False,
-                             fp16_islands=True)
+                             fp16_islands=True, compile_modes=("none", "blocks", "model", "cuda-graphs"))
     multi_gpu = True
     kept_by_state: frozenset[str] = frozenset()  # the loop applies every "continue" setting on resume
     optimizer_here = True

@@ -110,7 +110,7 @@ def build_session(job: TrainJob, cfg: TrainingConfig, items: list[TrainItem], mo
              st.latents_reused, st.latents_encoded, st.texts_reused, st.texts_encoded,
              f"; {st.latents_repaired} latents and {st.texts_repaired} captions encoded again in fp32 (NaN/inf)"
              if st.latents_repaired or st.texts_repaired else "")  # fmt: skip
-    sampler = build_sampler(items, cfg.batch_size, eff.micro_batches_per_step, cfg.seed)
+    sampler = build_sampler(items, eff.batch_size, eff.micro_batches_per_step, cfg.seed)
     transformer = build_transformer(models_dir, dtype, eff.gradient_checkpointing, rope_patches=eff.rope_patches)
     model, optimizer, prepared_optimizer, scheduler = build_lora_training(cfg, eff, accelerator, transformer)
     # Reseeded for every micro-batch (loop.micro_batch_seed); its device is where the draws happen.

@@ -12,6 +12,10 @@ T4 = GpuInfo(name="Tesla T4", memory_gib=14.7, capability=(7, 5))
 SPB = {(768, 768): 150}
 
 
+# The table's eager, checkpointed rate: these tests check exits and messages, not the fast path.
+EAGER = {"gradient_checkpointing": True, "compile_mode": "none"}
+
+
 def run(cfg, platform, **kw):
     out, err = io.StringIO(), io.StringIO()
     code = run_plan(cfg, SPB, gpu=kw.pop("gpu", None), as_json=kw.pop("as_json", False), platform=platform, out=out, err=err)
@@ -30,7 +34,7 @@ def test_fitting_plan_prints_steps_time_sessions_memory():
 
 
 def test_stop_exits_2_with_a_one_line_error_and_suggestions():
-    cfg = TrainingConfig(dataset="/d", mixed_precision="bf16", session_budget_hours=4.0, storage="/content/runs")
+    cfg = TrainingConfig(dataset="/d", mixed_precision="bf16", session_budget_hours=4.0, **EAGER, storage="/content/runs")
     code, out, err = run(cfg, colab())
     assert code == 2
     lines = err.splitlines()
@@ -39,7 +43,7 @@ def test_stop_exits_2_with_a_one_line_error_and_suggestions():
 
 
 def test_resume_exits_0():
-    cfg = TrainingConfig(dataset="/d", mixed_precision="bf16", session_budget_hours=4.0, storage="/content/drive/MyDrive/r")
+    cfg = TrainingConfig(dataset="/d", mixed_precision="bf16", session_budget_hours=4.0, **EAGER, storage="/content/drive/MyDrive/r")
     code, out, _ = run(cfg, colab())
     assert code == 0 and "resume" in out
 
@@ -72,7 +76,7 @@ def test_plan_task_body(monkeypatch):
     plan = plan_module.plan_task.fn(TrainingConfig(dataset="/d", project_name="My_LoRA.v2"), FakeReport())
     assert plan.steps.total_steps == 1500
     assert artifacts[0]["key"] == "plan-my-lora-v2" and artifacts[0]["markdown"].startswith("# Plan")
-    cfg = TrainingConfig(dataset="/d", mixed_precision="bf16", session_budget_hours=4.0, storage="/content/runs")
+    cfg = TrainingConfig(dataset="/d", mixed_precision="bf16", session_budget_hours=4.0, **EAGER, storage="/content/runs")
     with pytest.raises(UserInputError):
         plan_module.plan_task.fn(cfg, FakeReport())
     assert len(artifacts) == 2  # the plan is published before the stop

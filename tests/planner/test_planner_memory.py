@@ -2,9 +2,8 @@
 
 import pytest
 
+from anima_lora_flow.core.step_model import CUDA_CONTEXT_GIB, REAL_MODEL_EXTRA_GIB
 from anima_lora_flow.planner.memory import (
-    CUDA_CONTEXT_GIB,
-    REAL_MODEL_EXTRA_GIB,
     check_memory,
     predict_peak_gib,
 )

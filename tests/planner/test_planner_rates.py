@@ -43,15 +43,30 @@ class TestLookup:
         assert rate.sec_per_step < 14.4
         assert rate.status == "estimated"
 
-    def test_scales_by_resolution_batch_and_accumulation(self):
+    def test_launch_bound_h100_does_not_scale_by_flops_at_batch_1(self):
+        # issue 22: at batch 1 the H100's step is host-bound (688 ms against a 38 ms FLOP limit), so a smaller
+        # image or a second image in the batch costs no time; accumulation repeats the whole step.
         base = lookup_rate("H100", True, 768, 1, 1, True).sec_per_step
-        assert lookup_rate("H100", True, 512, 1, 1, True).sec_per_step == pytest.approx(base * 12.3 / 30.2, rel=0.03)
-        assert lookup_rate("H100", True, 768, 2, 3, True).sec_per_step == pytest.approx(base * 6, rel=0.01)
+        assert lookup_rate("H100", True, 512, 1, 1, True).sec_per_step == pytest.approx(base)
+        assert lookup_rate("H100", True, 768, 2, 3, True).sec_per_step == pytest.approx(base * 3)
         assert lookup_rate("H100", True, 768, 2, 1, True).status == "estimated"
 
+    def test_compute_bound_gpu_scales_by_flops(self):
+        # A T4 at fp16 is compute-bound: 1024² costs the FLOP ratio, a batch of 2 twice the time.
+        base = lookup_rate("T4", True, 768, 1, 1, True).sec_per_step
+        assert lookup_rate("T4", True, 1024, 1, 1, True).sec_per_step == pytest.approx(base * 60.9 / 30.2, rel=0.03)
+        assert lookup_rate("T4", True, 768, 2, 1, True).sec_per_step == pytest.approx(base * 2, rel=0.01)
+
     def test_row_at_another_resolution_scales_down(self):
-        # The RTX 4090 row is measured at 1024²; 768² costs about half the FLOPs.
-        assert lookup_rate("RTX 4090", True, 768, 1, 1, True).sec_per_step == pytest.approx(2.8 * 30.2 / 60.9, rel=0.03)
+        # The RTX 4090 row is measured at 1024²; 768² costs about half the FLOPs, but not less than the
+        # host's 688 ms floor per eager step.
+        assert lookup_rate("RTX 4090", True, 768, 1, 1, True).sec_per_step == pytest.approx(2.8 * 0.688 / 1.313, rel=0.02)
+
+    def test_measured_compile_modes_on_the_h100(self):
+        for mode, gc, ms in (("blocks", True, 330), ("model", True, 226), ("cuda-graphs", False, 87.9)):
+            rate = lookup_rate("H100", True, 768, 1, 1, gc, compile_mode=mode)
+            assert rate.sec_per_step == pytest.approx(ms / 1000) and rate.status == "measured"
+        assert lookup_rate("H100", True, 768, 1, 1, False, compile_mode="model").status == "estimated"
 
     def test_slow_path_without_a_row_uses_the_factor(self):
         fast = lookup_rate("A100", True, 768, 1, 1, True).sec_per_step

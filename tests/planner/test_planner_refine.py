@@ -14,7 +14,8 @@ T4 = GpuInfo(name="Tesla T4", memory_gib=14.7, capability=(7, 5))
 
 def test_refine_sharpens_the_estimate():
     platform = detect_platform({"COLAB_GPU": "1"}, uptime_s=0, gpu=T4, now=NOW)
-    cfg = TrainingConfig(dataset="/d", storage="/content/drive/MyDrive/r", max_train_epochs=100)
+    cfg = TrainingConfig(dataset="/d", storage="/content/drive/MyDrive/r", max_train_epochs=100, gradient_checkpointing=True,
+                         compile_mode="none")  # the table's eager rate
     plan = make_plan(cfg, {(768, 768): 150}, platform, now=NOW)
     assert plan.fits is False and plan.decision == "resume"  # 15,000 x 4.8 s = 20 h
     refined = refine(plan, 2.0, 1000, now=NOW + 3600)

@@ -67,7 +67,7 @@ def oom_suggestions(config: TrainingConfig) -> list[str]:
         tips.append(f"{setting('batch_size', 1)} {setting('gradient_accumulation_steps', accum)}")
     if config.mixed_precision == "no":
         tips.append(setting("mixed_precision", "auto"))
-    if config.gradient_checkpointing:
+    if config.gradient_checkpointing is not False:  # unset is on for sd-scripts
         tips.append("keep gradient checkpointing on")
     else:
         tips.append(f"{setting('gradient_checkpointing', True)} (turn it on)")

@@ -111,7 +111,7 @@ def render_training_toml(
         "lr_scheduler_num_cycles": config.lr_scheduler_num_cycles,
         "lr_warmup_steps": warmup_steps(config.lr_warmup_steps, total_steps, config.lr_scheduler),
         "max_train_epochs": config.max_train_epochs,
-        "train_batch_size": config.batch_size,
+        "train_batch_size": config.batch_size or 1,  # auto is 1 here (effective.resolve_fast_path)
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
         "max_grad_norm": float(config.max_grad_norm),
         "seed": config.seed,
@@ -121,7 +121,7 @@ def render_training_toml(
         "qwen3_max_token_length": 512,
         "t5_max_token_length": 512,
         "mixed_precision": mixed_precision,
-        "gradient_checkpointing": config.gradient_checkpointing,
+        "gradient_checkpointing": config.gradient_checkpointing is not False,  # unset: on, as effective.py resolves it
         "cache_latents": True,
         "cache_text_encoder_outputs": True,
         "vae_chunk_size": 64,
