@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from ..config import TrainingConfig
 from ..models.download import ModelPaths
 from ..planner.plan import Plan
-from ..runner.train import run_training_session
+from ..runner.train import TrainingFailedError, run_training_session
 from ..storage.runstore import StoreRef
-from ..ui.artifacts import artifact_key
+from ..ui.artifacts import artifact_key, image_markdown
 from ..ui.console import FOR_CONSOLE
-from ..ui.loss_chart import loss_chart_png, loss_table
+from ..ui.loss_chart import SIZE as CHART_SIZE, loss_chart_png, loss_table
 from ..ui.prefect_progress import PrefectProgress
 from ..ui.progress import ConsoleProgress
 from .storage import run_store
+
+CHART_MAX_SIDE = max(CHART_SIZE)  # the chart as drawn: small already (tens of kB), and its labels stay sharp
 
 
 # No retries: a failed session is resumed by running the flow again, from the state in storage.
@@ -45,6 +45,14 @@ def train_task(config: TrainingConfig, report, models, run_id: str, guard=None, 
             warn=logger.warning, announce=lambda line: logger.info(line, extra=FOR_CONSOLE),
             job_fields=job_fields(models, plan), report=report,
         )
+    except TrainingFailedError as exc:
+        # A failed or diverged run's loss so far is what tells why: publish it before the task fails.
+        if exc.result is not None:
+            try:
+                publish_loss_chart(store, config, exc.result.losses, run_id)
+            except Exception as publish_error:  # noqa: BLE001 - the training error is the one to raise
+                logger.warning("could not publish the loss of the failed run: %s", publish_error)
+        raise
     finally:
         cell.close()
     publish_loss_chart(store, config, result.losses, run_id)
@@ -60,13 +68,21 @@ def job_fields(models: ModelPaths, plan: Plan | None) -> dict:
     return fields
 
 
-def publish_loss_chart(store, config: TrainingConfig, losses: list[tuple[int, float]], run_id: str) -> None:
-    """The loss as a PNG in the run store (linked) and as a table artifact the UI can show."""
-    if not losses:
+def publish_loss_chart(store, config: TrainingConfig, losses: list[tuple[int, float]], run_id: str, *,
+                       validation: list[tuple[int, float]] | None = None) -> None:
+    """The loss as a chart the UI shows (a PNG embedded in a markdown artifact, also kept in the run
+    store) and as a table artifact; `validation` adds the held-out loss to the chart."""
+    if not losses and not validation:
         return
-    png = loss_chart_png(losses, config.resolved_work_dir() / "runs" / run_id / "loss.png", title=config.project_name)
+    png = loss_chart_png(losses, config.resolved_work_dir() / "runs" / run_id / "loss.png", title=config.project_name,
+                         validation=validation)
     published = store.publish_file(png, f"logs/{run_id}-loss.png")
-    link = published.path if "://" in published.path else Path(published.path).as_uri()
-    create_link_artifact(link=link, link_text="loss chart (PNG)", key=artifact_key("loss-chart", config.project_name))
-    create_table_artifact(table=loss_table(losses), key=artifact_key("loss", config.project_name),
-                          description="training loss over steps")
+    # Embedded, not linked: a file:// link is text the browser will not open, and nothing on another machine.
+    create_markdown_artifact(
+        markdown=f"{image_markdown(png, f'{config.project_name} loss', max_side=CHART_MAX_SIDE)}\n\n"
+                 f"The PNG is kept in the run's storage: `{published.path}`",
+        key=artifact_key("loss-chart", config.project_name), description="training loss over steps (chart)",
+    )
+    if losses:
+        create_table_artifact(table=loss_table(losses), key=artifact_key("loss", config.project_name),
+                              description="training loss over steps")
