@@ -25,7 +25,7 @@ from ..core.buckets import cover_size
 from ..core.caption_tokens import cut_reason, load_caption_tokenizers
 from ..core.orientation import upright
 from ..core.train_items import TrainItem
-from ..errors import UserInputError
+from ..errors import UserInputError, setting
 
 from .components import TextStack, build_text_stack, build_vae, component_identity, latent_stats, release_memory
 
@@ -56,6 +56,7 @@ class TrainingCache:
     empty_context: torch.Tensor
     context_length: int  # every batch's context is zero-padded to this many tokens
     stats: CacheStats = field(default_factory=CacheStats)
+    texts: dict[str, torch.Tensor] = field(default_factory=dict)  # the extra_texts' contexts (sample prompts)
 
 
 def load_image(path: Path, bucket: tuple[int, int]) -> torch.Tensor:
@@ -139,9 +140,13 @@ def text_key(caption: str, text_id: str) -> str:
 
 
 def build_cache(
-    items: Sequence[TrainItem], models_dir: Path, work_dir: Path, device: torch.device, dtype: torch.dtype
+    items: Sequence[TrainItem], models_dir: Path, work_dir: Path, device: torch.device, dtype: torch.dtype,
+    extra_texts: Sequence[str] = (),
 ) -> TrainingCache:
     """Load every item's latent and context from the cache, encoding (and storing) only the missing ones.
+
+    `extra_texts` (the sample prompts) are encoded with the captions, while the text stack is loaded
+    anyway, and kept in the same cache: sampling later needs no text encoder.
 
     The VAE and the text stack are loaded only if something is missing and freed before returning.
     Every entry is checked for NaN/inf as it is loaded or made: one would poison every step that draws
@@ -178,7 +183,7 @@ def build_cache(
         latent_paths, dtype, vae_encoder, bad_image, [str(item.image_path) for item in items]
     )
 
-    captions = ["", *dict.fromkeys(item.caption for item in items)]
+    captions = ["", *dict.fromkeys([*(item.caption for item in items), *extra_texts])]
 
     @contextmanager
     def text_encoder(run_dtype: torch.dtype):
@@ -195,6 +200,9 @@ def build_cache(
                 "files look damaged; run `anima-lora models verify`"
             )
         images = [str(item.image_path) for item in items if item.caption == captions[i]]
+        if not images:
+            return UserInputError(f"the sample prompt {captions[i][:80]!r} encodes to NaN/inf even in fp32; edit it in "
+                                  f"{setting('sample_prompts')}", field="sample_prompts")
         return UserInputError(
             f"the caption of {images[0]}{f' (and {len(images) - 1} more)' if len(images) > 1 else ''} "
             f"encodes to NaN/inf even in fp32: {captions[i][:80]!r}; edit that caption or remove the image"
@@ -213,6 +221,7 @@ def build_cache(
         empty_context=contexts[""],
         context_length=_conditioner_length(models_dir),
         stats=stats,
+        texts={text: contexts[text] for text in extra_texts},
     )
 
 

@@ -34,6 +34,7 @@ from .lora import (
     to_kohya_state_dict,
 )
 from .loss import Objective, compute_loss
+from .sampling import Sampling, at_epoch_end, sample_now
 from .state import OPTIMIZER_KEY, RNG_KEY, SCALER_KEY, SCHEDULER_KEY, TrainingProgress, prune_states, rng_state, save_state
 
 log = logging.getLogger(__name__)
@@ -209,6 +210,7 @@ class Session:
     show_progress: bool = False
     last_state: str | None = None
     loras: list[str] = field(default_factory=list)
+    sampling: Sampling | None = None  # sample grids every N epochs, at the end and at a stop
 
 
 def train(s: Session) -> TrainResult:
@@ -262,10 +264,12 @@ def train(s: Session) -> TrainResult:
         if cfg.save_every_n_epochs and p.epoch % cfg.save_every_n_epochs == 0 and p.epoch < cfg.max_train_epochs:
             save_lora(s, Path(s.output_dir) / lora_file_name(cfg.project_name, p.epoch), prune=True)
         save_full_state(s)
+        at_epoch_end(s)  # after the state: a crash while sampling loses no training
         last_state_time = time.monotonic()
     bar.close()
     final = save_lora(s, Path(s.output_dir) / lora_file_name(cfg.project_name), prune=False)
     emit(s.sink, Done(lora=str(final), step=p.global_step, loss=p.last_loss, state=s.last_state))
+    sample_now(s)  # after "done": the final LoRA is synced while the last grid is drawn
     return TrainResult(str(final), p.global_step, p.total_steps, p.last_loss, False, s.last_state, s.loras)
 
 
@@ -372,4 +376,5 @@ def stop(s: Session, reason: str) -> TrainResult:
     state = save_full_state(s)
     p = s.progress
     emit(s.sink, Stopped(reason=reason, state=state, step=p.global_step, total_steps=p.total_steps))
+    sample_now(s)  # after "stopped": if the session ends mid-sampling, the state is already saved and reported
     return TrainResult(None, p.global_step, p.total_steps, p.last_loss, True, state, s.loras)

@@ -30,11 +30,16 @@ def run_buckets(cfg: TrainingConfig) -> list[Bucket]:
 def sample_size(prompt: SamplePrompt, cfg: TrainingConfig, line: int | None = None) -> Bucket:
     """(width, height) of a prompt: its --w/--h, a missing side from the bucket of the given one, else the square bucket.
 
+    A size fits the run when it could be one of its buckets' sizes: sides multiples of the bucket step
+    between the smallest and largest bucket side, and no more pixels than resolution² (the model is
+    taught at most that; a smaller preview is fine and faster).
+
     Raises:
-        UserInputError: the size is not one of the buckets the run trains at (the model is only taught those).
+        UserInputError: the size does not fit the run's buckets.
     """
     buckets = run_buckets(cfg)
-    square = (cfg.resolution // cfg.bucket_reso_steps) * cfg.bucket_reso_steps
+    step, area = cfg.bucket_reso_steps, cfg.resolution * cfg.resolution
+    square = (cfg.resolution // step) * step
     width, height = prompt.width, prompt.height
     if width is None and height is None:
         return square, square
@@ -42,9 +47,10 @@ def sample_size(prompt: SamplePrompt, cfg: TrainingConfig, line: int | None = No
         height = next((h for w, h in buckets if w == width), None)
     elif width is None:
         width = next((w for w, h in buckets if h == height), None)
-    if width is not None and height is not None and (width, height) in buckets and not (
-        width % PIPELINE_MULTIPLE or height % PIPELINE_MULTIPLE
-    ):
+    if width is not None and height is not None and all(
+        side % step == 0 and side % PIPELINE_MULTIPLE == 0 and cfg.min_bucket_reso <= side <= cfg.max_bucket_reso
+        for side in (width, height)
+    ) and width * height <= area:
         return width, height
     asked = " ".join(f"--{k} {v}" for k, v in (("w", prompt.width), ("h", prompt.height)) if v is not None)
     ratio = (prompt.width or square) / (prompt.height or square)
@@ -52,8 +58,8 @@ def sample_size(prompt: SamplePrompt, cfg: TrainingConfig, line: int | None = No
     where = f" line {line}" if line is not None else ""
     raise UserInputError(
         f"{setting('sample_prompts')}: {cfg.sample_prompts}{where}: {asked} is not a size this run trains at "
-        f"({setting('resolution', cfg.resolution)}, bucket sides multiples of {cfg.bucket_reso_steps} from "
-        f"{cfg.min_bucket_reso} to {cfg.max_bucket_reso}); the nearest bucket of that shape is "
+        f"(sides multiples of {step} from {cfg.min_bucket_reso} to {cfg.max_bucket_reso}, at most "
+        f"{setting('resolution', cfg.resolution)} squared pixels); the nearest bucket of that shape is "
         f"--w {nearest[0]} --h {nearest[1]}",
         field="sample_prompts",
     )

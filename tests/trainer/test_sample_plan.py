@@ -51,7 +51,8 @@ def test_without_a_file_a_few_captions_are_chosen_by_the_seed(tmp_path):
         (None, "cannot read it"),
         ("\n# only a comment\n", "has no prompt"),
         ("a cat --x 3\n", "line 1: unknown option --x"),
-        ("ok\n\na cat --w 512 --h 512\n", "line 3: --w 512 --h 512 is not a size this run trains at"),
+        ("ok\n\na cat --w 1024 --h 1088\n", "line 3: --w 1024 --h 1088 is not a size this run trains at"),
+        ("a cat --w 128 --h 128\n", "line 1: --w 128 --h 128 is not a size this run trains at"),
         ("a cat --w 1000\n", "line 1: --w 1000 is not a size this run trains at"),
     ],
 )
@@ -64,7 +65,8 @@ def test_bad_prompt_files_are_refused_before_anything_runs(tmp_path, text, says)
 
 def test_the_nearest_bucket_is_suggested(tmp_path):
     with pytest.raises(UserInputError, match="nearest bucket of that shape is --w 1024 --h 1024"):
-        check_supported(_cfg(tmp_path, "a cat --w 512 --h 512\n"))
+        check_supported(_cfg(tmp_path, "a cat --w 2048 --h 2048\n"))
+    check_supported(_cfg(tmp_path, "a smaller preview, faster --w 512 --h 512\n"))
 
 
 def test_cli_refuses_a_bad_prompt_file_with_exit_2_before_any_download(tmp_path, monkeypatch, capsys):
