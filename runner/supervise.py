@@ -17,7 +17,8 @@ from pathlib import Path
 
 from ..core.processes import signal_group, stop_process_group
 from ..trainer.backend import EXIT_STOPPED
-from ..trainer.events import Checkpoint, Done, Error, Event, JsonLinesParser, Plan, Step, Stopped
+from ..trainer.events import Checkpoint, Done, Error, Event, JsonLinesParser, Plan, Samples, Step, Stopped
+from ..trainer.sample_plan import STORE_BASE_SAMPLES
 from .sync import CheckpointSyncer
 
 
@@ -35,6 +36,8 @@ class Outcome:
     last_loss: float | None = None
     sec_per_step: float | None = None  # the last interval's: what the deadline guard needs now
     losses: list[tuple[int, float]] = field(default_factory=list)
+    samples: list[str] = field(default_factory=list)  # sample grids written (local paths)
+    sampling_errors: list[tuple[int, str]] = field(default_factory=list)  # (step, why) of each failed sampling point
     # Step events come every few steps, each with that interval's seconds per step. The first interval
     # holds the first step's compile and warm-up, so the session's average leaves it out when it can.
     warmup: tuple[int, float] | None = None  # (steps, seconds) of the first interval
@@ -173,6 +176,16 @@ def _apply(event: Event, outcome: Outcome, syncer: CheckpointSyncer | None) -> N
             outcome.step = event.step or outcome.step
             if syncer is not None and outcome.final_lora:
                 syncer.submit_lora(outcome.final_lora, epoch=None, step=outcome.step)
+        case Samples():
+            if event.path:
+                outcome.samples.append(event.path)
+            if event.error:
+                outcome.sampling_errors.append((event.step, event.error))
+            if syncer is not None:  # a grid is stored like a checkpoint; the base row once, when it was made
+                if event.path:
+                    syncer.submit_file(event.path, f"samples/{Path(event.path).name}")
+                for base in event.base:
+                    syncer.submit_file(base, f"{STORE_BASE_SAMPLES}/{Path(base).name}")
         case Error():
             outcome.error = event.message
             outcome.error_kind = event.kind

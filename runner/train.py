@@ -24,6 +24,7 @@ from ..storage.runstore import RunStore
 from ..trainer.backend import EXIT_STOPPED, TrainJob
 from ..trainer.events import Event
 from ..trainer.registry import backend_for
+from ..trainer.sample_plan import BASE_SAMPLES_DIR, STORE_BASE_SAMPLES
 from .resume import ResumePoint, find_resume_point, state_extra
 from .supervise import Outcome, supervise
 from .sync import CheckpointSyncer
@@ -58,6 +59,8 @@ class SessionResult:
     unsynced_steps: int = 0
     losses: list[tuple[int, float]] = field(default_factory=list)
     resume_note: str = ""
+    samples: list[str] = field(default_factory=list)  # this session's sample grids, as stored
+    sampling_errors: list[tuple[int, str]] = field(default_factory=list)  # (step, why) of each failed sampling point
     already_complete: bool = False  # the saved state was the last step: nothing was trained or rewritten
 
     def to_dict(self) -> dict:
@@ -125,6 +128,7 @@ def run_training_session(
     )
     log_path = run_dir / "trainer.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **audience_env()}  # its messages spell settings for our reader
+    fetch_base_samples(store, work_dir, warn)
     proc = start_process_group(command, log_path=log_path, env=env)
     try:
         outcome = supervise(proc, events_path, syncer=syncer, should_stop=should_stop, on_event=on_event)
@@ -187,7 +191,29 @@ def _session_result(run_id, outcome: Outcome, resume: ResumePoint, syncer, store
         warmup_steps=outcome.warmup[0] if outcome.timed_steps and outcome.warmup else 0,
         unsynced_steps=syncer.steps_at_risk(outcome.step) if status != "completed" else (0 if flushed else outcome.step),
         losses=outcome.losses, resume_note=resume.describe(),
+        samples=[store.path("samples", Path(p).name) for p in outcome.samples], sampling_errors=outcome.sampling_errors,
     )
+
+
+def fetch_base_samples(store: RunStore, work_dir: Path, log) -> list[Path]:
+    """Copy the base model's sample images stored by an earlier session into the work dir (the trainer's cache).
+
+    They never change during a run, so a session on a fresh machine reuses them instead of sampling the
+    base model again. A failure only costs that sampling, never the session.
+    """
+    local = Path(work_dir) / BASE_SAMPLES_DIR
+    fetched = []
+    try:
+        for name in store.listdir(STORE_BASE_SAMPLES):
+            if not (local / name).is_file():
+                local.mkdir(parents=True, exist_ok=True)
+                part = local / f".{name}.{os.getpid()}.part"
+                store.fs.get_file(store.path(STORE_BASE_SAMPLES, name), str(part))
+                os.replace(part, local / name)  # the trainer trusts any file there: never a partial one
+                fetched.append(local / name)
+    except Exception as exc:  # noqa: BLE001 - every storage backend's errors; the trainer samples them again
+        log(f"could not fetch the stored base model samples ({exc}); they will be drawn again")
+    return fetched
 
 
 def _upload_log(store: RunStore, log_path: Path, run_id: str, log) -> None:

@@ -14,7 +14,9 @@ from ..ui.artifacts import artifact_key, image_markdown
 from ..ui.console import FOR_CONSOLE
 from ..ui.loss_chart import SIZE as CHART_SIZE, loss_chart_png, loss_table
 from ..ui.prefect_progress import PrefectProgress
+from ..trainer.events import Samples
 from ..ui.progress import ConsoleProgress
+from ..ui.samples import samples_markdown, show_in_notebook
 from .storage import run_store
 
 CHART_MAX_SIDE = max(CHART_SIZE)  # the chart as drawn: small already (tens of kB), and its labels stay sharp
@@ -34,6 +36,8 @@ def train_task(config: TrainingConfig, report, models, run_id: str, guard=None, 
     def on_event(event, outcome):
         cell(event, outcome)
         prefect_progress(event, outcome)
+        if isinstance(event, Samples):
+            publish_samples(event, config)
 
     store = run_store(config, storage)
     try:
@@ -57,6 +61,17 @@ def train_task(config: TrainingConfig, report, models, run_id: str, guard=None, 
         cell.close()
     publish_loss_chart(store, config, result.losses, run_id)
     return result.to_dict()
+
+
+def publish_samples(event: Samples, config: TrainingConfig) -> None:
+    """A sample grid as a markdown artifact that shows the image, and in the notebook cell; never fails the run."""
+    try:
+        create_markdown_artifact(markdown=samples_markdown(event, config.project_name),
+                                 key=artifact_key("samples", config.project_name),
+                                 description=f"sample images at step {event.step}")  # fmt: skip
+        show_in_notebook(event)
+    except Exception as exc:  # noqa: BLE001 - a display or API hiccup must not stop the training it reports on
+        get_run_logger().warning("could not show the sample grid of step %d: %s", event.step, exc)
 
 
 def job_fields(models: ModelPaths, plan: Plan | None) -> dict:

@@ -21,6 +21,10 @@ DEFAULT_STEPS = 20  # a prompt's --s overrides it; enough for a recognisable ima
 DEFAULT_GUIDANCE = 4.0  # diffusers' Anima guider default
 DATASET_PROMPTS = 4  # captions sampled when no prompt file is given: one grid stays readable
 PIPELINE_MULTIPLE = 16  # the VAE's 8x times the DiT's 2x2 patches: the Anima pipeline refuses other sizes
+# The base model's sample images, in the work dir and (the same names) in the run store's samples/base/:
+# made once per run by the trainer, fetched back by the runner before a later session starts.
+BASE_SAMPLES_DIR = "cache/samples/base"
+STORE_BASE_SAMPLES = "samples/base"
 
 
 def run_buckets(cfg: TrainingConfig) -> list[Bucket]:

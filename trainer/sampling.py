@@ -32,6 +32,7 @@ from .cache import TEXT_MODULES
 from .components import build_vae, component_identity, release_memory
 from .events import Samples, emit
 from .sample_grid import sample_grid
+from .sample_plan import BASE_SAMPLES_DIR
 
 if TYPE_CHECKING:
     from .loop import Session
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SAMPLES_DIR = "samples"  # in the output dir and in the run store
-BASE_DIR = Path("cache") / "samples" / "base"  # in the work dir: <key>/<i>.png, mirrored to the store's samples/base/
 # Bump when the way images are made changes (pipeline blocks, padding, seeding): the cached base row is remade.
 SAMPLER_VERSION = "sampler-v1:anima-modular:padded-context:seed-per-prompt"
 
@@ -53,7 +53,8 @@ class Sampling:
     negatives: list[torch.Tensor]
     context_length: int
     models_dir: Path
-    base_dir: Path  # <work dir>/cache/samples/base/<key>
+    base_dir: Path  # <work dir>/cache/samples/base, the run store's samples/base mirrored (runner/train.py)
+    base_key: str  # names this run's base row there: <key>-<i>.png
     every_n_epochs: int
     vae_dtype: torch.dtype = torch.float32
     last_step: int | None = None  # an epoch's end followed by the run's end (or a stop) samples once
@@ -61,7 +62,7 @@ class Sampling:
 
     @property
     def base_paths(self) -> list[Path]:
-        return [self.base_dir / f"{i:02d}.png" for i in range(len(self.prompts))]
+        return [self.base_dir / f"{self.base_key}-{i:02d}.png" for i in range(len(self.prompts))]
 
 
 def prompt_texts(prompts: Sequence[SamplePrompt]) -> list[str]:
@@ -76,7 +77,7 @@ def build_sampling(prompts: list[SamplePrompt], cache, models_dir: Path, work_di
     return Sampling(
         prompts=prompts, contexts=[cache.texts[p.prompt] for p in prompts],
         negatives=[cache.texts[p.negative_prompt] for p in prompts], context_length=cache.context_length,
-        models_dir=Path(models_dir), base_dir=Path(work_dir) / BASE_DIR / key, every_n_epochs=every_n_epochs,
+        models_dir=Path(models_dir), base_dir=Path(work_dir) / BASE_SAMPLES_DIR, base_key=key, every_n_epochs=every_n_epochs,
         vae_dtype=vae_dtype,
     )  # fmt: skip
 
@@ -112,7 +113,7 @@ def sample_now(s: Session) -> Path | None:
     if acc.is_main_process:  # one grid per run: the other processes wait at the barrier below
         started = time.monotonic()
         try:
-            path, base = make_grid(s)
+            path, base = make_grid(s)  # base: the base row's files when this point made them
         except Exception as exc:  # noqa: BLE001 - whatever breaks sampling (OOM included) must not end training
             reason = f"{type(exc).__name__}: {exc}"
             sampling.failures.append(reason)
@@ -128,11 +129,11 @@ def sample_now(s: Session) -> Path | None:
 
 
 def make_grid(s: Session) -> tuple[Path, list[Path]]:
-    """Sample the LoRA row (and the base row when it is not cached yet), write the grid; (grid, base images)."""
+    """Sample the LoRA row (and the base row when it is not cached yet), write the grid; (grid, base files made now)."""
     sampling, p, cfg = s.sampling, s.progress, s.cfg
     model = s.accelerator.unwrap_model(s.model)
     with _vae(sampling, s.accelerator.device) as vae, _inference(model):
-        base_paths = sampling.base_paths
+        base_paths, made = sampling.base_paths, []
         if not all(path.is_file() for path in base_paths):
             model.disable_adapters()
             try:
@@ -141,7 +142,8 @@ def make_grid(s: Session) -> tuple[Path, list[Path]]:
                 model.enable_adapters()
             for image, path in zip(base, base_paths, strict=True):
                 _save_png(image, path)
-            log.info("base model samples made once for this run: %s", sampling.base_dir)
+            made = base_paths
+            log.info("base model samples made once for this run: %s", ", ".join(map(str, made)))
         lora = generate(model, vae, sampling, s.accelerator)
     base = [_open(path) for path in base_paths]
     title = f"{cfg.project_name}: step {p.global_step} of {p.total_steps}, " + epoch_position(
@@ -149,7 +151,7 @@ def make_grid(s: Session) -> tuple[Path, list[Path]]:
     grid = sample_grid(base, lora, [q.prompt for q in sampling.prompts], title)
     path = grid_path(s.output_dir, cfg.project_name, p.global_step)
     _save_png(grid, path)
-    return path, base_paths
+    return path, made
 
 
 def generate(transformer: torch.nn.Module, vae: torch.nn.Module, sampling: Sampling, accelerator) -> list[Image.Image]:

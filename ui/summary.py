@@ -76,7 +76,19 @@ def summary_markdown(config: TrainingConfig, result: dict, store_root: str) -> s
         lines += ["", f"The run failed at step {_known(result.get('steps_done'))}:", "", "```text", reason, "```"]
     if result.get("unsynced_steps"):
         lines += ["", f"**{result['unsynced_steps']} steps are not yet in storage**; keep this session alive until sync finishes."]
+    lines += [f"\n{line}" for line in sampling_lines(result)]
     return "\n".join(lines)
+
+
+def sampling_lines(result: dict) -> list[str]:
+    """Where this session's sample grids are, and each sampling point that failed with its reason."""
+    lines = []
+    if result.get("samples"):
+        grids = result["samples"]
+        lines.append(f"sample grids: {len(grids)}, the newest {grids[-1]}")
+    for step, why in result.get("sampling_errors") or []:
+        lines.append(f"sampling failed at step {step} (training went on): {why}")
+    return lines
 
 
 def summary_text(config: TrainingConfig, result: dict) -> str:
@@ -96,6 +108,7 @@ def summary_text(config: TrainingConfig, result: dict) -> str:
         lines.append("Stopped before the session ends; run the same command again to continue.")
     if result.get("elapsed_s"):
         lines.append(f"time: {format_duration(result['elapsed_s'])}")
+    lines += sampling_lines(result)
     return "\n".join(lines)
 
 

@@ -59,6 +59,7 @@ def test_grids_at_every_epoch_and_the_end_are_reproducible_and_the_lora_row_move
     assert Path(samples[0].path) == tmp_path / "a" / "samples" / "tiny-step00000003.png"
     assert samples[0].prompts == ["1girl, solo, smile, blue hair", "cat ears, red eyes"]
     assert len(samples[0].base) == 2 and all(Path(b).is_file() for b in samples[0].base)
+    assert samples[1].base == []  # made once: only the point that drew them lists them (the runner stores them)
     assert result.final_lora
 
     # Same weights and seeds, same bytes: a second run in a fresh work dir draws the same grids.
@@ -91,6 +92,7 @@ def test_a_resumed_run_gives_the_same_grids_and_reuses_the_base_row(job, tmp_pat
     got = {e.step: Path(e.path).read_bytes() for e in _samples(first_events) + _samples(second_events)}
     assert got[3] == expected[3] and got[6] == expected[6]
     # The base row was drawn once, by the first run in this work dir; every later grid reused it.
+    assert all(e.base == [] for e in _samples(first_events) + _samples(second_events))
     assert {p: p.stat().st_mtime_ns for p in base_files} == made
 
 
