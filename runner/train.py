@@ -117,6 +117,8 @@ def run_training_session(
             models_dir=str(models_dir) if models_dir else None, work_dir=str(work_dir), output_dir=str(output_dir),
             resume_state=str(resume.local_dir) if resume.local_dir else None, dataset_fingerprint=dataset_fingerprint,
             run_id=run_id, run_dir=str(run_dir), resume_step=resume.step,
+            validation_items=[item.to_json() for item in report.validation_items()] if report is not None else [],
+            validation_source=report.held_out_source if report is not None else "",
         )
         job = backend.prepare(replace(job, **(job_fields or {})), report)
         run_dir.mkdir(parents=True, exist_ok=True)

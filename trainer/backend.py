@@ -56,6 +56,9 @@ class TrainJob:
     subsets: list[tuple[str, int]] | None = None
     tool_dir: str | None = None  # an installed checkout of the backend's own program; None: installed on first use
     cache_dir: str | None = None
+    # Held-out images for the validation loss (TrainItem records); none: a fixed few training images.
+    validation_items: list[dict[str, Any]] = field(default_factory=list)
+    validation_source: str = ""  # where they came from: "validation_split" or the validation dataset's source
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

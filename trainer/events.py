@@ -100,6 +100,24 @@ class Checkpoint(Event):
 
 
 @dataclass(kw_only=True)
+class Validation(Event):
+    """The validation loss at an epoch's end (`epoch` finished epochs): a pure function of the weights.
+
+    `held_out` says whether `images` were kept out of training or are a fixed subset of the training
+    images; `best_epoch` is the epoch with the lowest loss so far on this set, `best_loss` its loss.
+    """
+
+    event: ClassVar[str] = "validation"
+    step: int
+    epoch: int
+    loss: float
+    images: int
+    held_out: bool
+    best_epoch: int | None = None
+    best_loss: float | None = None
+
+
+@dataclass(kw_only=True)
 class Log(Event):
     event: ClassVar[str] = "log"
     message: str
@@ -158,7 +176,7 @@ class Error(Event):
     oom: bool | None = None
 
 
-KINDS: dict[str, type[Event]] = {k.event: k for k in (Plan, Step, Checkpoint, Log, Stopped, Done, Samples, Error)}
+KINDS: dict[str, type[Event]] = {k.event: k for k in (Plan, Step, Checkpoint, Validation, Log, Stopped, Done, Samples, Error)}
 
 EventSink = Callable[[Event], None]
 

@@ -35,6 +35,8 @@ from .lora import (
 )
 from .loss import Objective, compute_loss
 from .sampling import Sampling, at_epoch_end, sample_now
+from .validation import Validator, best_epoch, validate
+from .validation import metadata as validation_metadata
 from .state import OPTIMIZER_KEY, RNG_KEY, SCALER_KEY, SCHEDULER_KEY, TrainingProgress, prune_states, rng_state, save_state
 
 log = logging.getLogger(__name__)
@@ -210,6 +212,7 @@ class Session:
     show_progress: bool = False
     last_state: str | None = None
     loras: list[str] = field(default_factory=list)
+    validation: Validator | None = None  # measures the validation loss at each epoch's end
     sampling: Sampling | None = None  # sample grids every N epochs, at the end and at a stop
 
 
@@ -261,6 +264,7 @@ def train(s: Session) -> TrainResult:
                 bar.close()
                 return stop(s, reason if isinstance(reason, str) else "requested")
         p.next_epoch()
+        validate(s)  # before the epoch's LoRA and state: both record it (metadata, best epoch so far)
         if cfg.save_every_n_epochs and p.epoch % cfg.save_every_n_epochs == 0 and p.epoch < cfg.max_train_epochs:
             save_lora(s, Path(s.output_dir) / lora_file_name(cfg.project_name, p.epoch), prune=True)
         save_full_state(s)
@@ -327,6 +331,7 @@ def save_lora(s: Session, path: Path, prune: bool) -> Path:
     meta = lora_metadata(cfg, s.effective, optimizer=describe_optimizer(s.optimizer), steps=p.global_step, epoch=p.epoch,
                          total_steps=p.total_steps, dataset_fingerprint=s.dataset_fingerprint)  # fmt: skip
     meta.update(base_model_metadata(p.base_model))
+    meta.update(validation_metadata(p))
     if cfg.save_kohya_lora:  # written first: the checkpoint event below makes the runner sync both
         save_lora_file(path.with_name(kohya_name(path.name)), to_kohya_state_dict(adapter, cfg.network_alpha, save_dtype),
                        kohya_metadata(meta))  # fmt: skip
@@ -335,7 +340,10 @@ def save_lora(s: Session, path: Path, prune: bool) -> Path:
     emit(s.sink, Checkpoint(kind="lora", path=str(path), step=p.global_step, epoch=p.epoch))
     if prune and cfg.save_last_n_epochs:
         epoch_files = sorted(f for f in Path(s.output_dir).iterdir() if epoch_of(cfg.project_name, f.name) is not None)
+        best = best_epoch(p)  # the lowest validation loss names the LoRA to use: never pruned
         for old in epoch_files[: -cfg.save_last_n_epochs]:
+            if best is not None and epoch_of(cfg.project_name, old.name) == best:
+                continue
             old.unlink(missing_ok=True)
             old.with_name(kohya_name(old.name)).unlink(missing_ok=True)
     return path

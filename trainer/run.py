@@ -24,8 +24,10 @@ from .data import build_sampler
 from .events import EventSink, Log, Plan, emit
 from .lora import build_lora_model, load_adapter_state_dict, lora_parameters
 from .native import NativeBackend, saved_step
+from .loss import Objective
 from .sample_plan import sample_prompts_for
 from .sampling import build_sampling, prompt_texts
+from .validation import adopt_record, build_validator
 from .loop import (
     EFFECTIVE_KEY,
     Session,
@@ -106,9 +108,11 @@ def build_session(job: TrainJob, cfg: TrainingConfig, items: list[TrainItem], mo
     # encoders run in fp32: Qwen3 and the VAE were made for bf16's range, and this runs once per image.
     with accelerator.main_process_first():
         cache_dtype = torch.float32 if dtype == torch.float16 else dtype
+        # The held-out items go through the same cache, after the training items (the sampler's indices).
+        held_out = [TrainItem.from_json(item) for item in job.validation_items]
         # The sample prompts are encoded with the captions, while the text stack is loaded anyway.
         prompts = sample_prompts_for(cfg, items) if cfg.sample_every_n_epochs else []
-        cache = build_cache(items, models_dir, Path(job.work_dir), accelerator.device, cache_dtype,
+        cache = build_cache(items + held_out, models_dir, Path(job.work_dir), accelerator.device, cache_dtype,
                             extra_texts=prompt_texts(prompts))  # fmt: skip
     st = cache.stats
     log.info("caches: %d latents reused, %d encoded; %d captions reused, %d encoded%s",
@@ -129,12 +133,17 @@ def build_session(job: TrainJob, cfg: TrainingConfig, items: list[TrainItem], mo
     if job.resume_state:
         progress, scheduler = _restore(Path(job.resume_state), cfg, eff, progress, accelerator, model, optimizer,
                                        scheduler, generator)  # fmt: skip
+    validator = build_validator(items, held_out, cfg.seed, Objective(cfg.timestep_sampling, cfg.sigmoid_scale,
+                                cfg.discrete_flow_shift), eff.steps.samples_per_epoch)  # fmt: skip
+    adopt_record(progress, validator)
+    log.info("validation loss: %s at noise levels %s, each epoch's end", validator.label,
+             ", ".join(f"{v:g}" for v in validator.sigmas))  # fmt: skip
     sampling = build_sampling(prompts, cache, models_dir, Path(job.work_dir), cfg.sample_every_n_epochs, dtype,
                               cache_dtype) if prompts else None  # fmt: skip
     return Session(
         cfg=cfg, effective=eff, accelerator=accelerator, model=model, optimizer=prepared_optimizer, scheduler=scheduler,
         sampler=sampler, cache=cache, generator=generator, progress=progress, output_dir=Path(job.output_dir),
-        dataset_fingerprint=job.dataset_fingerprint, last_state=job.resume_state,
+        dataset_fingerprint=job.dataset_fingerprint, last_state=job.resume_state, validation=validator,
         sampling=sampling,
     )  # fmt: skip
 

@@ -51,6 +51,8 @@ class TrainingProgress:
     last_loss: float | None = None
     dataset_fingerprint: str = ""
     base_model: dict[str, Any] = field(default_factory=dict)  # base_model_record() of the model trained on
+    # trainer/validation.py's record: its set's identity, the loss at each epoch's end and the best so far.
+    validation: dict[str, Any] = field(default_factory=dict)
 
     def advance(self) -> None:
         self.global_step += 1

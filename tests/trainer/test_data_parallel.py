@@ -137,10 +137,16 @@ def test_two_processes_follow_the_one_process_schedule_and_weights(tmp_path, ite
         done = _train(job.save(tmp_path / f"{name}.json"), events_file)
         assert done.returncode == 0, done.stderr[-3000:]
         events = list(read_events(events_file))
+        runs[name] = [e for e in events if e.event == "validation"]
         return [e for e in events if e.event == "step"], load_lora_file(events[-1].lora)
 
+    runs = {}
     one_steps, one_lora = run("one", num_gpus=1, gradient_accumulation_steps=2)
     two_steps, two_lora = run("two", num_gpus=2, gradient_accumulation_steps=1)
+    # The validation loss: each process measures half of the (image, noise level) pairs and the halves are
+    # summed, so the 2-process number is the 1-process one (a process measuring alone would miss half).
+    (one_val,), (two_val,) = runs["one"], runs["two"]
+    assert two_val.images == one_val.images == 3 and two_val.loss == pytest.approx(one_val.loss, rel=1e-5)
     assert [e.step for e in two_steps] == [e.step for e in one_steps] == [10, 20]
     assert [e.lr for e in two_steps] == [e.lr for e in one_steps]
     assert two_steps[0].lr > 1e-4  # at 2x speed the cosine had reached 0 at step 10
