@@ -2,8 +2,9 @@
 
 Each kind is a class with one name per field, for every backend's producer and every consumer:
 Plan (the run's total steps, where it starts), Step (progress), Checkpoint (a LoRA or a full state
-landed on local disk), Log (a human line), Stopped (saved and stopped early, e.g. for the session
-deadline), Done (final LoRA written), Samples (a sample grid, or why sampling failed), Error.
+landed on local disk), Validation (the validation loss at an epoch's end), Log (a human line),
+Stopped (saved and stopped early, e.g. for the session deadline), Done (final LoRA written), Samples
+(a sample grid, or why sampling failed), Error.
 """
 
 from __future__ import annotations
