@@ -161,8 +161,9 @@ def run_flow(config: TrainingConfig, *, dry_run: bool = False, verbose: bool = F
     configure_prefect_environment()
     check_api_reachable()  # a configured API that does not answer would fail the run later with a raw error
     # Before prefect is imported: it reads PREFECT_API_URL then. Our server survives a Ctrl-C.
-    with server_for_this_command():
-        from prefect.logging.handlers import APILogWorker  # noqa: PLC0415 - prefect is imported only after its settings
+    with server_for_this_command() as history:
+        from prefect.events.worker import EventsWorker  # noqa: PLC0415 - prefect is imported only after its settings
+        from prefect.logging.handlers import APILogWorker  # noqa: PLC0415
 
         from .flows.train_lora import train_lora  # noqa: PLC0415
         from .ui.console import quiet_console  # noqa: PLC0415 - imports prefect
@@ -172,12 +173,22 @@ def run_flow(config: TrainingConfig, *, dry_run: bool = False, verbose: bool = F
         for handler in logging.getLogger().handlers:
             if isinstance(handler, logging.StreamHandler):
                 handler.addFilter(_no_console_echo_of_user_errors)
+        result = None
         try:
             with quiet_console(verbose=verbose):
-                return train_lora(config=config, dry_run=dry_run)
+                result = train_lora(config=config, dry_run=dry_run)
+        except BaseException as exc:
+            if is_user_error(exc):
+                history = None  # a refused input stays one line
+            raise
         finally:
-            # The server stops when this block ends: logs still queued would fail with "Error logging to API".
+            # The server stops when this block ends: logs and events (task runs are recorded from events)
+            # still queued would fail with "Error logging to API", or be lost.
             APILogWorker.drain_all(timeout=5)
+            EventsWorker.drain_all(timeout=5)
+            if history is not None:
+                print(history.describe(result.get("flow_run_id") if isinstance(result, dict) else None), file=sys.stderr)
+        return result
 
 
 _USER_ERROR_RUNS: set[str] = set()  # ids of the task and flow runs that failed with a user error

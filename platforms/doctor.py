@@ -103,19 +103,33 @@ def _free_space(path) -> str:
 
 
 def check_prefect() -> Finding:
-    from .prefect_env import api_problem  # noqa: PLC0415
+    """Which Prefect API runs report to (the user's own, `anima-lora ui`'s, or a temporary one), and where
+    their history is kept and how to open it. Read without importing prefect or starting anything."""
+    from .prefect_env import (  # noqa: PLC0415
+        History,
+        api_problem,
+        configure_prefect_environment,
+        configured_api,
+        running_ui_history,
+        user_history,
+    )
 
-    url = os.environ.get("PREFECT_API_URL")
-    if not url:
-        return Finding("prefect", "no PREFECT_API_URL", "a temporary local server starts with each run (no UI); "
-                       "`anima-lora ui` for a UI, Prefect Cloud to keep history across sessions")
-    where = "Prefect Cloud" if "api.prefect.cloud" in url else url
-    problem = api_problem(url, os.environ.get("PREFECT_API_KEY"))
+    home = configure_prefect_environment()["PREFECT_HOME"]
+    api = configured_api()
+    if api is None:
+        running = running_ui_history(Path(home))
+        if running is not None:
+            return Finding("prefect", f"no PREFECT_API_URL; `anima-lora ui` is running at {running.ui_url}",
+                           "runs report to it; " + running.describe())
+        return Finding("prefect", f"no PREFECT_API_URL: each run starts a temporary local server (PREFECT_HOME {home})",
+                       History(ui_url=None, home=Path(home)).describe() + "; Prefect Cloud keeps it across sessions")
+    origin = "" if api.source == "PREFECT_API_URL" else f" (from {api.source})"
+    problem = api_problem(api.url, api.key)
     if problem:
-        return Finding("prefect", f"API at {where}: {problem}",
+        return Finding("prefect", f"API at {api.where}{origin}: {problem}",
                        "train stops before it starts; start that server (`anima-lora ui`), correct PREFECT_API_URL, "
                        "or unset it to use a temporary local server", ok=False)
-    return Finding("prefect", f"API at {where}", "flow runs and artifacts are recorded there")
+    return Finding("prefect", f"API at {api.where}{origin}", user_history(api).describe())
 
 
 def check_secrets(env=os.environ) -> Finding:

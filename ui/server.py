@@ -28,10 +28,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.processes import free_port, pid_alive
+from ..core.processes import free_port, guard_group, pid_alive
 from ..errors import UserInputError, setting
+from ..platforms.prefect_env import UI_PID_FILE, History, configured_api, running_ui_history, ui_server_record, user_history
 
-PID_FILE = "anima-ui-server.json"  # not Prefect's own server.pid, which `prefect server start -b` owns
+PID_FILE = UI_PID_FILE
 LOG_FILE = "anima-ui-server.log"
 RUN_LOG_FILE = "anima-run-server.log"  # the per-command servers of server_for_this_command
 
@@ -118,45 +119,67 @@ def start_ui_server(port: int = 4200, *, home: Path | None = None, host: str = "
     return server
 
 
-@contextlib.contextmanager
-def server_for_this_command(home: Path | None = None, timeout_s: float = 90) -> Iterator[str | None]:
-    """The Prefect API a CLI command runs its flow against; yields its URL (None: the user's own API).
+# The per-command server records what a run's history needs and nothing else: the task-run recorder
+# and the event persister (`--no-services` turns those off too, and then no task run is recorded), but
+# none of the loops for deployments, workers, schedules and automations, which only a lasting server
+# uses. Measured on 2 loaded cores (Prefect 3.9.1): start to /api/health about as fast as --no-services.
+RUN_SERVER_SERVICES_OFF = ("SCHEDULER", "LATE_RUNS", "FOREMAN", "REPOSSESSOR", "CANCELLATION_CLEANUP",
+                           "PAUSE_EXPIRATIONS", "CLEANUP_RECONCILER", "TRIGGERS", "EVENT_LOGGER")
+RUN_SERVER_STOP_GRACE_S = 10.0  # SIGTERM lets it close its SQLite database cleanly
 
-    Prefect's own temporary server runs in the caller's process group, so a Ctrl-C in the terminal
-    kills it together with the flow, whose clean-up then retries the dead API for minutes. This one
-    runs in its own session (API only, no services), so the flow can record the interruption and
-    say how to resume; it is stopped when the command ends. A running `anima-lora ui` server is used
-    as is, and left running.
+
+@contextlib.contextmanager
+def server_for_this_command(home: Path | None = None, timeout_s: float = 90) -> Iterator[History]:
+    """The Prefect API a CLI command runs its flow against; yields where its history is kept.
+
+    The user's own API (environment, Prefect profile, Colab/Kaggle secret) is used as it is; so is a
+    running `anima-lora ui` server, left running. Otherwise a temporary server records the run in
+    PREFECT_HOME's database, where `anima-lora ui` finds it later. Prefect's own temporary server would
+    run in the caller's process group, so a Ctrl-C in the terminal would kill it together with the flow,
+    whose clean-up then retries the dead API for minutes. This one runs in its own session, so the flow
+    can record the interruption and say how to resume; it is stopped when the command ends, and a
+    watchdog stops it within seconds if this process dies without doing so (SIGKILL included).
     """
-    if os.environ.get("PREFECT_API_URL") or "prefect" in sys.modules:
-        yield None  # the user's API, or prefect already imported with its settings (a test harness, a notebook)
+    api = configured_api()
+    if api is not None:
+        yield user_history(api)
+        return
+    if "prefect" in sys.modules:  # imported with its own settings before us (a test harness, a notebook)
+        yield History(ui_url=None)
         return
     home = prefect_home(home)
-    running = _running_server(home)
+    running = running_ui_history(home)
     if running is not None:
-        url = f"http://{_client_host(running.get('host', '127.0.0.1'))}:{running['port']}/api"
-        with _api_url(url):
-            yield url
+        with _api_url(running.api_url):
+            yield running
         return
     port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           **{f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false" for name in RUN_SERVER_SERVICES_OFF},
+           "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "[]"}
     log_path = home / RUN_LOG_FILE
-    process = _spawn_server(["--host", "127.0.0.1", "--port", str(port), "--no-services", "--no-ui"], env, log_path)
+    process = _spawn_server(["--host", "127.0.0.1", "--port", str(port), "--no-ui"], env, log_path)
+    guard_group(process, grace_s=RUN_SERVER_STOP_GRACE_S)
     try:
         _wait_healthy(process, "127.0.0.1", port, log_path, timeout_s)
-        with _api_url(f"http://127.0.0.1:{port}/api") as url:
-            yield url
+        # No UI outlives this server: Prefect's "View at http://127.0.0.1:PORT/runs/..." would be a dead link.
+        with _api_url(f"http://127.0.0.1:{port}/api", ui_url="") as url:
+            yield History(ui_url=None, home=home, api_url=url)
     finally:
         _kill_group(process.pid)
 
 
 @contextlib.contextmanager
-def _api_url(url: str) -> Iterator[str]:
+def _api_url(url: str, ui_url: str | None = None) -> Iterator[str]:
     os.environ["PREFECT_API_URL"] = url  # read by prefect when it is first imported
+    if ui_url is not None:
+        os.environ["PREFECT_UI_URL"] = ui_url
     try:
         yield url
     finally:
         os.environ.pop("PREFECT_API_URL", None)
+        if ui_url is not None:
+            os.environ.pop("PREFECT_UI_URL", None)
 
 
 def _spawn_server(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
@@ -262,28 +285,7 @@ def _write_pid_file(home: Path, record: dict) -> None:
 
 def _running_server(home: Path) -> dict | None:
     """The pid file's record when its process is alive and is a Prefect server; None for none or a stale file."""
-    try:
-        record = json.loads((home / PID_FILE).read_text(encoding="utf-8"))
-        pid, port = int(record["pid"]), int(record["port"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if not _is_prefect_server(pid):
-        return None
-    return {**record, "pid": pid, "port": port}
-
-
-def _is_prefect_server(pid: int) -> bool:
-    if not _alive(pid):
-        return False
-    # A pid from an old session may belong to another program now; check what it runs where we can.
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if not cmdline.exists():
-        return True
-    try:
-        args = cmdline.read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"prefect" in b" ".join(args) and b"server" in args
+    return ui_server_record(home, reap=_reap)
 
 
 def _reap(pid: int) -> None:

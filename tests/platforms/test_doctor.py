@@ -122,3 +122,26 @@ def test_a_prefect_api_that_answers_its_health_check_is_ok(capsys, monkeypatch):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_doctor_says_where_the_history_of_a_run_without_an_api_goes(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "ph"))
+    main(["doctor", "--json"])
+    prefect = {f["topic"]: f for f in json.loads(capsys.readouterr().out)}["prefect"]
+    assert prefect["ok"] and str(tmp_path / "ph") in prefect["found"]
+    assert "`anima-lora ui`" in prefect["action"] and str(tmp_path / "ph") in prefect["action"]
+
+
+def test_doctor_reads_the_api_of_the_active_prefect_profile(tmp_path, capsys, monkeypatch):
+    """What `prefect cloud login` or `prefect config set PREFECT_API_URL=...` leaves: doctor names it and its UI."""
+    port = _closed_port()
+    home = tmp_path / "ph"
+    home.mkdir()
+    (home / "profiles.toml").write_text(
+        f'active = "work"\n[profiles.work]\nPREFECT_API_URL = "http://127.0.0.1:{port}/api"\n')
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(home))
+    main(["doctor", "--json"])
+    prefect = {f["topic"]: f for f in json.loads(capsys.readouterr().out)}["prefect"]
+    assert not prefect["ok"] and "profile 'work'" in prefect["found"] and "connection refused" in prefect["found"]
