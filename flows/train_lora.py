@@ -114,6 +114,7 @@ def _download_and_train(config: TrainingConfig, report, plan, run_id: str, start
             "run_id": run_id, "flow_run_id": str(flow_run.get_id() or ""), "started": started, "ended": time.time(),
             "outcome": result.get("outcome"), "steps_done": result.get("steps_done"),
             "total_steps": result.get("total_steps"), "trainer": config.trainer,
+            "validation": result.get("validation"), "best_epoch": result.get("best_epoch"),
         }, error=sys.exc_info()[1], storage=storage)  # the exception ending the run, if any: `status` shows it as the reason
     if result.get("sec_per_step"):
         store_refined_plan_task(config, plan, result["sec_per_step"], result.get("steps_done") or 0, storage)

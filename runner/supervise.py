@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..core.processes import signal_group, stop_process_group
 from ..trainer.backend import EXIT_STOPPED
-from ..trainer.events import Checkpoint, Done, Error, Event, JsonLinesParser, Plan, Samples, Step, Stopped
+from ..trainer.events import Checkpoint, Done, Error, Event, JsonLinesParser, Plan, Samples, Step, Stopped, Validation
 from ..trainer.sample_plan import STORE_BASE_SAMPLES
 from .sync import CheckpointSyncer
 
@@ -38,6 +38,7 @@ class Outcome:
     losses: list[tuple[int, float]] = field(default_factory=list)
     samples: list[str] = field(default_factory=list)  # sample grids written (local paths)
     sampling_errors: list[tuple[int, str]] = field(default_factory=list)  # (step, why) of each failed sampling point
+    validation: list[Validation] = field(default_factory=list)  # the validation loss at each epoch end
     # Step events come every few steps, each with that interval's seconds per step. The first interval
     # holds the first step's compile and warm-up, so the session's average leaves it out when it can.
     warmup: tuple[int, float] | None = None  # (steps, seconds) of the first interval
@@ -176,6 +177,8 @@ def _apply(event: Event, outcome: Outcome, syncer: CheckpointSyncer | None) -> N
             outcome.step = event.step or outcome.step
             if syncer is not None and outcome.final_lora:
                 syncer.submit_lora(outcome.final_lora, epoch=None, step=outcome.step)
+        case Validation():
+            outcome.validation.append(event)
         case Samples():
             if event.path:
                 outcome.samples.append(event.path)

@@ -15,14 +15,14 @@ from typing import Any
 
 from ..config import TrainingConfig
 from ..core.dataset_report import DatasetReport
-from ..core.lora_files import kohya_name
+from ..core.lora_files import kohya_name, lora_file_name
 from ..core.processes import start_process_group
 from ..core.train_items import TrainItem
 from ..errors import TrainingError, audience_env, render, setting
 from ..storage.drive import remount_on_drop
 from ..storage.runstore import RunStore
 from ..trainer.backend import EXIT_STOPPED, TrainJob
-from ..trainer.events import Event
+from ..trainer.events import Event, Validation
 from ..trainer.registry import backend_for
 from ..trainer.sample_plan import BASE_SAMPLES_DIR, STORE_BASE_SAMPLES
 from .resume import ResumePoint, find_resume_point, state_extra
@@ -61,6 +61,8 @@ class SessionResult:
     resume_note: str = ""
     samples: list[str] = field(default_factory=list)  # this session's sample grids, as stored
     sampling_errors: list[tuple[int, str]] = field(default_factory=list)  # (step, why) of each failed sampling point
+    validation: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss) of this session's epochs
+    best_epoch: dict | None = None  # best_epoch_record(): the LoRA to use and why
     already_complete: bool = False  # the saved state was the last step: nothing was trained or rewritten
 
     def to_dict(self) -> dict:
@@ -138,6 +140,8 @@ def run_training_session(
         flushed = syncer.close(timeout=flush_timeout_s)
         _upload_log(store, log_path, run_id, warn)
     result = _session_result(run_id, outcome, resume, syncer, store, flushed)
+    if outcome.validation:
+        result.best_epoch = best_epoch_record(outcome.validation[-1], config.project_name, config.max_train_epochs)
     if result.outcome == "failed":
         raise TrainingFailedError(_failure_message(outcome, log_path), result)
     return result
@@ -194,7 +198,18 @@ def _session_result(run_id, outcome: Outcome, resume: ResumePoint, syncer, store
         unsynced_steps=syncer.steps_at_risk(outcome.step) if status != "completed" else (0 if flushed else outcome.step),
         losses=outcome.losses, resume_note=resume.describe(),
         samples=[store.path("samples", Path(p).name) for p in outcome.samples], sampling_errors=outcome.sampling_errors,
+        validation=[(v.step, v.loss) for v in outcome.validation],
     )
+
+
+def best_epoch_record(last: Validation, project: str, epochs: int) -> dict | None:
+    """The epoch with the lowest validation loss so far (the trainer's record spans every session) and its
+    LoRA file: the epoch's own, or the final LoRA when the last epoch is the best."""
+    if last.best_epoch is None or last.best_loss is None:
+        return None
+    final = last.best_epoch >= epochs
+    return {"epoch": last.best_epoch, "loss": last.best_loss, "file": lora_file_name(project, None if final else last.best_epoch),
+            "set": f"{'held-out' if last.held_out else 'training subset'}, {last.images} image{'s' if last.images != 1 else ''}"}
 
 
 def fetch_base_samples(store: RunStore, work_dir: Path, log) -> list[Path]:

@@ -290,15 +290,34 @@ class RunStore:
         return sorted((epoch, name) for epoch, name in found if epoch is not None)
 
     def prune_checkpoints(self, keep_last: int) -> list[str]:
-        """Keep the newest `keep_last` epoch LoRAs (0 keeps all); the final LoRA is never pruned."""
+        """Keep the newest `keep_last` epoch LoRAs (0 keeps all) and the best epoch's; the final LoRA is never pruned."""
         if keep_last <= 0:
             return []
-        doomed = [name for _, name in self.epoch_checkpoints()[:-keep_last]]
+        best = self.best_epoch()
+        doomed = [name for _, name in self.epoch_checkpoints()[:-keep_last] if best is None or name != best["file"]]
         for name in doomed:
             self.fs.rm(self.path("checkpoints", name))
             if self.exists(f"checkpoints/{kohya_name(name)}"):  # its kohya-format copy goes with it
                 self.fs.rm(self.path("checkpoints", kohya_name(name)))
         return doomed
+
+    def best_epoch(self) -> dict[str, Any] | None:
+        """The LoRA with the lowest validation loss in its metadata (anima_validation_loss, written by the
+        native trainer), as {"epoch", "file", "loss", "set"}; None when no LoRA here has one. Read from the
+        headers alone, so it holds across sessions and for a run that was killed."""
+        best = None
+        for epoch, name in [*self.epoch_checkpoints(), (None, self.checkpoint_name())]:
+            meta = self.lora_metadata(f"checkpoints/{name}") or {}
+            try:
+                loss = float(meta["anima_validation_loss"])
+            except (KeyError, ValueError):
+                continue
+            if epoch is None:
+                # The final LoRA carries the last epoch's loss; an epoch file of the same epoch says it first.
+                epoch = int(meta.get("ss_epoch", 0)) or None
+            if best is None or loss < best["loss"]:
+                best = {"epoch": epoch, "file": name, "loss": loss, "set": meta.get("anima_validation_set", "")}
+        return best
 
     def lora_metadata(self, rel: str) -> dict[str, str] | None:
         """The `__metadata__` of a safetensors file in the store ({} without one), read from its header

@@ -57,6 +57,7 @@ def project_status(store: RunStore, *, now: float | None = None) -> dict:
         "latest": store.latest_pointer(),
         "states": states,
         "checkpoints": store.list_checkpoints(),
+        "best_epoch": store.best_epoch(),
         "runs": _all_runs(store, lock, states),
     }
 
@@ -117,6 +118,11 @@ def status_text(store: RunStore, *, as_json: bool = False, now: float | None = N
         of = f" of {s['total_steps']}" if s["total_steps"] else ""
         lines.append(f"  step {s['step']:>7}{of}  {s['position'] or '-'}  {mark}")
     lines.append("checkpoints: " + (", ".join(info["checkpoints"]) or "none"))
+    best = info["best_epoch"]
+    if best:
+        epoch = f"epoch {best['epoch']}" if best["epoch"] is not None else "the final LoRA"
+        lines.append(f"best: {best['file']} ({epoch}), lowest validation loss {best['loss']:.4f}"
+                     + (f" ({best['set']})" if best["set"] else ""))
     lines.append(f"runs ({len(info['runs'])}):" if info["runs"] else "runs: none recorded")
     for run in info["runs"][-10:]:
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.get("started") or 0))

@@ -53,13 +53,13 @@ def train_task(config: TrainingConfig, report, models, run_id: str, guard=None, 
         # A failed or diverged run's loss so far is what tells why: publish it before the task fails.
         if exc.result is not None:
             try:
-                publish_loss_chart(store, config, exc.result.losses, run_id)
+                publish_loss_chart(store, config, exc.result.losses, run_id, validation=exc.result.validation)
             except Exception as publish_error:  # noqa: BLE001 - the training error is the one to raise
                 logger.warning("could not publish the loss of the failed run: %s", publish_error)
         raise
     finally:
         cell.close()
-    publish_loss_chart(store, config, result.losses, run_id)
+    publish_loss_chart(store, config, result.losses, run_id, validation=result.validation)
     return result.to_dict()
 
 

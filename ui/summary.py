@@ -77,6 +77,7 @@ def summary_markdown(config: TrainingConfig, result: dict, store_root: str) -> s
     if result.get("unsynced_steps"):
         lines += ["", f"**{result['unsynced_steps']} steps are not yet in storage**; keep this session alive until sync finishes."]
     lines += [f"\n{line}" for line in sampling_lines(result)]
+    lines += [f"\n{line}" for line in validation_lines(result)]
     return "\n".join(lines)
 
 
@@ -88,6 +89,18 @@ def sampling_lines(result: dict) -> list[str]:
         lines.append(f"sample grids: {len(grids)}, the newest {grids[-1]}")
     for step, why in result.get("sampling_errors") or []:
         lines.append(f"sampling failed at step {step} (training went on): {why}")
+    return lines
+
+
+def validation_lines(result: dict) -> list[str]:
+    """The newest validation loss, and which LoRA file to use: the epoch with the lowest validation loss."""
+    lines = []
+    if result.get("validation"):
+        step, loss = result["validation"][-1]
+        lines.append(f"validation loss: {loss_text(loss)} at step {step}")
+    best = result.get("best_epoch")
+    if best:
+        lines.append(f"use {best['file']}: lowest validation loss {best['loss']:.4f} at epoch {best['epoch']} ({best['set']})")
     return lines
 
 
@@ -109,6 +122,7 @@ def summary_text(config: TrainingConfig, result: dict) -> str:
     if result.get("elapsed_s"):
         lines.append(f"time: {format_duration(result['elapsed_s'])}")
     lines += sampling_lines(result)
+    lines += validation_lines(result)
     return "\n".join(lines)
 
 
