@@ -60,6 +60,9 @@ class TrainJob:
     validation_items: list[dict[str, Any]] = field(default_factory=list)
     validation_source: str = ""  # where they came from: "validation_split" or the validation dataset's source
 
+    # The validation images as (folder, repeats) subsets, for a backend that scans folders itself.
+    validation_subsets: list[tuple[str, int]] | None = None
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -68,6 +71,8 @@ class TrainJob:
         job = cls(**data)
         if job.subsets is not None:
             job.subsets = [(str(folder), int(repeats)) for folder, repeats in job.subsets]
+        if job.validation_subsets is not None:
+            job.validation_subsets = [(str(folder), int(repeats)) for folder, repeats in job.validation_subsets]
         return job
 
     def save(self, path: Path) -> Path:

@@ -14,14 +14,16 @@ from pathlib import Path
 
 from ...config import TrainingConfig, cache_root
 from ...core.lora_files import lora_file_name
+from ...core.train_items import TrainItem
 from ...errors import UserInputError
 from ..backend import EXIT_DONE, EXIT_ERROR, EXIT_STOPPED, EXIT_USER, TrainJob
-from ..events import Done, Error, JsonLinesSink, Log, Stopped, emit
+from ..events import Checkpoint, Done, Error, Event, JsonLinesSink, Log, Stopped, emit
 from .backend import SdScriptsBackend
 from .install import SdScriptsInstallError, ensure_sd_scripts
 from .launch import SdScriptsFailed, run_sd_scripts
 from .prepare import prepare_sd_scripts_run
-from .resume import fix_train_state
+from .resume import fix_train_state, write_validation_history
+from .samples import SampleCollector, run_prompts
 
 
 def run_job(job: TrainJob, events: Path) -> int:
@@ -43,15 +45,23 @@ def run_job(job: TrainJob, events: Path) -> int:
             # sd-scripts writes in-epoch step numbers after a resume; put the absolute step back first.
             fix_train_state(resume, step=job.resume_step)
         output_dir = Path(job.output_dir)
+        prompts = run_prompts(config, [TrainItem.from_json(item) for item in job.items])
         prepared = prepare_sd_scripts_run(
             config, run_id=job.run_id, image_dir=job.dataset_dir, dit=job.dit, qwen3=job.text_encoder,
             vae=job.vae, sd_scripts_dir=sd_dir, config_dir=Path(job.run_dir) / "configs", output_dir=output_dir,
             mixed_precision=job.precision or "bf16", total_steps=job.total_steps, resume_dir=resume, subsets=job.subsets,
+            prompts=prompts, validation_subsets=job.validation_subsets,
         )
         emit(sink, Log(message=f"sd-scripts: {prepared.command_text}"))
+        parser = SdScriptsBackend().parse_events(job)
+        if prompts:
+            parser.on_samples = SampleCollector(prompts, output_dir, config.project_name)
+        if not job.validation_subsets:
+            emit(sink, Log(message="sd-scripts measures no validation loss in this run: no validation images were staged "
+                                   "for it", level="warning"))  # fmt: skip
         result = run_sd_scripts(
-            prepared.command, sink=sink, stop_requested=lambda: stop["requested"], echo=_quiet,
-            parser=SdScriptsBackend().parse_events(job), config=config, gpu_memory_gib=job.gpu_memory_gib,
+            prepared.command, sink=_keeping_validation(sink, parser), stop_requested=lambda: stop["requested"],
+            echo=_quiet, parser=parser, config=config, gpu_memory_gib=job.gpu_memory_gib,
         )
     except (UserInputError, SdScriptsInstallError) as exc:
         emit(sink, Error(message=str(exc)))
@@ -68,6 +78,18 @@ def run_job(job: TrainJob, events: Path) -> int:
         return EXIT_ERROR
     emit(sink, Done(lora=str(final), step=job.total_steps or result.last_step))
     return EXIT_DONE
+
+
+def _keeping_validation(sink, parser):
+    """The sink, after saving the validation losses so far into each state folder as it is reported
+    (before the runner copies it), so a run resumed from that state knows its best epoch."""
+
+    def forward(event: Event) -> None:
+        if isinstance(event, Checkpoint) and event.kind == "state" and parser.validation_history:
+            write_validation_history(event.path, parser.validation_history)
+        sink(event)
+
+    return forward
 
 
 def _quiet(_text: str, end: str = "\n") -> None:

@@ -39,12 +39,15 @@ class SdScriptsBackend:
         return []
 
     def prepare(self, job: TrainJob, report: "DatasetReport | None") -> TrainJob:
-        """Stage the validated dataset (kohya scans folders itself: it must see only what the validator accepted)."""
+        """Stage the validated dataset (kohya scans folders itself: it must see only what the validator accepted),
+        and the validation images, which sd-scripts reads as a dataset of their own (staging.stage_validation)."""
         if report is not None and job.dataset_dir is None:
-            from .staging import stage_dataset  # noqa: PLC0415 - Pillow, only when a report is staged
+            from .staging import stage_dataset, stage_validation  # noqa: PLC0415 - Pillow, only when a report is staged
 
             staged = stage_dataset(report, Path(job.work_dir))
-            job = replace(job, dataset_dir=str(staged.root), subsets=staged.subsets)
+            held = stage_validation(report, Path(job.work_dir), TrainingConfig(**job.config).seed)
+            job = replace(job, dataset_dir=str(staged.root), subsets=staged.subsets,
+                          validation_subsets=held.subsets if held else None)
         missing = [k for k in ("dataset_dir", "dit", "text_encoder", "vae") if not getattr(job, k)]
         if missing:
             raise NotBuiltError(f"the sd-scripts backend needs the single-file models; missing: {', '.join(missing)}")
@@ -55,7 +58,9 @@ class SdScriptsBackend:
                 "--events", str(events_path)]
 
     def parse_events(self, job: TrainJob) -> ConsoleParser:
-        return resume_parser(TrainingConfig(**job.config), job.resume_state)
+        parser = resume_parser(TrainingConfig(**job.config), job.resume_state)
+        parser.validation_held_out = bool(job.validation_items)
+        return parser
 
     def resume_step(self, state_dir: Path) -> int:
         return int(read_train_state(state_dir)["current_step"])
@@ -66,7 +71,9 @@ class SdScriptsBackend:
 
     def preview(self, job: TrainJob, report: "DatasetReport | None") -> Preview:
         """Stage the dataset, render and write both TOML files for the job; the command as it would run."""
+        from ...core.train_items import TrainItem  # noqa: PLC0415
         from .prepare import prepare_sd_scripts_run  # noqa: PLC0415
+        from .samples import run_prompts  # noqa: PLC0415
 
         job = self.prepare(job, report)  # the TOML names only what the validator accepted
         config = TrainingConfig(**job.config)
@@ -75,8 +82,14 @@ class SdScriptsBackend:
             qwen3=job.text_encoder, vae=job.vae, sd_scripts_dir=Path(job.tool_dir) if job.tool_dir else default_checkout(config),
             config_dir=Path(job.run_dir) / "configs", output_dir=Path(job.output_dir),
             mixed_precision=job.precision or "bf16", total_steps=job.total_steps,
+            # a dry run's job lists no items: the report's are the same images
+            prompts=run_prompts(config, [TrainItem.from_json(i) for i in job.items] or (report.train_items() if report else [])),
+            validation_subsets=job.validation_subsets,
         )
-        return Preview({"training_toml": prepared.training_path, "dataset_toml": prepared.dataset_path}, prepared.command_text)
+        files = {"training_toml": prepared.training_path, "dataset_toml": prepared.dataset_path}
+        if prepared.prompt_path is not None:
+            files["sample_prompts"] = prepared.prompt_path
+        return Preview(files, prepared.command_text)
 
 
 def default_checkout(config: TrainingConfig) -> Path:

@@ -7,6 +7,11 @@ sd-scripts draws each step's bar twice: `progress_bar.update(1)` first, still sh
 step's `avr_loss`, then `set_postfix(avr_loss=...)` with this step's (train_network.py, 48d368fa).
 Step saves and sampling run between the two. So a step's event waits for its second draw; `step`
 (what checkpoints and stops report) moves at the first.
+
+The same holds for the epoch-end validation bar (`epoch validation steps`, train_network.py): its last
+`update(1)` draws the average without the last loss, its `set_postfix` with it. Its loss is reported once
+something else is printed, from the last complete draw. A sampling point ("Generating sample images at
+step N") is complete when training moves on; then `on_samples` turns sd-scripts' images into events.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..events import Checkpoint, Event, Log, Plan, Step
+from ..events import Checkpoint, Event, Log, Plan, Step, Validation
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _BAR = re.compile(r"^steps:\s*\d+%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)\s*\[(?P<info>[^\]]*)\]\s*$")
@@ -35,6 +41,10 @@ _STATE_DONE = re.compile(r"^Random states saved in (?P<file>.+)$")  # accelerate
 _SKIPPING = re.compile(r"^skipping (?P<step>\d+) steps")
 _EPOCH_FILE = re.compile(r"-(\d{6})\.[A-Za-z]+$")
 _STEP_FILE = re.compile(r"-step(\d{8})\.[A-Za-z]+$")
+_SAMPLING = re.compile(r"^Generating sample images at step (?P<step>\d+)$")
+_VAL_BAR = re.compile(r"^epoch validation steps:\s*\d+%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)\s*\[(?P<info>[^\]]*)\]\s*$")
+_VAL_LOSS = re.compile(r"val_epoch_avg_loss=(?P<loss>[-+]?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|nan|inf))")
+_VAL_IMAGES = re.compile(r"num validation images \* repeats / .*?:\s*(\d+)")
 _NOTABLE = ("running training", "resume training from", "model saved.", "saving last state.", "removing old checkpoint")
 
 
@@ -60,7 +70,9 @@ class ConsoleParser:
     counter) at the resume point, so `initial_step` (or the "load train state" line) is added back.
     """
 
-    def __init__(self, *, initial_step: int = 0, skip_until_initial_step: bool = True):
+    def __init__(self, *, initial_step: int = 0, skip_until_initial_step: bool = True,
+                 on_samples: Callable[[int, int | None], list[Event]] | None = None, validation_held_out: bool = False,
+                 validation_history: list[dict] | None = None):
         self.resumed_step = initial_step  # optimizer steps done before this process started
         self.skip = skip_until_initial_step
         self.total: int | None = None
@@ -80,6 +92,14 @@ class ConsoleParser:
         self._buffer = ""
         self._shown_partial = ""
         self._unreported: dict | None = None  # the latest step, drawn but not yet reported
+        # (absolute step, epoch) -> events, called when sd-scripts has written a sampling point's images
+        self.on_samples = on_samples
+        self._sampling: dict | None = None  # a sampling point under way
+        self.validation_held_out = validation_held_out  # what Validation events say of the images
+        self.validation_images: int | None = None
+        self.validation_history: list[dict] = list(validation_history or [])  # {"step", "epoch", "loss"}, for the best epoch
+        self._validation: dict | None = None  # the latest complete draw of the epoch validation bar
+        self._validated: tuple[int, int] | None = None  # (epoch, step) of the last Validation sent
 
     # --- splitting -------------------------------------------------------------------------
     def feed(self, chunk: str) -> list[Event]:
@@ -113,6 +133,9 @@ class ConsoleParser:
         """Whatever is left after the stream ended, and the last step if it was never reported."""
         rest, self._buffer = self._buffer.removesuffix("\r"), ""
         pieces = [] if not rest or self._already_shown(rest) else [self._parse(rest)]
+        ended = self._phase_ends("", ended_stream=True)
+        if ended:
+            pieces.append(Piece("", False, ended, echo=False))
         if self._unreported is not None:
             # A normal exit redraws the bar when tqdm closes, so a step drawn once was cut short
             # (stopped, crashed) before set_postfix: the loss it shows is the previous step's.
@@ -131,12 +154,47 @@ class ConsoleParser:
     # --- parsing -----------------------------------------------------------------------------
     def _parse(self, raw: str) -> Piece:
         text = _ANSI.sub("", raw).strip()
+        if val := _VAL_BAR.match(text):
+            return Piece(raw, True, self._on_validation_bar(val))
         bar = _BAR.match(text)
+        ended = self._phase_ends(text, is_bar=bool(bar)) if text else []
         # A state is announced before accelerate writes it; report it once sd-scripts moves on.
-        done = self._state_done(text, bool(bar))
+        done = ended + self._state_done(text, bool(bar))
         if bar:
             return Piece(raw, True, done + self._on_bar(bar))
         return Piece(raw, False, done + self._on_line(text))
+
+    def _phase_ends(self, text: str, is_bar: bool = False, ended_stream: bool = False) -> list[Event]:
+        """Events of a validation or sampling point that this line shows to be over."""
+        events = []
+        if self._validation is not None:  # nothing but its own bar is drawn while validation runs
+            events += self._report_validation()
+        moved_on = ended_stream or is_bar or any(p.match(text) for p in (_EPOCH, _SAVING, _STATE, _SAMPLING))
+        if self._sampling is not None and (moved_on or text.startswith(_NOTABLE)):
+            point, self._sampling = self._sampling, None
+            if self.on_samples is not None:
+                events += self.on_samples(point["step"], point["epoch"])
+        return events
+
+    def _on_validation_bar(self, bar: re.Match) -> list[Event]:
+        loss = _VAL_LOSS.search(bar["info"])
+        # The set_postfix draw comes last: keep the newest. A draw short of the total is a new
+        # validation (the previous bar, closed when its variable is reassigned, redraws its end once more).
+        complete = loss is not None and int(bar["n"]) == int(bar["total"]) > 0
+        self._validation = {"loss": float(loss["loss"])} if complete else None
+        return []
+
+    def _report_validation(self) -> list[Event]:
+        loss, self._validation = self._validation["loss"], None
+        epoch = self.epoch or 0
+        if self._validated == (epoch, self.step):
+            return []  # the bar's closing redraw at exit, after its loss went out
+        self._validated = (epoch, self.step)
+        self.validation_history = [h for h in self.validation_history if h["epoch"] != epoch]
+        self.validation_history.append({"step": self.step, "epoch": epoch, "loss": loss})
+        best = min(self.validation_history, key=lambda h: (h["loss"], h["epoch"]))  # a tie: the earlier epoch
+        return [Validation(step=self.step, epoch=epoch, loss=loss, images=self.validation_images or 0,
+                           held_out=self.validation_held_out, best_epoch=best["epoch"], best_loss=best["loss"])]
 
     def _state_done(self, text: str, is_bar: bool) -> list[Event]:
         if self._pending_state is None:
@@ -151,7 +209,8 @@ class ConsoleParser:
         return [event]
 
     def _on_line(self, text: str) -> list[Event]:
-        for pattern, attr in ((_BATCHES, "batches_per_epoch"), (_EPOCHS, "num_epochs"), (_IMAGES, "images")):
+        for pattern, attr in ((_BATCHES, "batches_per_epoch"), (_EPOCHS, "num_epochs"), (_IMAGES, "images"),
+                              (_VAL_IMAGES, "validation_images")):
             match = pattern.search(text)
             if match:
                 setattr(self, attr, int(match.group(1)))
@@ -175,6 +234,10 @@ class ConsoleParser:
             return [self._checkpoint_lora(match["path"].strip())]
         if match := _STATE.match(text):
             return self._checkpoint_state(match)
+        if match := _SAMPLING.match(text):
+            # sd-scripts' step 0 is the sampling before training (sample_at_first): the base row
+            self._sampling = {"step": self.step, "epoch": 0 if int(match["step"]) == 0 else self.epoch}
+            return []
         if text.startswith(_NOTABLE):
             return [Log(message=text)]
         return []

@@ -9,6 +9,9 @@ from ...config import TrainingConfig
 from .console import ConsoleParser
 
 TRAIN_STATE_FILE = "train_state.json"  # {"current_epoch": e, "current_step": s}, written by sd-scripts
+# Our file in sd-scripts' state folder: the validation losses so far, so a resumed run knows its best epoch
+# (accelerate's load_state reads only its own files).
+VALIDATION_FILE = "anima_validation.json"
 
 
 def read_train_state(state_dir: str | Path) -> dict:
@@ -39,9 +42,24 @@ def fix_train_state(state_dir: str | Path, *, step: int, epoch: int | None = Non
     return True
 
 
+def write_validation_history(state_dir: str | Path, history: list[dict]) -> None:
+    (Path(state_dir) / VALIDATION_FILE).write_text(json.dumps({"history": history}), encoding="utf-8")
+
+
+def read_validation_history(state_dir: str | Path) -> list[dict]:
+    """The validation losses saved with a state ([] for a state saved without any, or an unreadable file)."""
+    try:
+        history = json.loads((Path(state_dir) / VALIDATION_FILE).read_text(encoding="utf-8"))["history"]
+        return [{"step": int(h["step"]), "epoch": int(h["epoch"]), "loss": float(h["loss"])} for h in history]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 def resume_parser(config: TrainingConfig, state_dir: str | Path | None) -> ConsoleParser:
-    """A console parser that reports absolute steps for a run resumed from `state_dir` (or a fresh one)."""
+    """A console parser that reports absolute steps for a run resumed from `state_dir` (or a fresh one),
+    and knows the validation losses saved with that state."""
     skip = config.gradient_accumulation_steps == 1  # same rule as render_training_toml
     if state_dir is None:
         return ConsoleParser(skip_until_initial_step=skip)
-    return ConsoleParser(initial_step=int(read_train_state(state_dir)["current_step"]), skip_until_initial_step=skip)
+    return ConsoleParser(initial_step=int(read_train_state(state_dir)["current_step"]), skip_until_initial_step=skip,
+                         validation_history=read_validation_history(state_dir))

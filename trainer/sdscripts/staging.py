@@ -52,8 +52,8 @@ class StagedDataset:
     reused: bool = False
 
 
-def stage_dataset(report: DatasetReport, work_dir: Path) -> StagedDataset:
-    """Stage the report's trainable images and captions under `work_dir`/sd-scripts/datasets/, or reuse
+def stage_dataset(report: DatasetReport, work_dir: Path, folder: str = "datasets") -> StagedDataset:
+    """Stage the report's trainable images and captions under `work_dir`/sd-scripts/`folder`/, or reuse
     the stage made for the same dataset root and fingerprint.
 
     Raises:
@@ -61,7 +61,7 @@ def stage_dataset(report: DatasetReport, work_dir: Path) -> StagedDataset:
         UserInputError: the work dir is inside the dataset folder.
     """
     real_root = Path(report.root).resolve()
-    base = Path(work_dir) / "sd-scripts" / "datasets"
+    base = Path(work_dir) / "sd-scripts" / folder
     if base.resolve().is_relative_to(real_root):  # the stage would be written into the user's folder, and validated next run
         raise UserInputError(f"{setting('work_dir', work_dir)} is inside the dataset folder {report.root}: the sd-scripts "
                              f"backend stages a copy of the dataset in the work folder; pass a {setting('work_dir')} outside "
@@ -87,6 +87,43 @@ def stage_dataset(report: DatasetReport, work_dir: Path) -> StagedDataset:
     if staged is None:  # another process replaced it between the rename and this read
         raise DatasetError(f"the staged dataset {final} changed while it was written; run again")
     return staged
+
+
+VALIDATION_FOLDER = "validation"
+
+
+def validation_images(report: DatasetReport, seed: int) -> tuple[list[ImageRecord], bool]:
+    """The images the validation loss is measured on, chosen as the native trainer chooses them
+    (trainer/validation.py): some of the held-out images, else a fixed few training images; and
+    whether they are held out."""
+    from ..validation import choose, image_limit  # noqa: PLC0415 - the same choice; torch only when staging
+
+    held_out = bool(report.held_out)
+    pool = report.held_out if held_out else report.images
+    chosen = choose([record.sha256 for record in pool], seed, image_limit(report.samples_per_epoch))
+    return [pool[i] for i in chosen], held_out
+
+
+def stage_validation(report: DatasetReport, work_dir: Path, seed: int) -> StagedDataset | None:
+    """Stage the validation images (validation_images) under `work_dir`/sd-scripts/validation/, each once;
+    None when there is none.
+
+    sd-scripts at 48d368fa reads a validation set only as a dataset's `validation_split`: the caller
+    gives this stage its own dataset with a split of 1.0, so sd-scripts validates on these images and
+    trains on none of them (a held-out image is not in the training stage; a training-subset image is
+    trained through the training stage as before).
+    """
+    images, _ = validation_images(report, seed)
+    if not images:
+        return None
+    # Absolute paths: held-out images of a validation dataset are outside the training root.
+    records = [r.model_copy(update={"path": str(Path(report.root, r.path)), "repeats": 1}) for r in images]
+    root = os.path.commonpath([str(Path(r.path).resolve().parent) for r in records])
+    identity = "\0".join(sorted(f"{r.path}\0{r.sha256}\0{r.caption}" for r in records))
+    chosen = report.model_copy(update={
+        "root": root, "images": records, "held_out": [], "fingerprint": hashlib.sha256(identity.encode()).hexdigest(),
+    })  # fmt: skip
+    return stage_dataset(chosen, work_dir, folder=VALIDATION_FOLDER)
 
 
 def _fill(top: Path, report: DatasetReport, real_root: Path) -> tuple[list[list[str]], list[list]]:

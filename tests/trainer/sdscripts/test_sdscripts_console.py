@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from anima_lora_flow.trainer.events import Log
 from anima_lora_flow.trainer.sdscripts.console import ConsoleParser, is_progress
 from anima_lora_flow.trainer.sdscripts.resume import fix_train_state, read_train_state, resume_parser
 
@@ -185,3 +186,26 @@ def test_state_is_reported_only_once_written():
     assert parser.feed("Optimizer state saved in /o/s-state/optimizer.bin\n") == []
     [event] = parser.feed("Random states saved in /o/s-state/random_states_0.pkl\n")
     assert (event.kind, event.path, event.step) == ("state", "/o/s-state", 4)
+
+
+@pytest.mark.parametrize("chunk", [None, 3, 64])
+def test_a_sampling_point_is_reported_once_training_moves_on(chunk):
+    """validation_crash.log, captured from sd-scripts 48d368fa on the CPU: it samples before the first step
+    (sample_at_first), trains a step, and dies in its own Anima validation (validating_train_network.py)."""
+    calls = []
+
+    def on_samples(step, epoch):
+        calls.append((step, epoch))
+        return [Log(message=f"grid {step}")]
+
+    parser = ConsoleParser(on_samples=on_samples)
+    text = _read("validation_crash.log")
+    events = _feed(parser, text, chunk)
+    assert calls == [(0, 0)]  # step 0, sd-scripts' e000000 files: the base row
+    kinds = [e.event if e.event != "log" or not e.message.startswith("grid") else "grid" for e in events]
+    assert kinds.index("grid") < kinds.index("step")  # reported when the bar appears, not at the end
+    early = ConsoleParser(on_samples=on_samples)
+    early.feed(text[: text.index("Sampling: 100%")])
+    assert calls == [(0, 0)]  # still sampling: nothing collected yet
+    assert parser.validation_images == 1
+    assert not [e for e in events if e.event == "validation"]  # it died at 1 of 4: no loss is made up
