@@ -209,3 +209,35 @@ def test_a_sampling_point_is_reported_once_training_moves_on(chunk):
     assert calls == [(0, 0)]  # still sampling: nothing collected yet
     assert parser.validation_images == 1
     assert not [e for e in events if e.event == "validation"]  # it died at 1 of 4: no loss is made up
+
+
+def test_a_resumed_run_knows_its_best_epoch_from_the_state(tmp_path):
+    """The validation losses travel in the state folder (our file; accelerate reads only its own)."""
+    from anima_lora_flow.config import TrainingConfig
+    from anima_lora_flow.trainer.sdscripts.resume import write_validation_history
+
+    state = tmp_path / "kohya-000002-state"
+    state.mkdir()
+    (state / "train_state.json").write_text(json.dumps({"current_epoch": 2, "current_step": 2}))
+    write_validation_history(state, [{"step": 1, "epoch": 1, "loss": 0.5}, {"step": 2, "epoch": 2, "loss": 0.7}])
+    parser = resume_parser(TrainingConfig(dataset="/d"), state)
+    parser.feed("epoch 3/3\n\rsteps: 100%|██████████| 1/1 [00:01<00:00,  1.00s/it, avr_loss=0.1]\n")
+    parser.feed("\repoch validation steps: 100%|██████████| 4/4 [00:04<00:00,  1.00s/it, val_epoch_avg_loss=0.6, timestep=800]")
+    [event] = [e for e in parser.feed("\nGenerating sample images at step 3\n") if e.event == "validation"]
+    assert (event.step, event.epoch, event.loss, event.best_epoch, event.best_loss) == (3, 3, 0.6, 1, 0.5)
+    (state / "anima_validation.json").unlink()  # a state saved before any validation: nothing to go on
+    assert resume_parser(TrainingConfig(dataset="/d"), state).validation_history == []
+
+
+def test_each_state_is_given_the_losses_so_far_before_it_is_reported(tmp_path):
+    from anima_lora_flow.trainer.events import Checkpoint
+    from anima_lora_flow.trainer.sdscripts.__main__ import _keeping_validation
+    from anima_lora_flow.trainer.sdscripts.resume import read_validation_history
+
+    state = tmp_path / "kohya-000001-state"
+    state.mkdir()
+    parser = ConsoleParser(validation_history=[{"step": 1, "epoch": 1, "loss": 0.5}])
+    seen = []
+    sink = _keeping_validation(lambda e: seen.append((e, read_validation_history(state))), parser)
+    sink(Checkpoint(kind="state", path=str(state), step=1, epoch=1))
+    assert seen[0][1] == [{"step": 1, "epoch": 1, "loss": 0.5}]  # on disk before the runner hears of the state
