@@ -33,6 +33,14 @@ def make_demo_dataset(dest: Path, n_images: int = 6, seed: int = 0) -> Path:
     return dest
 
 
+# Two prompts at the demo's one bucket, 4 steps: a grid in seconds on a CPU (the tiny model's images are noise).
+DEMO_PROMPTS = """\
+# The demo's sample prompts, one per line, with sd-scripts' options (--s steps, --d seed, --w/--h size...).
+demochar, 1girl, solo, smile --s 4 --d 1
+demochar, outdoors, sky, flower --s 4 --d 2
+"""
+
+
 def demo_config(
     work_dir: Path | None = None, *, storage: str | None = None, epochs: int | None = None, restart: bool = False
 ) -> TrainingConfig:
@@ -47,6 +55,9 @@ def demo_config(
     dataset_dir = work_dir / "dataset"
     if not any(dataset_dir.glob("*.png")):
         make_demo_dataset(dataset_dir)
+    prompts = work_dir / "sample-prompts.txt"
+    if not prompts.exists():
+        prompts.write_text(DEMO_PROMPTS, encoding="utf-8")
     return TrainingConfig(
         project_name="demo",
         dataset=str(dataset_dir),
@@ -65,5 +76,8 @@ def demo_config(
         gradient_checkpointing=False,
         save_every_n_epochs=1,
         save_state_every_minutes=0,
+        # A grid every 2 epochs and at the end: base model above, LoRA below (README, "Sample images").
+        sample_every_n_epochs=2,
+        sample_prompts=str(prompts),
         restart=restart,
     )
