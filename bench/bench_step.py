@@ -63,12 +63,13 @@ class Combo:
     rank: int
     grad_checkpointing: bool
     precision: str
-    compile: bool
+    compile_mode: str = "none"  # config compile_mode: none, blocks, model, cuda-graphs
 
     @property
     def label(self) -> str:
         gc_ = "gc" if self.grad_checkpointing else "nogc"
-        return f"{self.model} {self.resolution}px bs{self.batch} r{self.rank} {gc_} {self.precision}{' compiled' if self.compile else ''}"
+        compiled = "" if self.compile_mode == "none" else f" {self.compile_mode}"
+        return f"{self.model} {self.resolution}px bs{self.batch} r{self.rank} {gc_} {self.precision}{compiled}"
 
 
 @dataclass
@@ -195,7 +196,7 @@ def build_session(combo: Combo, device: torch.device, total_steps: int, tmp: Pat
     cfg = TrainingConfig(
         project_name="bench", dataset="unused", resolution=combo.resolution, batch_size=combo.batch,
         network_dim=combo.rank, network_alpha=combo.rank, optimizer="adamw", mixed_precision=precision,
-        gradient_checkpointing=combo.grad_checkpointing, max_train_epochs=1, save_state_every_minutes=0,
+        gradient_checkpointing=combo.grad_checkpointing, compile_mode="none", max_train_epochs=1, save_state_every_minutes=0,
         min_bucket_reso=min(256, combo.resolution),
     )  # fmt: skip; everything else at the trainer's defaults (caption dropout 0.1, clip 1.0, cosine)
     # one bucket holding the batch's items once per step (+1 so the epoch never ends: no epoch-end saves)
@@ -330,11 +331,8 @@ def run_combo(combo: Combo, device: torch.device, steps: int, warmup: int, peak_
             run_steps(session, StepClock(device, stop_after=1))
         flops = counter.get_total_flops()
 
-        # 2) warm-up (compiles here with --compile), then the timed steps.
-        if combo.compile:
-            from anima_lora_flow.trainer.components import speed_up_transformer
-
-            speed_up_transformer(session.accelerator.unwrap_model(session.model), compile_blocks=True)
+        # 2) warm-up (compiles here, after the eager FLOP count), then the timed steps.
+        apply_compile_mode(session, combo.compile_mode, device)
         clock = StepClock(device, stop_after=warmup + steps, timed_from=warmup)
         run_steps(session, clock)
         times = clock.step_ms()
@@ -364,6 +362,34 @@ def run_combo(combo: Combo, device: torch.device, steps: int, warmup: int, peak_
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return row
+
+
+def apply_compile_mode(session, mode: str, device: torch.device) -> None:
+    """Switch the built session to `mode` as the trainer would run it.
+
+    blocks: the trainer's speed_up_transformer. model / cuda-graphs: trainer.compiled.loss_function, handed
+    to the loop through the session field that takes the step's loss function, and the session's effective
+    numbers say the mode (for a loop that builds the loss function from them).
+
+    Raises:
+        NotImplementedError: the loop takes no compiled loss yet (the row records it, the bench goes on).
+    """
+    import dataclasses
+
+    if mode == "none":
+        return
+    if mode == "blocks":
+        from anima_lora_flow.trainer.components import speed_up_transformer
+
+        speed_up_transformer(session.accelerator.unwrap_model(session.model), compile_blocks=True)
+        return
+    from anima_lora_flow.trainer.compiled import loss_function
+
+    session.effective = session.effective.model_copy(update={"compile_mode": mode})
+    takes_loss = [f.name for f in dataclasses.fields(session) if "loss" in f.name and f.name != "loss"]
+    if not takes_loss:
+        raise NotImplementedError(f"compile_mode {mode}: trainer.loop.Session takes no compiled loss function yet")
+    setattr(session, takes_loss[0], loss_function(mode, device, shapes=1))
 
 
 def _quartiles(values: Sequence[float]) -> tuple[float, float, float]:
@@ -429,12 +455,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", choices=tuple(PRECISIONS), nargs="+", default=["bf16"])
     p.add_argument("--steps", type=int, default=20, help="timed steps per combination")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps before them (after the FLOP-counting step)")
-    p.add_argument("--compile", action="store_true", help="torch.compile each DiT block (the trainer's --compile-blocks)")
+    p.add_argument("--compile", action="store_true", help="same as --compile-mode blocks (the trainer's --compile-blocks)")
+    p.add_argument("--compile-mode", choices=("none", "blocks", "model", "cuda-graphs"), nargs="+", default=None,
+                   help="the trainer's compile_mode, one row per mode (default: none)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--peak-size", type=int, default=None, help="matmul size for the peak (default 8192 GPU, 1024 CPU)")
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = p.parse_args(argv)
     args.grad_checkpointing = [onoff[v] for v in args.grad_checkpointing]
+    args.compile_mode = args.compile_mode or (["blocks"] if args.compile else ["none"])
     if args.steps < 1 or args.warmup < 0:
         p.error("--steps must be >= 1 and --warmup >= 0")
     return args
@@ -445,9 +474,9 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     peak_size = args.peak_size or (8192 if device.type == "cuda" else 1024)
     combos = [
-        Combo(args.model, res, batch, rank, gc_, precision, args.compile)
-        for res, batch, rank, gc_, precision in itertools.product(
-            args.resolution, args.batch, args.rank, args.grad_checkpointing, args.precision
+        Combo(args.model, res, batch, rank, gc_, precision, mode)
+        for res, batch, rank, gc_, precision, mode in itertools.product(
+            args.resolution, args.batch, args.rank, args.grad_checkpointing, args.precision, args.compile_mode
         )
     ]
     print(f"device: {_device_name(device)}; torch {torch.__version__}; {len(combos)} combination(s); "
