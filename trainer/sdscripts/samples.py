@@ -98,6 +98,7 @@ class SampleCollector:
         self.output_dir = Path(output_dir)
         self.name = project_name
         self.base: list[Path] = []
+        self.base_reported = False  # the runner stores the base row once, from the first event that lists it
 
     @property
     def sample_dir(self) -> Path:
@@ -139,7 +140,9 @@ class SampleCollector:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{self.name}-step{step:08d}.png"
         grid.save(path, "PNG")
-        return Samples(path=str(path), step=step, epoch=epoch, prompts=self._texts(), base=[str(p) for p in base])
+        listed = [] if self.base_reported else [str(p) for p in base]
+        self.base_reported = self.base_reported or bool(base)
+        return Samples(path=str(path), step=step, epoch=epoch, prompts=self._texts(), base=listed)
 
     def _texts(self) -> list[str]:
         return [p.prompt for p in self.prompts]

@@ -134,6 +134,8 @@ def test_sd_scripts_images_become_the_grid_and_the_samples_event(tmp_path):
     assert event.path == str(tmp_path / "out" / "samples" / "my_lora-step00000004.png")
     assert event.prompts == [p.prompt for p in PROMPTS] and event.base == [str(p) for p in base]
     assert sample_files(sample, "my_lora", 1)[0] == newest
+    [again] = collector(4, 1)
+    assert again.path == event.path and again.base == []  # the base row is stored once
     with Image.open(event.path) as grid:
         pixels = grid.convert("RGB")
         colours = {pixels.getpixel((x, y)) for x in range(0, grid.width, 4) for y in range(0, grid.height, 4)}
