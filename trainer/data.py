@@ -75,17 +75,19 @@ def collate(
     the choice is made on the device with `torch.where`: reading the draw back (`.tolist()`) would
     stall the GPU once per step.
     """
-    context = torch.stack([_pad(cache.contexts[i], cache.context_length) for i in indices]).to(device, non_blocking=True)
+    # Item by item to the device, then stacked there: a cache on the device moves nothing, and a pinned
+    # one is copied asynchronously (torch.stack on the host would make a pageable, synchronous copy).
+    context = torch.stack([_pad(cache.contexts[i].to(device, non_blocking=True), cache.context_length) for i in indices])
     if caption_dropout > 0:
         drop = torch.rand(len(indices), generator=generator, device=generator.device) < caption_dropout
-        empty = _pad(cache.empty_context, cache.context_length).to(device, non_blocking=True)
+        empty = _pad(cache.empty_context.to(device, non_blocking=True), cache.context_length)
         context = torch.where(drop.to(device).view(-1, 1, 1), empty.unsqueeze(0), context)
     return {
-        "latents": torch.stack([cache.latents[i] for i in indices]).to(device, non_blocking=True),
+        "latents": torch.stack([cache.latents[i].to(device, non_blocking=True) for i in indices]),
         "context": context,
     }
 
 
 def _pad(ctx: torch.Tensor, length: int) -> torch.Tensor:
     """Zero rows after the prompt up to the DiT's fixed context length (as every implementation does)."""
-    return torch.cat([ctx, torch.zeros(length - ctx.shape[0], ctx.shape[1], dtype=ctx.dtype)])
+    return torch.cat([ctx, ctx.new_zeros(length - ctx.shape[0], ctx.shape[1])])
