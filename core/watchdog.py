@@ -29,12 +29,21 @@ POLL_S = 0.5
 def watch(parent_pid: int, pgid: int, grace_s: float, *, poll_s: float = POLL_S) -> str:
     """Wait until the group ends ("ended") or the parent dies ("parent died": the group is stopped first)."""
     while True:
-        if not group_alive(pgid):
+        if not _leader_running(pgid) and not group_alive(pgid):  # the cheap test first: no /proc scan per poll
             return "ended"
         if os.getppid() != parent_pid:
             stop_group(pgid, grace_s)
             return "parent died"
         time.sleep(poll_s)
+
+
+def _leader_running(pgid: int) -> bool:
+    """Whether the group's leader (pid == pgid) is running, not a zombie; False where /proc cannot tell."""
+    try:
+        with open(f"/proc/{pgid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def stop_group(pgid: int, grace_s: float) -> None:

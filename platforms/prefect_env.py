@@ -215,7 +215,9 @@ def configure_prefect_environment(env: dict[str, str] | None = None) -> dict[str
         ensure_cache_folder(env["PREFECT_HOME"])
         reported = env["PREFECT_HOME"]
     else:
-        reported = str(ensure_local_folder(home, "PREFECT_HOME", fix="set PREFECT_HOME to a writable folder, or unset it"))
+        fix = ("set PREFECT_HOME to a writable folder, or unset it" if env.get("PREFECT_HOME")
+               else f"it is Prefect's default under HOME={Path.home()}: set PREFECT_HOME to a writable folder")
+        reported = str(ensure_local_folder(home, "PREFECT_HOME", fix=fix))
     return {**{k: env[k] for k in applied if k not in ("PREFECT_API_KEY", "PREFECT_HOME")}, "PREFECT_HOME": reported}
 
 
