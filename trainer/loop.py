@@ -33,7 +33,7 @@ from .lora import (
     to_comfy_state_dict,
     to_kohya_state_dict,
 )
-from .loss import Objective, compute_loss
+from .loss import LossFunction, Objective, compute_loss, flow_matching_loss
 from .sampling import Sampling, at_epoch_end, sample_now
 from .validation import Validator, best_epoch, validate
 from .validation import metadata as validation_metadata
@@ -114,6 +114,9 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainingConfig, eff: 
             ) from exc
         return bnb.optim.AdamW8bit(params, **kwargs)
     cuda = all(p.is_cuda for p in params)
+    if eff.compile_mode == "cuda-graphs":
+        # Its step count on the device: no host-side counter to read back, and a step CUDA graphs can capture.
+        return torch.optim.AdamW(params, fused=True, capturable=True, **kwargs)
     return torch.optim.AdamW(params, fused=True if cuda else None, foreach=None if cuda else True, **kwargs)
 
 
@@ -212,6 +215,7 @@ class Session:
     show_progress: bool = False
     last_state: str | None = None
     loras: list[str] = field(default_factory=list)
+    loss_function: LossFunction = flow_matching_loss  # or its compiled form (trainer/compiled.py)
     validation: Validator | None = None  # measures the validation loss at each epoch's end
     sampling: Sampling | None = None  # sample grids every N epochs, at the end and at a stop
 
@@ -235,7 +239,7 @@ def train(s: Session) -> TrainResult:
                 batch = collate(group[index], s.cache, s.generator, cfg.caption_dropout, acc.device)
                 # DDP averages gradients over the processes at the last backward of the step only.
                 with contextlib.nullcontext() if i == len(mine) - 1 else acc.no_sync(s.model):
-                    loss = compute_loss(s.model, batch, objective, s.generator) * weight
+                    loss = compute_loss(s.model, batch, objective, s.generator, s.loss_function) * weight
                     acc.backward(loss)
                 meter.add(loss.detach())
             if cfg.max_grad_norm > 0:

@@ -18,7 +18,8 @@ from ..effective import Effective, Machine, derive
 from ..errors import UserInputError
 
 from .backend import TrainJob
-from .cache import build_cache
+from .cache import build_cache, place_cache
+from .compiled import batch_shapes, check_compile_mode, loss_function
 from .components import build_transformer, check_models_dir, speed_up_transformer
 from .data import build_sampler
 from .events import EventSink, Log, Plan, emit
@@ -103,6 +104,7 @@ def build_session(job: TrainJob, cfg: TrainingConfig, items: list[TrainItem], mo
             f"{accelerator.num_processes} training processes, but num_gpus is {eff.processes}: "
             "start data-parallel runs with `python -m anima_lora_flow.trainer`, which starts one process per GPU"
         )
+    check_compile_mode(eff.compile_mode, accelerator.device)  # before minutes of caching
     # Caches first: the VAE and the text stack are freed before the transformer is loaded. With
     # several GPUs, process 0 encodes and the others then find every entry on disk. On fp16 GPUs the
     # encoders run in fp32: Qwen3 and the VAE were made for bf16's range, and this runs once per image.
@@ -122,6 +124,8 @@ def build_session(job: TrainJob, cfg: TrainingConfig, items: list[TrainItem], mo
     sampler = build_sampler(items, eff.batch_size, eff.micro_batches_per_step, cfg.seed)
     transformer = build_transformer(models_dir, dtype, eff.gradient_checkpointing, rope_patches=eff.rope_patches)
     model, optimizer, prepared_optimizer, scheduler = build_lora_training(cfg, eff, accelerator, transformer)
+    place_cache(cache, accelerator.device)  # after the model: the share is of the memory the model left free
+    shapes = batch_shapes((batch for group in sampler.epoch_groups(0) for batch in group), cache)
     # Reseeded for every micro-batch (loop.micro_batch_seed); its device is where the draws happen.
     generator = torch.Generator(device=accelerator.device).manual_seed(cfg.seed)
     fingerprint = cfg.fingerprint(job.dataset_fingerprint)
@@ -144,7 +148,7 @@ def build_session(job: TrainJob, cfg: TrainingConfig, items: list[TrainItem], mo
         cfg=cfg, effective=eff, accelerator=accelerator, model=model, optimizer=prepared_optimizer, scheduler=scheduler,
         sampler=sampler, cache=cache, generator=generator, progress=progress, output_dir=Path(job.output_dir),
         dataset_fingerprint=job.dataset_fingerprint, last_state=job.resume_state, validation=validator,
-        sampling=sampling,
+        sampling=sampling, loss_function=loss_function(eff.compile_mode, accelerator.device, len(shapes)),
     )  # fmt: skip
 
 
@@ -158,7 +162,7 @@ def build_lora_training(cfg: TrainingConfig, eff: Effective, accelerator, transf
     # The optimizer needs the LoRA parameters; the scheduler needs the optimizer and the step counts.
     model.to(accelerator.device)  # before the optimizer is built: it must hold the device's parameters
     speed_up_transformer(accelerator.unwrap_model(model), attention_backend=cfg.attention_backend,
-                         compile_blocks=cfg.compile_blocks and accelerator.device.type == "cuda")
+                         compile_blocks=eff.compile_mode == "blocks" and accelerator.device.type == "cuda")
     optimizer = build_optimizer(lora_parameters(model), cfg, eff)
     # Built before a saved optimizer state is loaded: a new scheduler sets the LR to its step-0 value,
     # the loaded state then puts the saved one back.
