@@ -7,6 +7,7 @@ Python so the tests and the CLI can run it without a Prefect server.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -260,11 +261,24 @@ def _failure_message(outcome: Outcome, log_path: Path) -> str:
         )
     if outcome.error and outcome.error_kind in ("user", "diverged"):
         return f"{outcome.error} (full log: {log_path})"
-    reason = outcome.error or tail or f"exit code {outcome.returncode}"
+    if not outcome.error and outcome.returncode is not None and outcome.returncode < 0:
+        # Killed from outside: its last line is whatever it happened to print, not why it ended.
+        reason = f"the trainer was killed by {_signal_name(-outcome.returncode)}"
+        if outcome.returncode == -signal.SIGKILL:
+            reason += " (sent by another process, or by the kernel when the machine ran out of RAM)"
+    else:
+        reason = outcome.error or tail or f"exit code {outcome.returncode}"
     return (
         f"training failed at step {outcome.step}: {reason} (full log: {log_path}); "
         "run the same command again to resume from the last saved state"
     )
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def new_run_id() -> str:

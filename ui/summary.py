@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from ..config import TrainingConfig
 from ..core.formatting import format_duration
 from ..trainer.registry import backend_for
@@ -48,6 +50,16 @@ def resume_advice(result: dict) -> str:
     )
 
 
+_MARKDOWN_SYNTAX = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~])")
+
+
+def quoted(text: str) -> str:
+    """`text` as a markdown block quote that wraps in the UI and shows every character as written: a
+    trainer's message holds paths with `_` and `*`, and `|` or `#` that markdown would take as syntax."""
+    escaped = _MARKDOWN_SYNTAX.sub(r"\\\1", text)
+    return "\n".join(f"> {line}" if line else ">" for line in escaped.splitlines())
+
+
 def summary_markdown(config: TrainingConfig, result: dict, store_root: str) -> str:
     """The summary artifact. A failed run's `result` carries `reason`, the error that ended it."""
     outcome = result.get("outcome", "?")
@@ -71,10 +83,12 @@ def summary_markdown(config: TrainingConfig, result: dict, store_root: str) -> s
         advice = resume_advice(result)
         lines += ["", advice[0].upper() + advice[1:] + "."]
     if result.get("reason"):
-        # Fenced: a trainer's last words may hold `|`, `*` or several lines that markdown would reflow.
-        reason = str(result["reason"]).replace("```", "'''")
-        lines += ["", f"The run failed at step {_known(result.get('steps_done'))}:", "", "```text", reason, "```"]
-    if result.get("unsynced_steps"):
+        lines += ["", f"The run failed at step {_known(result.get('steps_done'))}:", "", quoted(str(result["reason"]))]
+    if result.get("unsynced_steps") and outcome == "failed":
+        # The session is over: nothing is still uploading, what is missing will be trained again.
+        lines += ["", f"**The newest state in storage is {result['unsynced_steps']} steps behind**: running again "
+                      "resumes from it and trains those steps again."]
+    elif result.get("unsynced_steps"):
         lines += ["", f"**{result['unsynced_steps']} steps are not yet in storage**; keep this session alive until sync finishes."]
     lines += [f"\n{line}" for line in sampling_lines(result)]
     lines += [f"\n{line}" for line in validation_lines(result)]

@@ -112,7 +112,8 @@ def test_a_failed_run_publishes_its_summary_loss_table_and_chart(prefect_harness
     assert summary.startswith("# killed: failed")
     step = int(re.search(r"\| steps \| (\d+) of 24", summary).group(1))
     assert step >= 1
-    assert f"The run failed at step {step}:" in summary and f"training failed at step {step}" in summary  # the reason
+    assert f"The run failed at step {step}:" in summary  # and why, as raised (markdown-escaped):
+    assert f"> training failed at step {step}: the trainer was killed by SIGKILL" in summary
     assert re.search(r"\| last loss \| \d\.\d{1,3}(e-?\d+)? \|", summary)  # 4 significant digits, not a raw float
 
     table = _artifact("loss-killed").data

@@ -64,11 +64,22 @@ def test_losses_keep_four_significant_digits(loss, shown):
 
 
 def test_a_failed_run_s_summary_gives_the_reason_whole():
+    import html
+    import re
+
+    from markdown_it import MarkdownIt  # what renders markdown for rich, a dependency of Prefect
+
     cfg = TrainingConfig(dataset="d", project_name="p")
-    reason = "training failed at step 10: a | b\nsecond line (full log: /w/trainer.log)"
-    text = summary_markdown(cfg, {"outcome": "failed", "steps_done": 10, "total_steps": 24, "reason": reason}, "/r")
+    reason = "training failed at step 10: a | b *c* my_lora_v2 [x](y) <tag>\n# 1. second line (full log: /w/trainer.log)"
+    result = {"outcome": "failed", "steps_done": 10, "total_steps": 24, "reason": reason, "unsynced_steps": 10}
+    text = summary_markdown(cfg, result, "/r")
     assert text.startswith("# p: failed")
-    assert text.endswith("The run failed at step 10:\n\n```text\n" + reason + "\n```")
+    rendered = MarkdownIt().render(text[text.index("The run failed at step 10:"):])
+    quote = re.search(r"<blockquote>(.*)</blockquote>", rendered, re.S).group(1)
+    assert "<em>" not in quote and "<a " not in quote and "<h1>" not in quote and "<ol>" not in quote
+    assert html.unescape(re.sub(r"<[^>]+>", "", quote)).strip() == reason  # every character as written
+    # The session is over: the steps after the newest stored state are lost, not still uploading.
+    assert "The newest state in storage is 10 steps behind" in text and "keep this session alive" not in text
 
 
 def test_a_stopped_run_s_summary_gives_the_resume_advice():
