@@ -38,15 +38,21 @@ def per_gpu_environments(count: int, env: dict[str, str]) -> list[dict[str, str]
 
 def serve_here(name: str) -> None:
     """Serve the flow from this process, one run at a time, until interrupted."""
-    from prefect.deployments.runner import EntrypointType  # noqa: PLC0415 - prefect after the API URL is set
+    from prefect import serve  # noqa: PLC0415 - prefect after the API URL is set
+    from prefect.deployments.runner import EntrypointType  # noqa: PLC0415
 
     from .train_lora import train_lora  # noqa: PLC0415
 
+    # A deployment (not `train_lora.serve`): the runner then starts each run as a worker does, importing
+    # the flow's module afresh. Its in-memory shortcut for a served flow object fails every run here:
+    # the parameter model cannot resolve the `config: TrainingConfig` annotation in that subprocess.
+    deployment = train_lora.to_deployment(
+        name=name, entrypoint_type=EntrypointType.MODULE_PATH, tags=["anima", "lora", "served"],
+        description="Train one Anima LoRA on the machine running `anima-lora serve`.",
+    )
     # pause_on_shutdown=False: with several runners serving one deployment, the first to stop must not
     # pause it for the others; runs started while nothing serves simply wait (Scheduled, then Late).
-    train_lora.serve(name=name, limit=1, pause_on_shutdown=False, entrypoint_type=EntrypointType.MODULE_PATH,
-                     tags=["anima", "lora", "served"],
-                     description="Train one Anima LoRA on the machine running `anima-lora serve`.")
+    serve(deployment, limit=1, pause_on_shutdown=False)
 
 
 def serve_per_gpu(name: str, count: int) -> int:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[2]
 
 
@@ -32,3 +34,5 @@ def test_prefect_deploy_all(prefect_harness):
     assert "config" not in deployment.parameters
     assert "config" in deployment.parameter_openapi_schema["required"]
     assert deployment.enforce_parameter_schema
+    with get_client(sync_client=True) as client, pytest.raises(Exception, match="config"):
+        client.create_flow_run_from_deployment(deployment.id, parameters={})
