@@ -95,7 +95,7 @@ def _download_and_train(config: TrainingConfig, report, plan, run_id: str, start
     models = download_models_task(config)
     store_json_task(config, "plan.json", plan.model_dump(mode="json"), storage)
     # Saves a state and stops the trainer before the session's end, whatever the overrun choice.
-    guard = guard_for(plan.deadline_ts)
+    guard = guard_for(plan.deadline_ts, final_work_s=plan.extras.last_sampling_s if plan.extras else 0.0)
     result = {"run_id": run_id, "outcome": "failed", "steps_done": 0}
     try:
         result = train_task(config, report, models, run_id, guard, plan, storage)

@@ -18,9 +18,11 @@ from ..platforms.detect import COLAB_FREE_LIMIT_S, HOUR, PlatformInfo
 from ..platforms.durable import is_durable_storage
 from ..trainer.registry import backend_for
 from . import render
-from .gpus import is_notebook_gpu, named_gpu
+from .extras import ExtraWork
+from .extras import estimate as estimate_extras
+from .gpus import find_spec, is_notebook_gpu, named_gpu
 from .guard import DEFAULT_MARGIN_S, DEFAULT_SAVE_COST_S
-from .memory import MemoryEstimate, check_memory
+from .memory import USABLE_SHARE, MemoryEstimate, check_memory
 from .rates import Rate, lookup_rate
 from .steps import StepCount, count_steps, with_repeats
 from .suggest import largest_epochs, largest_repeats, max_steps_within
@@ -58,7 +60,8 @@ class Plan(BaseModel):
     rate_status: str
     rate_source: str
     setup_hours: float
-    train_hours: float | None
+    train_hours: float | None  # the training steps alone
+    extra_hours: float | None = None  # validation and sampling over the steps left (extras)
     total_hours: float | None
     session_limit_hours: float | None
     session_hours_left: float | None
@@ -71,6 +74,7 @@ class Plan(BaseModel):
     storage_durable: bool
     suggestions: list[Suggestion] = Field(default_factory=list)
     memory: MemoryEstimate
+    extras: ExtraWork | None = None  # validation and sampling: time, share of training, the VAE decoder's memory
     # The fast path as the trainer will run it (effective.py), and why: one line per choice.
     gradient_checkpointing: bool = True
     compile_mode: str = "none"
@@ -114,7 +118,15 @@ def make_plan(
     precision, steps = eff.precision, eff.steps
     rate = _rate(config, eff, gpu_info, precision, config.resolution)
     left = platform.remaining_s(now)
-    timing = _timing(steps.total_steps - steps_done, rate.sec_per_step, left, platform.session_limit_s, SETUP_S)
+    peak = find_spec(gpu_info.name).peak_tflops if gpu_info and find_spec(gpu_info.name) else None
+    extras = estimate_extras(config, eff, rate.sec_per_step, peak, _memory_precision(eff, config))
+    timing = _timing(steps.total_steps - steps_done, rate.sec_per_step, left, platform.session_limit_s, SETUP_S,
+                     _extra_left(extras, steps.total_steps, steps_done), extras.last_sampling_s)
+    if (timing["sessions_needed"] or 1) > 1 and config.sample_every_n_epochs:
+        # Each stop but the last samples once more: price those grids too.
+        extras = estimate_extras(config, eff, rate.sec_per_step, peak, _memory_precision(eff, config), timing["sessions_needed"])
+        timing = _timing(steps.total_steps - steps_done, rate.sec_per_step, left, platform.session_limit_s, SETUP_S,
+                         _extra_left(extras, steps.total_steps, steps_done), extras.last_sampling_s)
     durable = is_durable_storage(config.storage, _storage_platform(platform, gpu), cwd)
     action = _overrun_action(config.on_overrun, durable)
     plan = Plan(
@@ -137,6 +149,7 @@ def make_plan(
         decision="ok",
         storage_durable=durable,
         memory=_memory(eff, config, gpu_info),
+        extras=extras,
         gradient_checkpointing=eff.gradient_checkpointing,
         compile_mode=eff.compile_mode,
         batch_size=eff.batch_size,
@@ -188,18 +201,40 @@ def _storage_platform(platform: PlatformInfo, gpu: str | None) -> PlatformInfo:
 
 
 def refresh_timing(plan: Plan, sec_per_step: float | None, steps_done: int, now: float | None = None) -> dict:
-    """Timing fields for `plan` from `steps_done` on; this session's setup is already behind it."""
+    """Timing fields for `plan` from `steps_done` on; this session's setup is already behind it.
+
+    Validation and sampling keep their planned share of the training time (they scale with the same rate).
+    """
     now = time.time() if now is None else now
     left = None if plan.deadline_ts is None else plan.deadline_ts - now
     limit = None if plan.session_limit_hours is None else plan.session_limit_hours * HOUR
-    return _timing(plan.steps.total_steps - steps_done, sec_per_step, left, limit, 0.0)
+    steps_left = plan.steps.total_steps - steps_done
+    share = plan.extras.share_of_training if plan.extras and plan.extras.share_of_training else 0.0
+    extra = None if sec_per_step is None else max(0, steps_left) * sec_per_step * share
+    final = plan.extras.last_sampling_s if plan.extras else 0.0
+    return _timing(steps_left, sec_per_step, left, limit, 0.0, extra or 0.0, final)
 
 
-def _timing(steps_left: int, sec_per_step: float | None, left_s: float | None, limit_s: float | None, setup_now_s: float) -> dict:
-    """Hours, sessions and fit; later sessions each pay the setup again (a fresh VM) and keep the reserve."""
-    train_s = None if sec_per_step is None else max(0, steps_left) * sec_per_step
+def _extra_left(extras: ExtraWork, total_steps: int, steps_done: int) -> float:
+    """Validation and sampling time still ahead: their run total, by the share of steps left."""
+    if extras.total_s is None or total_steps <= 0:
+        return 0.0
+    return extras.total_s * max(0, total_steps - steps_done) / total_steps
+
+
+def _timing(steps_left: int, sec_per_step: float | None, left_s: float | None, limit_s: float | None, setup_now_s: float,
+            extra_s: float = 0.0, final_s: float = 0.0) -> dict:
+    """Hours, sessions and fit; later sessions each pay the setup again (a fresh VM) and keep the reserve.
+
+    extra_s: validation and sampling still ahead, spread over the sessions with the steps; final_s: the
+    sampling a session does when it stops, kept back in each session next to the save and margin.
+    """
+    steps_s = None if sec_per_step is None else max(0, steps_left) * sec_per_step
+    train_s = None if steps_s is None else steps_s + extra_s
+    reserve = RESERVE_S + final_s
     out = {
-        "train_hours": None if train_s is None else round(train_s / HOUR, 2),
+        "train_hours": None if steps_s is None else round(steps_s / HOUR, 2),
+        "extra_hours": None if steps_s is None else round(extra_s / HOUR, 2),
         "total_hours": None if train_s is None else round((train_s + setup_now_s) / HOUR, 2),
         "session_hours_left": None if left_s is None else round(max(0.0, left_s) / HOUR, 2),
         "sessions_needed": 1,
@@ -210,10 +245,10 @@ def _timing(steps_left: int, sec_per_step: float | None, left_s: float | None, l
         return out
     if left_s is None:
         return out
-    first = max(0.0, left_s - setup_now_s - RESERVE_S)
+    first = max(0.0, left_s - setup_now_s - reserve)
     if train_s <= first:
         return out
-    later = (limit_s or 0.0) - SETUP_S - RESERVE_S
+    later = (limit_s or 0.0) - SETUP_S - reserve
     sessions = None if later <= 0 else 1 + math.ceil((train_s - first) / later)
     out.update(sessions_needed=sessions, fits=False, total_hours=round((train_s + SETUP_S * (sessions or 1)) / HOUR, 2))
     return out
@@ -227,10 +262,14 @@ def _rate(config: TrainingConfig, eff: Effective, gpu: GpuInfo | None, precision
     )
 
 
+def _memory_precision(eff: Effective, config: TrainingConfig) -> str:
+    # A backend's fp16 without our fp32 islands (sd-scripts') holds what bf16 holds.
+    return eff.precision if backend_for(config.trainer).numbers.fp16_islands or eff.precision != "fp16" else "bf16"
+
+
 def _memory(eff: Effective, config: TrainingConfig, gpu: GpuInfo | None) -> MemoryEstimate:
     available = gpu.memory_gib if gpu else None
-    # A backend's fp16 without our fp32 islands (sd-scripts') holds what bf16 holds.
-    precision = eff.precision if backend_for(config.trainer).numbers.fp16_islands or eff.precision != "fp16" else "bf16"
+    precision = _memory_precision(eff, config)
     return check_memory(config.resolution, eff.batch_size, config.network_dim, eff.gradient_checkpointing, precision, available,
                         eff.compile_mode)
 
@@ -283,8 +322,9 @@ def _decide(plan: Plan, config: TrainingConfig, gpu: GpuInfo | None) -> tuple[De
             f"a session of {plan.session_limit_hours} h is too short for setup and a checkpoint; "
             f"raise {spoken(setting('session_budget_hours'))} or train on a machine without a session limit"
         )
+    extra = f" (+{plan.extra_hours:.1f} h validation and sampling)" if plan.extra_hours else ""
     reason = (
-        f"{plan.steps.total_steps - plan.steps_done} steps at ~{plan.sec_per_step:.3g} s/step need {plan.train_hours:.1f} h, "
+        f"{plan.steps.total_steps - plan.steps_done} steps at ~{plan.sec_per_step:.3g} s/step need {plan.train_hours:.1f} h{extra}, "
         f"but this session has {plan.session_hours_left:.1f} h left (setup {plan.setup_hours:g} h); "
         f"the run needs {plan.sessions_needed} sessions"
     )
@@ -304,8 +344,11 @@ def _suggestions(config: TrainingConfig, eff: Effective, samples: Mapping, plan:
     """Changes that finish in this session: fewer epochs, fewer repeats, fp16 on a T4, 512 px, or resume."""
     if plan.sec_per_step is None or left_s is None:
         return []
-    seconds = max(0.0, left_s - SETUP_S - RESERVE_S)
-    budget = max_steps_within(seconds, plan.sec_per_step) + plan.steps_done
+    final = plan.extras.last_sampling_s if plan.extras else 0.0
+    share = plan.extras.share_of_training if plan.extras and plan.extras.share_of_training else 0.0
+    seconds = max(0.0, left_s - SETUP_S - RESERVE_S - final)
+    # A step carries its share of validation and sampling.
+    budget = max_steps_within(seconds, plan.sec_per_step * (1 + share)) + plan.steps_done
     batch, accum, epochs = eff.batch_size, eff.micro_batches_per_step, config.max_train_epochs
     out: list[Suggestion] = []
     best_epochs = largest_epochs(samples, batch, accum, epochs, budget)
@@ -363,6 +406,11 @@ def _warnings(config: TrainingConfig, plan: Plan, gpu: GpuInfo | None, platform:
                    f"(about {gpu.count}x fewer steps per epoch)")
     if gpu is not None and plan.precision == "bf16" and not gpu.bf16_native:
         out.append(spoken(f"bf16 on {gpu.name} ({gpu.sm}) is emulated at fp32 speed; {setting('mixed_precision', 'auto')} (fp16 here) is ~3x faster"))
+    extras = plan.extras
+    if gpu is not None and extras and extras.sampling_peak_gib and extras.sampling_peak_gib > gpu.memory_gib * USABLE_SHARE:
+        out.append(f"sampling needs ~{extras.sampling_peak_gib:.1f} GiB with the VAE decoder ({extras.vae_decoder_gib:.1f} GiB), more than "
+                   f"{gpu.name}'s {gpu.memory_gib * USABLE_SHARE:.1f} usable GiB: sample smaller (--w/--h in the prompt file) or "
+                   + flag("sample_every_n_epochs", 0))
     if plan.memory.fits is False:
         fix = "; ".join(" ".join(flag(k, v) for k, v in o.changes.items()) + f" ({o.predicted_gib:.1f} GiB)" for o in plan.memory.options)
         out.append(

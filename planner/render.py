@@ -17,6 +17,8 @@ def rows(plan: "Plan") -> list[tuple[str, str]]:
         steps += f", {plan.steps_done:,} done"
     speed = "measured at run time" if plan.sec_per_step is None else f"{plan.sec_per_step:.3g} s/step ({plan.rate_status})"
     time = "unknown until training starts" if plan.train_hours is None else f"{plan.train_hours:.1f} h training + {plan.setup_hours:g} h setup per session"
+    if plan.extra_hours:
+        time += f" + {plan.extra_hours:.1f} h validation and sampling"
     return [
         ("Platform", plan.platform),
         ("Steps", steps),
@@ -24,6 +26,7 @@ def rows(plan: "Plan") -> list[tuple[str, str]]:
         ("Time", time),
         ("Session", _session(plan)),
         ("Memory", _memory(plan)),
+        *([("Extras", plan.extras.describe())] if plan.extras else []),
         ("Storage", _storage(plan)),
         ("Decision", plan.decision + (f": {plan.reason}" if plan.reason else "")),
     ]

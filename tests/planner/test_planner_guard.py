@@ -59,3 +59,14 @@ def test_no_deadline_never_stops():
     guard = guard_for(None, clock=FakeClock(1e12))
     assert guard.remaining_s() is None
     assert not guard.should_stop(1e9)
+
+
+def test_leaves_time_for_the_last_sampling_before_the_save():
+    # A session that stops samples once more (trainer/sampling.py) and then saves: the guard keeps both.
+    clock = FakeClock(0.0)
+    plain = SessionGuard(deadline_ts=3600.0, save_cost_s=120.0, margin_s=300.0, clock=clock)
+    sampling = guard_for(3600.0, clock, final_work_s=190.0)
+    clock.now = 3600.0 - 15.0 - 120.0 - 300.0 - 190.0  # one step, the sampling, the save and the margin still fit
+    assert not sampling.should_stop(15.0)
+    clock.now += 1.0
+    assert sampling.should_stop(15.0) and not plain.should_stop(15.0)

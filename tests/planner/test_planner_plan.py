@@ -126,7 +126,8 @@ class TestOverrun:
         cfg = config(repeats=4, batch_size=3, max_train_epochs=100, mixed_precision="bf16", storage="/content/x")
         steps = count_steps(spb, 3, 1, 100)
         assert steps.total_steps == 600
-        sec = plan_for(cfg, colab(), spb).sec_per_step
+        full = plan_for(cfg, colab(), spb)
+        sec = full.sec_per_step * (1 + full.extras.share_of_training)  # each step with its share of validation
         budget_h = (250 * sec + SETUP_S + RESERVE_S + 1) / HOUR  # room for 250 steps
         plan = plan_for(cfg.model_copy(update={"session_budget_hours": budget_h}), colab(), spb)
         by_setting = {s.setting: s for s in plan.suggestions}
