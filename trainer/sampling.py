@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,7 +58,6 @@ class Sampling:
     every_n_epochs: int
     vae_dtype: torch.dtype = torch.float32
     last_step: int | None = None  # an epoch's end followed by the run's end (or a stop) samples once
-    failures: list[str] = field(default_factory=list)
 
     @property
     def base_paths(self) -> list[Path]:
@@ -116,7 +115,6 @@ def sample_now(s: Session) -> Path | None:
             path, base = make_grid(s)  # base: the base row's files when this point made them
         except Exception as exc:  # noqa: BLE001 - whatever breaks sampling (OOM included) must not end training
             reason = f"{type(exc).__name__}: {exc}"
-            sampling.failures.append(reason)
             log.warning("sampling at step %d failed, training goes on: %s", p.global_step, reason, exc_info=True)
             emit(s.sink, Samples(step=p.global_step, epoch=p.epoch, prompts=[q.prompt for q in sampling.prompts],
                                  error=reason))  # fmt: skip
@@ -224,14 +222,13 @@ def _vae(sampling: Sampling, device: torch.device):
 
 @contextmanager
 def _inference(model: torch.nn.Module):
-    """Eval mode without gradients; the adapter switched back on and training mode restored whatever happens."""
+    """Eval mode without gradients; training mode restored whatever happens."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             yield
     finally:
-        model.enable_adapters()
         model.train(was_training)
 
 

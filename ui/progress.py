@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from ..core.formatting import format_duration
 from ..errors import in_notebook_kernel
-from ..trainer.events import Checkpoint, Done, Error, Event, Log, Plan, Step, Stopped
+from ..trainer.events import Checkpoint, Done, Error, Event, Log, Plan, Samples, Step, Stopped
 
 
 def redraws_in_place(file) -> bool:
@@ -73,6 +73,9 @@ class ConsoleProgress:
                 self._echo(f"trainer stopped after saving its state ({event.reason})")
             case Log() if self.echo_messages:
                 self._echo(event.message)
+            case Samples():  # always: where to look at what the LoRA learned (a notebook cell also shows it)
+                self._echo(f"sample grid at step {event.step}: {event.path}" if event.path
+                           else f"sampling at step {event.step} failed, training goes on: {event.error}")
             case Done() | Error():
                 self.close()
 

@@ -70,3 +70,18 @@ def test_the_summary_names_the_grids_and_each_failed_sampling_point():
     for text in (summary_text(cfg, result), summary_markdown(cfg, result, "/s")):
         assert "sample grids: 1, the newest /s/p/samples/p-step00000006.png" in text
         assert "sampling failed at step 3 (training went on): OutOfMemoryError: CUDA out of memory" in text
+
+
+def test_the_console_says_where_each_grid_is_and_why_one_failed():
+    import io
+
+    from anima_lora_flow.ui.progress import ConsoleProgress
+
+    out = io.StringIO()
+    progress = ConsoleProgress(file=out, echo_checkpoints=False, echo_messages=False)
+    progress(Samples(path="/o/samples/p-step00000003.png", step=3))
+    progress(Samples(step=6, error="OutOfMemoryError: CUDA out of memory"))
+    assert out.getvalue().splitlines() == [
+        "sample grid at step 3: /o/samples/p-step00000003.png",
+        "sampling at step 6 failed, training goes on: OutOfMemoryError: CUDA out of memory",
+    ]
