@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 import uuid
@@ -311,6 +312,8 @@ class RunStore:
             try:
                 loss = float(meta["anima_validation_loss"])
             except (KeyError, ValueError):
+                continue
+            if not math.isfinite(loss):
                 continue
             if epoch is None:
                 # The final LoRA carries the last epoch's loss; an epoch file of the same epoch says it first.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,8 +183,11 @@ def validate(s) -> Validation | None:
     # A state saved mid-epoch and resumed measures this epoch once: a re-run replaces its own line.
     record["history"] = [h for h in record.get("history", []) if h["epoch"] != p.epoch]
     record["history"].append({"step": p.global_step, "epoch": p.epoch, "loss": loss})
-    best = record["best"] = min(record["history"], key=lambda h: (h["loss"], h["epoch"]))  # a tie: the earlier epoch
-    log.info("validation loss %.4f at epoch %d (%s); best: epoch %d (%.4f)", loss, p.epoch, validator.label,
-             best["epoch"], best["loss"])  # fmt: skip
+    # A tie goes to the earlier epoch; a NaN/inf loss never names the best.
+    best = record["best"] = min((h for h in record["history"] if math.isfinite(h["loss"])),
+                                key=lambda h: (h["loss"], h["epoch"]), default=None)  # fmt: skip
+    log.info("validation loss %.4f at epoch %d (%s)%s", loss, p.epoch, validator.label,
+             f"; best: epoch {best['epoch']} ({best['loss']:.4f})" if best else "")  # fmt: skip
     return emit(s.sink, Validation(step=p.global_step, epoch=p.epoch, loss=loss, images=len(validator.indices),
-                                   held_out=validator.held_out, best_epoch=best["epoch"], best_loss=best["loss"]))  # fmt: skip
+                                   held_out=validator.held_out, best_epoch=best["epoch"] if best else None,
+                                   best_loss=best["loss"] if best else None))  # fmt: skip

@@ -28,11 +28,12 @@ def test_pruning_keeps_the_best_epoch_and_status_names_it(tmp_path):
         _lora(store, f"p-{epoch:06d}.safetensors", anima_validation_loss=loss, anima_validation_set="held-out, 2 images",
               ss_epoch=epoch)
     _lora(store, "p-000004.kohya.safetensors")  # a copy without metadata is no candidate
+    _lora(store, "p-000005.safetensors", anima_validation_loss="nan", ss_epoch=5)  # a diverged epoch is never the best
     _lora(store, "p.safetensors", anima_validation_loss=0.25, ss_epoch=5)
     best = store.best_epoch()
     assert best == {"epoch": 2, "file": "p-000002.safetensors", "loss": 0.2, "set": "held-out, 2 images"}
-    assert store.prune_checkpoints(1) == ["p-000001.safetensors", "p-000003.safetensors"]
-    assert [name for _, name in store.epoch_checkpoints()] == ["p-000002.safetensors", "p-000004.safetensors"]
+    assert store.prune_checkpoints(1) == ["p-000001.safetensors", "p-000003.safetensors", "p-000004.safetensors"]
+    assert [name for _, name in store.epoch_checkpoints()] == ["p-000002.safetensors", "p-000005.safetensors"]
     text = status_text(store)
     assert "best: p-000002.safetensors (epoch 2), lowest validation loss 0.2000 (held-out, 2 images)" in text
 
