@@ -225,9 +225,6 @@ def _cpu(req: Requested, backend_modes: tuple[str, ...]) -> FastPath:
     if mode == "auto":
         mode = "none"
         reasons.append("compile none (eager): no GPU; compiling pays off only on a GPU")
-    elif mode == "cuda-graphs":
-        mode = "model"
-        reasons.append("compile model: your cuda-graphs needs CUDA; the whole model is compiled without graphs on this machine")
     elif mode not in backend_modes:
         mode = "none"
         reasons.append("compile none: this trainer backend runs its own model code")
