@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..config import TrainingConfig, project_name_problem
-from ..errors import UserInputError
+from ..errors import EXIT_INTERRUPTED, UserInputError
 from ..ui.artifacts import artifact_key
 
 QUEUE_TAG = "anima-lora-queue"
@@ -407,7 +407,13 @@ def run_queue(args) -> int:
             print("run the same command with --wait to wait for them and publish the comparison table; "
                   "running it again submits only entries that have not finished")
             return 0
-        wait_for(client, status, poll_s=args.poll_seconds)
+        try:
+            wait_for(client, status, poll_s=args.poll_seconds)
+        except KeyboardInterrupt:
+            # Only the waiting stops: the runs belong to the pool's workers and go on.
+            print("stopped waiting; the submitted runs go on in the pool. Run the same command with --wait again "
+                  "to wait for them and publish the comparison (nothing finished is submitted twice)")
+            return EXIT_INTERRUPTED
         rows = comparison_rows(client, status)
         key = publish_comparison(rows, queue_name)
     for row in rows:

@@ -53,7 +53,7 @@ def train_lora(config: TrainingConfig, dry_run: bool = False) -> dict | State:
     # A deployment's run names a setting by this flow's parameter (config.learning_rate); the CLI and a
     # notebook have chosen their own spelling (--learning-rate, learning_rate) before they call it.
     # A second deployment run of this project waits here for the first to end (flows/turns.py).
-    with speaking_by_default("flow"), project_turn(config.project_name, needed=not dry_run):
+    with speaking_by_default("flow"), project_turn(config.project_name, storage=config.storage, needed=not dry_run):
         return _train_lora(config, dry_run)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import PurePosixPath, PureWindowsPath
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
@@ -18,6 +19,8 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.runtime import deployment
+
+from ..errors import UserInputError, setting
 
 
 def turn_limit_name(project: str) -> str:
@@ -32,12 +35,29 @@ def ensure_turn_limit(project: str) -> str:
     return name
 
 
+def check_lasting_storage(storage: str) -> None:
+    """Refuse a relative local storage in a deployment's run: it would land in the run's working
+    directory, a temporary folder that a process worker (or `serve`) deletes with the LoRA in it."""
+    if "://" in storage or PurePosixPath(storage).is_absolute() or PureWindowsPath(storage).is_absolute() \
+            or storage.startswith("~"):
+        return
+    raise UserInputError(
+        f"{setting('storage', storage)} is a relative path, and a deployment's run works in a temporary folder "
+        "that is deleted when it ends, LoRA included; give an absolute folder on the worker's machine or a URL "
+        "such as gs://bucket/anima-runs",
+        field="storage",
+    )
+
+
 @contextlib.contextmanager
-def project_turn(project: str, *, needed: bool = True) -> Iterator[None]:
-    """Hold the project's slot for the block (waiting for it first) when this is a deployment run."""
+def project_turn(project: str, *, storage: str | None = None, needed: bool = True) -> Iterator[None]:
+    """Hold the project's slot for the block (waiting for it first) when this is a deployment run,
+    after checking that its `storage` outlives the run."""
     if not needed or deployment.id is None:
         yield
         return
+    if storage is not None:
+        check_lasting_storage(storage)
     name = ensure_turn_limit(project)
     get_run_logger().info("taking project %s's turn (concurrency limit %s): another run of it training now makes "
                           "this one wait until that run ends", project, name)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import threading
 import uuid
 
+import pytest
 from prefect import flow
 
-from anima_lora_flow.flows.turns import project_turn, turn_limit_name
+from anima_lora_flow.errors import UserInputError
+from anima_lora_flow.flows.turns import check_lasting_storage, project_turn, turn_limit_name
 
 
 @flow
-def takes_a_turn(project: str) -> str:
-    with project_turn(project):
+def takes_a_turn(project: str, storage: str | None = None) -> str:
+    with project_turn(project, storage=storage):
         return "trained"
 
 
@@ -58,3 +60,27 @@ def test_a_deployment_run_waits_while_the_project_holds_its_turn(prefect_harness
     with get_client(sync_client=True) as client:
         limit = _limit(client, turn_limit_name(project))
         assert limit is not None and limit.limit == 1 and limit.active_slots == 0  # released when the run ended
+
+
+def test_a_deployment_run_refuses_storage_in_its_temporary_working_folder(prefect_harness, tmp_path, monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+
+    project = f"relative-{uuid.uuid4().hex[:8]}"
+    with get_client(sync_client=True) as client:
+        deployment_id = takes_a_turn.to_deployment(name=f"turns-{project}").apply()
+        flow_run = client.create_flow_run_from_deployment(deployment_id, parameters={"project": project})
+    monkeypatch.chdir(tmp_path)
+    state = run_flow(takes_a_turn, flow_run=flow_run, parameters={"project": project, "storage": "./anima-runs"},
+                     return_type="state")
+    assert state.is_failed()
+    with pytest.raises(UserInputError, match="is a relative path.*temporary folder"):
+        state.result()
+    assert list(tmp_path.iterdir()) == []
+    # A plain run keeps today's behaviour (a CLI's ./anima-runs is the user's own folder).
+    assert takes_a_turn(project, storage="./anima-runs") == "trained"
+
+
+@pytest.mark.parametrize("storage", ["/srv/runs", "~/runs", "gs://bucket/runs", "C:\\runs", "/content/drive/MyDrive/x"])
+def test_lasting_storage_is_accepted(storage):
+    check_lasting_storage(storage)
