@@ -136,3 +136,15 @@ def test_the_best_epochs_lora_survives_pruning(items, tiny_model, tmp_path, tiny
     kept = sorted(f.name for f in Path(s.output_dir).iterdir())
     assert kept == ["tiny-000002.safetensors", "tiny-000004.safetensors"]
     assert load_lora_file(Path(s.output_dir) / "tiny-000002.safetensors")  # a whole file
+
+
+def test_a_new_validation_set_on_resume_starts_the_best_epoch_afresh(items, tiny_model, tmp_path, tiny_config):
+    first_set = [TrainItem(p, "1girl, held out", (256, 256)) for p in _images(tmp_path / "a", 1)]
+    other_set = [TrainItem(p, "1boy, held out", (256, 256)) for p in _images(tmp_path / "b", 2)]
+    first = run_training(_job(items, tiny_model, tmp_path, tiny_config(max_train_epochs=1), "swap", held_out=first_set))
+    events = []
+    run_training(_job(items, tiny_model, tmp_path, tiny_config(max_train_epochs=2), "swap", resume=first.state,
+                      held_out=other_set), events.append)  # fmt: skip
+    (v,) = [e for e in events if e.event == "validation"]
+    assert (v.epoch, v.images, v.best_epoch) == (2, 2, 2)  # epoch 1's loss was on other images: not comparable
+    assert any("the validation set changed since the saved state" in e.message for e in events if e.event == "log")
