@@ -121,3 +121,15 @@ def test_prefect_cloud_from_colab_secrets(monkeypatch):
     shown = configure_prefect_environment(env)
     assert env["PREFECT_API_URL"] == secrets["PREFECT_API_URL"] and env["PREFECT_API_KEY"] == "pnu_x"
     assert "PREFECT_API_KEY" not in shown  # reported settings never carry the key
+
+
+def test_history_links_point_at_a_ui_that_outlives_the_command(tmp_path):
+    from anima_lora_flow.platforms.prefect_env import ApiConfig, History, user_history
+
+    cloud = ApiConfig("https://api.prefect.cloud/api/accounts/a1/workspaces/w1", "pnu_x", "PREFECT_API_URL")
+    assert user_history(cloud).describe("r1") == "run history: https://app.prefect.cloud/account/a1/workspace/w1/runs/flow-run/r1"
+    own = ApiConfig("http://gpu-box:4200/api", None, "PREFECT_API_URL")
+    assert user_history(own).describe() == "run history: http://gpu-box:4200/runs"
+    # A temporary server has no UI after the command: the database and the command that opens it, no link.
+    local = History(ui_url=None, home=tmp_path).describe("r1")
+    assert str(tmp_path) in local and "`anima-lora ui`" in local and "http" not in local
