@@ -140,7 +140,8 @@ def build_session(job: TrainJob, cfg: TrainingConfig, items: list[TrainItem], mo
     validator = build_validator(items, held_out, cfg.seed, Objective(cfg.timestep_sampling, cfg.sigmoid_scale,
                                 cfg.discrete_flow_shift), eff.steps.samples_per_epoch)  # fmt: skip
     adopt_record(progress, validator)
-    log.info("validation loss: %s at noise levels %s, each epoch's end", validator.label,
+    log.info("validation loss: %s%s at noise levels %s, each epoch's end", validator.label,
+             f" (from {job.validation_source})" if held_out and job.validation_source else "",
              ", ".join(f"{v:g}" for v in validator.sigmas))  # fmt: skip
     sampling = build_sampling(prompts, cache, models_dir, Path(job.work_dir), cfg.sample_every_n_epochs, dtype,
                               cache_dtype) if prompts else None  # fmt: skip
