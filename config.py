@@ -162,7 +162,7 @@ class TrainingConfig(BaseModel):
     batch_size: int = Field(
         1, ge=0, le=64,
         description="Images per step. A batch holds images of one aspect-ratio bucket. 0 = auto: the largest that fits "
-        "the GPU without slowing the run (native trainer; sd-scripts: 1). The batch auto picked is recorded in the state.",
+        "the GPU without slowing the run (native trainer; sd-scripts: 1). The batch auto picked is recorded in the state, and a resume goes on at it.",
     )  # fmt: skip
     gradient_accumulation_steps: int = Field(1, ge=1, le=128, description="Micro-batches per optimizer step.")
     num_gpus: int = Field(

@@ -63,6 +63,24 @@ def effective_numbers(items: list[TrainItem], cfg: TrainingConfig, machine: Mach
                   NativeBackend.numbers)
 
 
+def _with_resumed_batch(cfg: TrainingConfig, state: str | None) -> TrainingConfig:
+    """batch_size 0 (auto) goes on at the batch its state trained at: another GPU's auto batch would change
+    what an epoch is and the data order (resume_rules: batch_size must match)."""
+    if cfg.batch_size or not state:
+        return cfg
+    from .state import TRAINING_STATE_FILE  # noqa: PLC0415
+
+    try:
+        saved = torch.load(Path(state) / TRAINING_STATE_FILE, map_location="cpu", weights_only=False).get(EFFECTIVE_KEY) or {}
+    except (OSError, RuntimeError):  # load_state reports a damaged state with its own message
+        return cfg
+    batch = saved.get("batch_size")
+    if not batch:  # states older than batch auto come from runs that set it
+        return cfg
+    log.info("batch_size auto: resuming at the state's batch %d", batch)
+    return cfg.model_copy(update={"batch_size": int(batch)})
+
+
 def run_training(
     job: TrainJob,
     sink: EventSink | None = None,
@@ -80,7 +98,7 @@ def run_training(
         log.setLevel(logging.INFO)  # so INFO lines reach the sink; the root logger still filters the console
     log.addHandler(forward)
     try:
-        eff = effective_numbers(items, cfg)
+        eff = effective_numbers(items, _with_resumed_batch(cfg, job.resume_state))
         # The step the state holds, so a resumed run's bar starts there and not at 0.
         emit(sink, Plan(total_steps=eff.total_steps, steps_per_epoch=eff.steps_per_epoch, epochs=eff.steps.epochs,
                         warmup_steps=eff.warmup_steps, precision=eff.precision, optimizer=eff.optimizer_class,

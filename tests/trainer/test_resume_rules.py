@@ -147,3 +147,24 @@ def test_new_optimizer_settings_replace_the_loaded_ones():
     old_opt.step()
     old_sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(3 * old_opt.param_groups[0]["lr"])
+
+
+def test_auto_batch_resumes_at_the_states_batch_on_another_gpu(items, tiny_model, tmp_path, tiny_config, monkeypatch):
+    """batch_size 0 picks per GPU; a state saved at batch 1 (here: no GPU) resumed where auto would pick 3 goes on at 1."""
+    from anima_lora_flow.effective import Machine
+    from anima_lora_flow.planner.gpus import named_gpu
+
+    opts = dict(batch_size=0, compile_mode="none", mixed_precision="no", max_train_epochs=2)
+    calls = iter(range(1, 100))
+    first = run_training(_job(items, tiny_model, tmp_path, tiny_config(**opts), "auto"), stop_requested=lambda: next(calls) >= 2)
+    assert first.steps == 2  # 3 images at batch 1: 3 steps an epoch
+    # The same config on an L4 would pick a batch of 3 for these tiny buckets: another epoch, another data order.
+    l4 = Machine.from_gpu(named_gpu("L4"))
+    monkeypatch.setattr(Machine, "detect", classmethod(lambda cls, processes=1: l4))
+    from anima_lora_flow.effective import derive
+    from anima_lora_flow.trainer.native import NativeBackend
+    from anima_lora_flow.config import TrainingConfig
+
+    assert derive(TrainingConfig(**tiny_config(**opts)), {(256, 256): 3}, l4, NativeBackend.numbers).batch_size == 3
+    resumed = run_training(_job(items, tiny_model, tmp_path, tiny_config(**opts), "auto", first.state))
+    assert resumed.steps == 6  # went on at batch 1 to the end of epoch 2
