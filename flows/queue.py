@@ -291,18 +291,17 @@ def comparison_rows(client, status: list[EntryRuns]) -> list[dict[str, Any]]:
     rows = []
     for item in status:
         entry, newest = item.entry, (item.runs[0] if item.runs else None)
-        record, lora = _store_facts(entry.config)
+        records, lora = _store_facts(entry.config)
         seconds = sum(run.total_run_time.total_seconds() for run in item.runs if run.total_run_time)
         losses = _table_artifact(client, artifact_key("loss", entry.project))
-        validation = _table_artifact(client, artifact_key("validation", entry.project))
         rows.append({
             "entry": entry.number,
             "project": entry.project,
             "state": newest.state_name if newest is not None else "not submitted",
-            "steps": _steps(record),
+            "steps": _steps(records[-1] if records else {}),
             "time": _duration(seconds) if seconds else "-",
             "final loss": _rounded(_last_number(losses, "loss")),
-            "best validation loss": _rounded(_min_number(validation)),
+            "best validation loss": _rounded(_best_validation(records)),
             "LoRA": lora or "-",
             "flow runs": len(item.runs),
         })
@@ -318,8 +317,8 @@ def publish_comparison(rows: list[dict[str, Any]], queue_name: str) -> str:
     return key
 
 
-def _store_facts(config: TrainingConfig) -> tuple[dict, str | None]:
-    """The newest runs.jsonl record and the final LoRA's path, when this machine can read the storage."""
+def _store_facts(config: TrainingConfig) -> tuple[list[dict], str | None]:
+    """The project's runs.jsonl records and its final LoRA's path, when this machine can read the storage."""
     from ..storage import RunStore, resolve_location  # noqa: PLC0415
 
     try:
@@ -328,8 +327,16 @@ def _store_facts(config: TrainingConfig) -> tuple[dict, str | None]:
         final = store.checkpoint_name()
         lora = store.path("checkpoints", final) if final in store.list_checkpoints() else None
     except (OSError, ValueError, ImportError):  # a bucket this machine has no credentials for: the row says "-"
-        return {}, None
-    return (runs[-1] if runs else {}), lora
+        return [], None
+    return runs, lora
+
+
+def _best_validation(records: list[dict]) -> float | None:
+    """The lowest held-out loss any session of the project measured (runs.jsonl `validation`: [step, loss] pairs)."""
+    values = [float(pair[1]) for record in records for pair in (record.get("validation") or [])
+              if isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[1], (int, float))
+              and math.isfinite(pair[1])]
+    return min(values) if values else None
 
 
 def _steps(record: dict) -> str:
@@ -360,26 +367,10 @@ def _table_artifact(client, key: str) -> list[dict]:
     return rows if isinstance(rows, list) else []
 
 
-def _numbers(rows: list[dict], column: str | None = None) -> list[float]:
-    values = []
-    for row in rows if isinstance(rows, list) else []:
-        if not isinstance(row, dict):
-            continue
-        for name, value in row.items():
-            wanted = name == column if column else "loss" in str(name).lower()
-            if wanted and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                values.append(float(value))
-    return values
-
-
 def _last_number(rows: list[dict], column: str) -> float | None:
-    values = _numbers(rows, column)
-    return values[-1] if values else None
-
-
-def _min_number(rows: list[dict]) -> float | None:
-    values = _numbers(rows)
-    return min(values) if values else None
+    values = [row[column] for row in rows if isinstance(row, dict) and isinstance(row.get(column), (int, float))
+              and not isinstance(row.get(column), bool) and math.isfinite(row[column])]
+    return float(values[-1]) if values else None
 
 
 def _rounded(value: float | None) -> str:

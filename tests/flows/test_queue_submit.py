@@ -11,6 +11,7 @@ import pytest
 
 from anima_lora_flow.errors import UserInputError
 from anima_lora_flow.flows.queue import comparison_rows, deployment_for, entry_runs, read_queue_file, submit
+from anima_lora_flow.storage import RunStore, resolve_location
 
 
 def _pool(client, name: str) -> str:
@@ -50,12 +51,20 @@ def test_a_rerun_submits_only_the_unfinished_entries(prefect_harness, tmp_path: 
         assert [item.entry.number for item in again] == [2, 4]
         assert "finished earlier" in lines[0] and "not submitted again" in lines[2]
         assert "resumes from its storage" in lines[1]
+        # What the finished entry left in its storage: two sessions, each with held-out losses, and its LoRA.
+        store = RunStore(resolve_location(str(tmp_path / "runs")), f"done-{tag}")
+        store.append_run({"run_id": "r1", "steps_done": 40, "total_steps": 80, "validation": [[20, 0.31], [40, 0.27]]})
+        store.append_run({"run_id": "r2", "steps_done": 80, "total_steps": 80, "validation": [[60, 0.29], [80, 0.28]]})
+        store.write_bytes(f"checkpoints/{store.checkpoint_name()}", b"lora")
+        before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "runs").rglob("*"))
         rows = comparison_rows(client, entry_runs(client, deployment.id, entries))
     assert [(row["project"], row["state"], row["flow runs"]) for row in rows] == [
         (f"done-{tag}", "Completed", 1), (f"failed-{tag}", "Scheduled", 2), (f"waiting-{tag}", "Scheduled", 1),
         (f"stopped-{tag}", "Scheduled", 2)]
-    assert rows[0]["LoRA"] == "-" and rows[0]["steps"] == "-"  # nothing in storage: said, not invented
-    assert not (tmp_path / "runs").exists()  # the queue only reads storage
+    assert (rows[0]["steps"], rows[0]["best validation loss"]) == ("80/80", "0.27")  # the best of all its sessions
+    assert rows[0]["LoRA"] == store.path("checkpoints", store.checkpoint_name())
+    assert (rows[1]["steps"], rows[1]["LoRA"], rows[1]["final loss"]) == ("-", "-", "-")  # nothing there: said, not invented
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "runs").rglob("*")) == before  # the queue only reads storage
 
 
 def test_a_missing_pool_or_a_deployment_on_another_pool_is_refused(prefect_harness):
