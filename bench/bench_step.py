@@ -196,7 +196,7 @@ def build_session(combo: Combo, device: torch.device, total_steps: int, tmp: Pat
     cfg = TrainingConfig(
         project_name="bench", dataset="unused", resolution=combo.resolution, batch_size=combo.batch,
         network_dim=combo.rank, network_alpha=combo.rank, optimizer="adamw", mixed_precision=precision,
-        gradient_checkpointing=combo.grad_checkpointing, compile_mode="none", max_train_epochs=1, save_state_every_minutes=0,
+        gradient_checkpointing=combo.grad_checkpointing, compile_mode=_built_mode(combo), max_train_epochs=1, save_state_every_minutes=0,
         min_bucket_reso=min(256, combo.resolution),
     )  # fmt: skip; everything else at the trainer's defaults (caption dropout 0.1, clip 1.0, cosine)
     # one bucket holding the batch's items once per step (+1 so the epoch never ends: no epoch-end saves)
@@ -221,6 +221,12 @@ def build_session(combo: Combo, device: torch.device, total_steps: int, tmp: Pat
         cache=cache, generator=torch.Generator(device=accelerator.device).manual_seed(cfg.seed), progress=progress,
         output_dir=tmp / "out",
     )  # fmt: skip
+
+
+def _built_mode(combo: Combo) -> str:
+    """The compile mode the session is built with: a whole-model mode builds what it needs (cuda-graphs: a
+    capturable optimizer); blocks are compiled after the eager FLOP-counting step (apply_compile_mode)."""
+    return combo.compile_mode if combo.compile_mode in ("model", "cuda-graphs") else "none"
 
 
 def _tiny_context_length() -> int:
@@ -365,19 +371,12 @@ def run_combo(combo: Combo, device: torch.device, steps: int, warmup: int, peak_
 
 
 def apply_compile_mode(session, mode: str, device: torch.device) -> None:
-    """Switch the built session to `mode` as the trainer would run it.
-
-    blocks: the trainer's speed_up_transformer. model / cuda-graphs: trainer.compiled.loss_function, handed
-    to the loop through the session field that takes the step's loss function, and the session's effective
-    numbers say the mode (for a loop that builds the loss function from them).
-
-    Raises:
-        NotImplementedError: the loop takes no compiled loss yet (the row records it, the bench goes on).
-    """
-    import dataclasses
-
+    """Switch the built session to `mode` as the trainer runs it: blocks through the trainer's
+    speed_up_transformer, model / cuda-graphs through trainer.compiled.loss_function (the loop's
+    Session.loss_function), with the session's effective numbers saying the mode."""
     if mode == "none":
         return
+    session.effective = session.effective.model_copy(update={"compile_mode": mode})
     if mode == "blocks":
         from anima_lora_flow.trainer.components import speed_up_transformer
 
@@ -385,11 +384,7 @@ def apply_compile_mode(session, mode: str, device: torch.device) -> None:
         return
     from anima_lora_flow.trainer.compiled import loss_function
 
-    session.effective = session.effective.model_copy(update={"compile_mode": mode})
-    takes_loss = [f.name for f in dataclasses.fields(session) if "loss" in f.name and f.name != "loss"]
-    if not takes_loss:
-        raise NotImplementedError(f"compile_mode {mode}: trainer.loop.Session takes no compiled loss function yet")
-    setattr(session, takes_loss[0], loss_function(mode, device, shapes=1))
+    session.loss_function = loss_function(mode, device, shapes=1)
 
 
 def _quartiles(values: Sequence[float]) -> tuple[float, float, float]:
