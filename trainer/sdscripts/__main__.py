@@ -55,7 +55,7 @@ def run_job(job: TrainJob, events: Path) -> int:
         emit(sink, Log(message=f"sd-scripts: {prepared.command_text}"))
         parser = SdScriptsBackend().parse_events(job)
         if prompts:
-            parser.on_samples = SampleCollector(prompts, output_dir, config.project_name)
+            parser.on_samples = SampleCollector(prompts, output_dir, config.project_name, config.max_train_epochs)
         if not job.validation_subsets:
             emit(sink, Log(message="sd-scripts measures no validation loss in this run: no validation images were staged "
                                    "for it", level="warning"))  # fmt: skip

@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ...config import TrainingConfig
+from ...core.formatting import epoch_position
 from ...core.sample_prompts import SamplePrompt, to_sd_scripts_line
 from ...core.train_items import TrainItem
 from ..events import Event, Log, Samples
@@ -93,8 +94,9 @@ class SampleCollector:
     A failure here (an image missing or unreadable) becomes a Samples event with `error`: training goes on.
     """
 
-    def __init__(self, prompts: Sequence[SamplePrompt], output_dir: Path, project_name: str):
+    def __init__(self, prompts: Sequence[SamplePrompt], output_dir: Path, project_name: str, epochs: int | None = None):
         self.prompts = list(prompts)
+        self.epochs = epochs
         self.output_dir = Path(output_dir)
         self.name = project_name
         self.base: list[Path] = []
@@ -129,11 +131,10 @@ class SampleCollector:
         from ..sample_grid import sample_grid  # noqa: PLC0415 - Pillow only once a grid is drawn
 
         base = self.base
-        title = f"{self.name}: step {step}, epoch {epoch} (sd-scripts)"
-        if base:
-            title += "; base row = sd-scripts' step-0 samples, LoRA still zero"
-        else:
-            title += "; no base row: sd-scripts samples the base model only before a run's first step"
+        # The native title's wording; what the base row is (or why there is none) follows, kept short:
+        # a grid of one prompt is about 40 characters wide.
+        title = f"{self.name}: step {step}, {epoch_position(epoch, 0, self.epochs)}, sd-scripts"
+        title += ", base = its step-0 sample" if base else ", no base row (resumed)"
         opened = [_load(p) for p in base] if base else []
         grid = sample_grid(opened, [_load(p) for p in lora], self._texts(), title)
         folder = self.output_dir / GRID_FOLDER
