@@ -63,7 +63,8 @@ def test_demo_flow_end_to_end(prefect_harness, demo):
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
-        keys = {a.key for a in client.read_artifacts() if a.key}
+        artifacts = client.read_artifacts()
+        keys = {a.key for a in artifacts if a.key}
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[runs[-1]["flow_run_id"]])))
     # The flow's storage steps are tasks: the lock is taken before the download and given back last.
     order = [t.name.rsplit("-", 1)[0] for t in sorted(task_runs, key=lambda t: t.start_time)]
@@ -73,6 +74,10 @@ def test_demo_flow_end_to_end(prefect_harness, demo):
     assert not (project / "LOCK.json").exists()
     assert {"dataset-report-demo", "plan-demo", "summary-demo", "progress-demo", "loss-demo", "loss-chart-demo"} <= keys
     assert list((project / "logs").glob("*-loss.png"))
+    # The demo samples at its end: the grid is in storage and the UI's artifact holds the image itself.
+    assert [p.name for p in (project / "samples").glob("demo-step*.png")] == ["demo-step00000024.png"]
+    grid = next(a for a in artifacts if a.key == "samples-demo")
+    assert "](data:image/png;base64," in grid.data and "step 24" in grid.data
 
     # Same command again: the finished state is found and nothing is trained twice.
     again = train_lora(config=demo)
