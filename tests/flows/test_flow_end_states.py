@@ -64,7 +64,7 @@ def test_a_deadline_stop_ends_completed_named_stopped_with_the_advice(prefect_ha
     from anima_lora_flow.flows import train_lora as flow_module
 
     cfg, work_dir = _run(demo, tmp_path, "stopped")
-    monkeypatch.setattr(flow_module, "guard_for", lambda deadline_ts: _SessionEndsOnceTrainingStarts(work_dir))
+    monkeypatch.setattr(flow_module, "guard_for", lambda *args, **kwargs: _SessionEndsOnceTrainingStarts(work_dir))
     result = flow_module.train_lora(config=cfg)  # as the CLI and the notebooks call it: they get the dict
 
     assert result["outcome"] == "stopped" and result["stop_reason"] == "deadline"
