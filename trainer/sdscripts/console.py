@@ -100,6 +100,7 @@ class ConsoleParser:
         self.validation_history: list[dict] = list(validation_history or [])  # {"step", "epoch", "loss"}, for the best epoch
         self._validation: dict | None = None  # the latest complete draw of the epoch validation bar
         self._validated: tuple[int, int] | None = None  # (epoch, step) of the last Validation sent
+        self._val_n = 0  # the latest validation draw's count
 
     # --- splitting -------------------------------------------------------------------------
     def feed(self, chunk: str) -> list[Event]:
@@ -178,10 +179,13 @@ class ConsoleParser:
 
     def _on_validation_bar(self, bar: re.Match) -> list[Event]:
         loss = _VAL_LOSS.search(bar["info"])
-        # The set_postfix draw comes last: keep the newest. A draw short of the total is a new
-        # validation (the previous bar, closed when its variable is reassigned, redraws its end once more).
-        complete = loss is not None and int(bar["n"]) == int(bar["total"]) > 0
+        n, total = int(bar["n"]), int(bar["total"])
+        # The set_postfix draw comes last: keep the newest. The previous epoch's bar, closed when its
+        # variable is reassigned to the new bar, redraws its end once more just after the new bar's
+        # 0/N: a complete draw counts only right after this bar's own last steps.
+        complete = loss is not None and n == total > 0 and self._val_n >= total - 1
         self._validation = {"loss": float(loss["loss"])} if complete else None
+        self._val_n = n
         return []
 
     def _report_validation(self) -> list[Event]:
@@ -315,14 +319,16 @@ class ConsoleParser:
         return []
 
 
-_BREAK = re.compile(r"\r\n|\n|\r")
+# tqdm ends a bar drawn below another (the validation bar under the steps bar) by moving the cursor
+# back up (ESC[A), with no newline: a log line printed next follows on the same line of the stream.
+_BREAK = re.compile(r"\r\n|\n|\r|(?:\x1b\[A)+")
 
 
 def _first_break(buffer: str) -> tuple[int, int, str] | None:
-    """(end of text, start of rest, terminator) for the first \\n, \\r\\n or \\r; None if none yet."""
+    """(end of text, start of rest, terminator) for the first \\n, \\r\\n, \\r or cursor-up; None if none yet."""
     match = _BREAK.search(buffer)
     if match is None:
         return None
     if match.group() == "\r" and match.end() == len(buffer):
         return None  # could be the first half of CR LF: wait for the next chunk
-    return match.start(), match.end(), "\r" if match.group() == "\r" else "\n"
+    return match.start(), match.end(), "\n" if "\n" in match.group() else "\r"

@@ -222,6 +222,7 @@ def test_a_resumed_run_knows_its_best_epoch_from_the_state(tmp_path):
     write_validation_history(state, [{"step": 1, "epoch": 1, "loss": 0.5}, {"step": 2, "epoch": 2, "loss": 0.7}])
     parser = resume_parser(TrainingConfig(dataset="/d"), state)
     parser.feed("epoch 3/3\n\rsteps: 100%|██████████| 1/1 [00:01<00:00,  1.00s/it, avr_loss=0.1]\n")
+    parser.feed("\repoch validation steps:  75%|███████▌  | 3/4 [00:03<00:01,  1.00s/it, val_epoch_avg_loss=0.6, timestep=600]")
     parser.feed("\repoch validation steps: 100%|██████████| 4/4 [00:04<00:00,  1.00s/it, val_epoch_avg_loss=0.6, timestep=800]")
     [event] = [e for e in parser.feed("\nGenerating sample images at step 3\n") if e.event == "validation"]
     assert (event.step, event.epoch, event.loss, event.best_epoch, event.best_loss) == (3, 3, 0.6, 1, 0.5)
@@ -241,3 +242,25 @@ def test_each_state_is_given_the_losses_so_far_before_it_is_reported(tmp_path):
     sink = _keeping_validation(lambda e: seen.append((e, read_validation_history(state))), parser)
     sink(Checkpoint(kind="state", path=str(state), step=1, epoch=1))
     assert seen[0][1] == [{"step": 1, "epoch": 1, "loss": 0.5}]  # on disk before the runner hears of the state
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 7, 64])
+def test_validation_losses_and_sampling_points_of_a_real_run(chunk):
+    """sampling_validation_run.log: a real 2-epoch CPU run through validating_train_network.py. Each epoch's
+    loss is its bar's last (set_postfix) draw; the previous epoch's bar redraws its end when the next one
+    starts, and once more at exit; at the last epoch the sampling line follows the bar's cursor-up codes
+    on the same line."""
+    calls = []
+
+    def on_samples(step, epoch):
+        calls.append((step, epoch))
+        return []
+
+    parser = ConsoleParser(on_samples=on_samples, validation_held_out=True)
+    events = _feed(parser, _read("sampling_validation_run.log"), chunk)
+    assert calls == [(0, 0), (1, 1), (2, 2)]
+    validations = [(e.step, e.epoch, e.loss, e.images, e.held_out, e.best_epoch, e.best_loss)
+                   for e in events if e.event == "validation"]  # fmt: skip
+    assert validations == [(1, 1, 1.98, 1, True, 1, 1.98), (2, 2, 1.94, 1, True, 2, 1.94)]
+    assert [(e.step, e.loss) for e in events if e.event == "step"] == [(1, 2.19), (2, 2.0)]
+    assert [e.final for e in events if e.event == "checkpoint" and e.kind == "lora"] == [False, True]
