@@ -84,6 +84,8 @@ def test_notebook_runs_the_demo_headless(path, tmp_path, monkeypatch):
     outputs = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.output_type == "stream")
     assert "demo: completed" in outputs, outputs[-2000:]
     assert list((storage / "demo").rglob("*.safetensors")), json.dumps(sorted(map(str, storage.rglob("*"))))[:2000]
+    # The demo's sample grid is shown in the cell itself (IPython display), not only stored.
+    assert any("image/png" in o.get("data", {}) for o in nb.cells[-1].outputs if o.output_type == "display_data")
 
 
 def _without_magics(code: str) -> str:
