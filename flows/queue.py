@@ -16,6 +16,7 @@ import itertools
 import json
 import math
 import re
+import sys
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -224,6 +225,15 @@ def deployment_for(client, deployment: str, pool: str):
     return client.read_deployment(runner_deployment.apply())
 
 
+def pool_limit_hint(client, pool: str) -> str | None:
+    """A warning when the pool has no concurrency limit: then only its workers' own `--limit` keeps two
+    runs off one GPU."""
+    if client.read_work_pool(pool).concurrency_limit is not None:
+        return None
+    return (f"warning: work pool {pool} has no concurrency limit, so its workers may start every queued run at once; "
+            f"give it one run per GPU: prefect work-pool set-concurrency-limit {pool} N (N = its workers' GPUs)")
+
+
 def entry_runs(client, deployment_id, entries: list[QueueEntry]) -> list[EntryRuns]:
     """Each entry's flow runs of the deployment, newest first (found by the project tag the queue gives them)."""
     from prefect.client.schemas.filters import (  # noqa: PLC0415
@@ -390,6 +400,8 @@ def run_queue(args) -> int:
     queue_name = path.stem
     with get_client(sync_client=True) as client:
         deployment = deployment_for(client, args.deployment, args.pool)
+        if hint := pool_limit_hint(client, args.pool):
+            print(hint, file=sys.stderr)
         status = entry_runs(client, deployment.id, entries)
         submitted = submit(client, deployment, status, queue_name)
         print(f"{len(submitted)} of {len(entries)} entries submitted to work pool {args.pool} "

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from anima_lora_flow.errors import UserInputError
-from anima_lora_flow.flows.queue import comparison_rows, deployment_for, entry_runs, read_queue_file, submit
+from anima_lora_flow.flows.queue import (comparison_rows, deployment_for, entry_runs, pool_limit_hint, read_queue_file,
+                                        submit)
 from anima_lora_flow.storage import RunStore, resolve_location
 
 
@@ -69,11 +70,15 @@ def test_a_rerun_submits_only_the_unfinished_entries(prefect_harness, tmp_path: 
 
 def test_a_missing_pool_or_a_deployment_on_another_pool_is_refused(prefect_harness):
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolUpdate
 
     tag = uuid.uuid4().hex[:8]
     with get_client(sync_client=True) as client:
         with pytest.raises(UserInputError, match=f"work pool 'nowhere-{tag}' not found.*prefect work-pool create"):
             deployment_for(client, "train-anima-lora", f"nowhere-{tag}")
         deployment_for(client, f"elsewhere-{tag}", _pool(client, f"a-{tag}"))
+        assert f"prefect work-pool set-concurrency-limit a-{tag} N" in pool_limit_hint(client, f"a-{tag}")
+        client.update_work_pool(f"a-{tag}", WorkPoolUpdate(concurrency_limit=1))
+        assert pool_limit_hint(client, f"a-{tag}") is None
         with pytest.raises(UserInputError, match=f"sends its runs to work pool 'a-{tag}', not 'b-{tag}'"):
             deployment_for(client, f"elsewhere-{tag}", _pool(client, f"b-{tag}"))
