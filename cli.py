@@ -42,7 +42,7 @@ def add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] =
         flag = "--" + name.replace("_", "-")
         annotation = unwrap_optional(field.annotation)
         help_text = field.description
-        if field.default not in (None, [], PydanticUndefined) and not field.is_required():  # default_factory: no default shown
+        if field.default not in (None, [], "", PydanticUndefined) and not field.is_required():  # default_factory: no default shown
             shown = " ".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
             help_text = f"{help_text} [default: {shown}]"  # a tuple as typed on the command line, not its repr
         kwargs: dict[str, Any] = {"dest": name, "default": None, "help": help_text}
@@ -57,8 +57,8 @@ def add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] =
             kwargs.update(action="append", metavar="TEXT", help=f"{help_text} Repeat the flag for more.")
         elif annotation in (int, float):
             kwargs.update(type=annotation, metavar=annotation.__name__.upper())
-        else:
-            kwargs["metavar"] = "TEXT"
+        else:  # a field may name what it holds (a FILE) in its json_schema_extra
+            kwargs["metavar"] = (field.json_schema_extra or {}).get("metavar", "TEXT")
         group.add_argument(flag, **kwargs)
 
 

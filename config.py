@@ -253,7 +253,7 @@ class TrainingConfig(BaseModel):
         description="Held-out images with .txt captions for the validation loss, given like dataset (folder, .zip, link, URL).",
     )
     sample_prompts: str = Field(
-        "",
+        "", json_schema_extra={"metavar": "FILE"},
         description="A text file of sample prompts, one per line, with sd-scripts' options --w --h --s --d --l --n --fs. Empty: a few of the dataset's own captions.",
     )
 

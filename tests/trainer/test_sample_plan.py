@@ -80,3 +80,9 @@ def test_cli_refuses_a_bad_prompt_file_with_exit_2_before_any_download(tmp_path,
     assert not (tmp_path / "anima-runs").exists()  # refused before storage, the dataset and the download
     code = main(["train", "--dataset", "ds", "--sample-every-n-epochs", "1", "--sample-prompts", "nope.txt"])
     assert code == 2 and "error: --sample-prompts nope.txt: cannot read it" in capsys.readouterr().err
+
+
+def test_the_flag_says_it_takes_a_file(capsys):
+    assert main(["train", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--sample-prompts FILE" in text and "[default: ]" not in text
