@@ -110,3 +110,26 @@ def test_a_sampling_failure_is_reported_and_training_finishes(job, tiny_model, t
     assert [e.step for e in failed] == [3, 6] and all(e.path is None and e.error for e in failed)
     assert events[-1] is failed[-1] and [e.event for e in events].count("done") == 1
     assert not (tmp_path / "f" / "samples").exists()
+
+
+def test_two_processes_draw_one_grid_per_point_and_finish(tmp_path, items, tiny_model, tiny_config):
+    """Data parallel: process 0 samples while the other waits at the barrier; neither hangs, one grid per point."""
+    import os
+    import subprocess
+    import sys
+
+    from anima_lora_flow.trainer.events import read_events
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("1girl, solo --w 64 --h 64 --s 2\n", encoding="utf-8")
+    config = tiny_config(num_gpus=2, sample_every_n_epochs=1, sample_prompts=str(prompts), min_bucket_reso=64)
+    job = TrainJob(config, [i.to_json() for i in items], str(tiny_model), str(tmp_path / "work"), str(tmp_path / "dp"))
+    job_file, events_file = job.save(tmp_path / "dp.json"), tmp_path / "dp.jsonl"
+    cmd = [sys.executable, "-m", "anima_lora_flow.trainer", "--job", str(job_file), "--events", str(events_file),
+           "--no-progress"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    samples = [e for e in read_events(events_file) if isinstance(e, Samples)]
+    assert [(e.step, e.error) for e in samples] == [(2, None), (4, None)]  # 2 steps per epoch on 2 processes
+    assert all(Path(e.path).is_file() for e in samples)
