@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 from ..core.gpu import query_torch_gpu
+from ..core.processes import guard_group, signal_group
 
 
 def default_name() -> str:
@@ -56,28 +57,48 @@ def serve_here(name: str) -> None:
 
 
 def serve_per_gpu(name: str, count: int) -> int:
-    """One runner process per GPU; returns when they have all ended (Ctrl-C or SIGTERM ends them)."""
-    children = [subprocess.Popen([sys.executable, "-m", __name__, name], env=env)
-                for env in per_gpu_environments(count, dict(os.environ))]
-    previous = signal.signal(signal.SIGTERM, lambda *_: _stop(children))
+    """One runner process per GPU; returns when they have all ended (Ctrl-C or SIGTERM ends them).
+
+    Each runner leads its own session with a watchdog (core/processes.guard_group), so a `serve`
+    killed outright (SIGKILL) does not leave runners taking runs with nobody to stop them."""
+    children = []
+    for env in per_gpu_environments(count, dict(os.environ)):
+        child = subprocess.Popen([sys.executable, "-m", __name__, name], env=env, start_new_session=True)
+        guard_group(child)
+        children.append(child)
+    # SIGTERM only raises here: stopping inside the handler would wait on a child while the interrupted
+    # Popen.wait holds that child's lock, a deadlock.
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
         return max(child.wait() for child in children)
-    except KeyboardInterrupt:  # the children got the terminal's SIGINT too; wait for them to let go of their runs
-        return max(child.wait() for child in children)
+    except (KeyboardInterrupt, _StopServing):  # in their own sessions the runners got no Ctrl-C: pass it on
+        _stop(children)
+        return 0
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the stopping short
         _stop(children)
         signal.signal(signal.SIGTERM, previous)
 
 
-def _stop(children: list[subprocess.Popen]) -> None:
+class _StopServing(Exception):
+    """SIGTERM reached `serve`: stop the runners as a Ctrl-C does."""
+
+
+def _raise_stop(*_) -> None:
+    raise _StopServing
+
+
+def _stop(children: list[subprocess.Popen], grace_s: float = 30) -> None:
+    """Ctrl-C to each runner (a runner's own way to stop), then SIGKILL to its group after `grace_s`."""
     for child in children:
         if child.poll() is None:
-            child.terminate()
+            signal_group(child, signal.SIGINT)
     for child in children:
         try:
-            child.wait(timeout=30)
+            child.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
-            child.kill()
+            signal_group(child, signal.SIGKILL)
+            child.wait()
 
 
 def run_serve(args) -> int:

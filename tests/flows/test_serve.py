@@ -61,3 +61,45 @@ def test_serve_runs_the_forms_runs_one_at_a_time(prefect_harness, tmp_path):
             os.killpg(serve.pid, signal.SIGKILL)
             serve.wait()
         log.close()
+
+
+def _runners(pid: int) -> list[int]:
+    """The runner processes `pid` started (not their watchdogs)."""
+    path = f"/proc/{pid}/task/{pid}/children"
+    children = [int(p) for p in open(path).read().split()] if os.path.exists(path) else []
+    return [child for child in children
+            if os.path.exists(f"/proc/{child}/cmdline") and b"flows.serve" in open(f"/proc/{child}/cmdline", "rb").read()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_per_gpu_runners_each_see_one_device_and_end_with_their_parent(prefect_harness, tmp_path, stop):
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from anima_lora_flow.flows.serve import serve_per_gpu; "
+                               "sys.exit(serve_per_gpu('per-gpu', 2))"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(children := _runners(parent.pid)) < 2:
+            assert parent.poll() is None and time.monotonic() < deadline, "no two runners started"
+            time.sleep(0.5)
+        devices = sorted(
+            dict(item.split("=", 1) for item in open(f"/proc/{child}/environ").read().split("\0") if "=" in item)
+            ["CUDA_VISIBLE_DEVICES"] for child in children)
+        assert devices == ["0", "1"]
+        # A service manager stopping `serve`, or killing it outright: its runners end with it either way.
+        parent.send_signal(stop)
+        parent.wait(timeout=90)
+        deadline = time.monotonic() + 45
+        while any(os.path.exists(f"/proc/{child}") and open(f"/proc/{child}/stat").read().split()[2] != "Z"
+                  for child in children):
+            assert time.monotonic() < deadline, "a runner outlived serve"
+            time.sleep(0.5)
+    finally:
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)
+            parent.wait()
