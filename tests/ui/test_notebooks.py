@@ -90,3 +90,10 @@ def test_notebook_runs_the_demo_headless(path, tmp_path, monkeypatch):
 
 def _without_magics(code: str) -> str:
     return "\n".join(line.replace("%pip", "pass  #") if line.lstrip().startswith("%") else line for line in code.splitlines())
+
+
+@pytest.mark.parametrize("path", [COLAB, KAGGLE], ids=["colab", "kaggle"])
+def test_sampling_is_a_setting_of_both_notebooks(path):
+    text = _source(nbformat.read(path, as_version=4))
+    assert "sample_every_n_epochs = 0" in text and 'sample_prompts = ""' in text
+    assert "sample_every_n_epochs=sample_every_n_epochs, sample_prompts=sample_prompts," in text
