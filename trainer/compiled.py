@@ -53,11 +53,12 @@ def check_compile_mode(mode: str, device: torch.device) -> None:
         )
 
 
-def loss_function(mode: str, device: torch.device, shapes: int = 1) -> LossFunction:
+def loss_function(mode: str, device: torch.device, shapes: int = 1, backend: str = "inductor") -> LossFunction:
     """The step's forward + loss for `mode`: flow_matching_loss itself, or compiled whole.
 
     `shapes` is how many batch shapes the data holds (batch_shapes): dynamo's recompile limit is
-    raised to it, since past that limit dynamo silently runs every further bucket eagerly.
+    raised to it, since past that limit dynamo silently runs every further bucket eagerly. `backend`
+    is torch.compile's; tests pass "eager" to check dynamo's side (graphs, guards) in seconds.
 
     Raises:
         UserInputError: see check_compile_mode.
@@ -68,7 +69,7 @@ def loss_function(mode: str, device: torch.device, shapes: int = 1) -> LossFunct
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, shapes)
     config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 4 * shapes)
-    compiled = torch.compile(flow_matching_loss, dynamic=False,
+    compiled = torch.compile(flow_matching_loss, dynamic=False, backend=backend,
                              mode="reduce-overhead" if mode == "cuda-graphs" else None)  # fmt: skip
     log.info("compile_mode %s: the forward and loss compile once per batch shape (%d in this dataset)", mode, shapes)
     if mode == "model":
