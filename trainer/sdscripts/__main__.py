@@ -15,7 +15,7 @@ from pathlib import Path
 from ...config import TrainingConfig, cache_root
 from ...core.lora_files import lora_file_name
 from ...core.train_items import TrainItem
-from ...errors import UserInputError
+from ...errors import UserInputError, setting
 from ..backend import EXIT_DONE, EXIT_ERROR, EXIT_STOPPED, EXIT_USER, TrainJob
 from ..events import Checkpoint, Done, Error, Event, JsonLinesSink, Log, Stopped, emit
 from .backend import SdScriptsBackend
@@ -56,6 +56,9 @@ def run_job(job: TrainJob, events: Path) -> int:
         parser = SdScriptsBackend().parse_events(job)
         if prompts:
             parser.on_samples = SampleCollector(prompts, output_dir, config.project_name, config.max_train_epochs)
+        elif config.sample_every_n_epochs:  # the dataset has no caption, and sd-scripts reads no empty prompt line
+            emit(sink, Log(message="no sample images: the dataset has no caption to use as a prompt and sd-scripts "
+                                   f"cannot sample an empty one; give a prompt file ({setting('sample_prompts')})", level="warning"))  # fmt: skip
         if not job.validation_subsets:
             emit(sink, Log(message="sd-scripts measures no validation loss in this run: no validation images were staged "
                                    "for it", level="warning"))  # fmt: skip

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import signal
 import sys
 import tomllib
 import types
@@ -183,3 +184,42 @@ def test_validation_images_are_the_native_choice_staged_apart(tmp_path):
     job = SdScriptsBackend().prepare(job, report)
     assert [len(list(Path(f).glob("*.png"))) for f, _ in job.validation_subsets] == [4]
     assert TrainJob.from_json(job.to_json()).validation_subsets == job.validation_subsets
+
+
+STAND_IN = """
+import sys, tomllib
+from pathlib import Path
+args = sys.argv[1:]
+cfg = tomllib.loads(Path(args[args.index("--config_file") + 1]).read_text())
+Path(cfg["output_dir"]).mkdir(parents=True, exist_ok=True)
+Path(cfg["output_dir"], cfg["output_name"] + ".safetensors").write_bytes(b"x")
+print("sample_prompts" in cfg and "sampling" or "no sampling")
+"""
+
+
+def test_a_dataset_without_captions_samples_nothing_and_says_so(tmp_path):
+    """sd-scripts reads no empty prompt line; the native default for a caption-less dataset is the empty prompt."""
+    from anima_lora_flow.trainer.events import read_events
+    from anima_lora_flow.trainer.sdscripts.__main__ import run_job
+
+    sd = tmp_path / "cache" / "sd-scripts"
+    sd.mkdir(parents=True)
+    (sd / "anima_train_network.py").write_text(STAND_IN)
+    accelerate = tmp_path / "cache" / "venv" / "bin" / "accelerate"
+    accelerate.parent.mkdir(parents=True)
+    # `accelerate launch --num_cpu_threads_per_process 1 SCRIPT ARGS...` -> python SCRIPT ARGS...
+    accelerate.write_text(f"#!{sys.executable}\nimport os, sys\nos.execv(sys.executable, [sys.executable, *sys.argv[4:]])\n")
+    accelerate.chmod(0o755)
+    config = _config(tmp_path, sample_every_n_epochs=1, max_train_epochs=1)
+    items = [TrainItem(tmp_path / "images" / "a.png", "", (512, 512)).to_json()]
+    job = TrainJob(config=config.model_dump(mode="json"), items=items, models_dir=None, work_dir=str(tmp_path / "work"),
+                   output_dir=str(tmp_path / "out"), run_id="r1", run_dir=str(tmp_path / "run"), dit="/m/d",
+                   text_encoder="/m/t", vae="/m/v", total_steps=1, tool_dir=str(sd), dataset_dir=str(tmp_path / "images"))  # fmt: skip
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        assert run_job(job, tmp_path / "events.jsonl") == 0
+    finally:
+        signal.signal(signal.SIGTERM, handler)  # run_job takes SIGTERM as a stop request in its own process
+    logs = [e.message for e in read_events(tmp_path / "events.jsonl") if e.event == "log"]
+    assert any(m.startswith("no sample images: the dataset has no caption") for m in logs)
+    assert not (tmp_path / "run" / "configs" / "sample_prompts.txt").exists()
