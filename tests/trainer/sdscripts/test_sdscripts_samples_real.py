@@ -9,6 +9,7 @@ the real model sizes whatever the weights, so on 2 CPU cores this takes about 15
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,11 @@ def test_a_real_run_samples_each_epoch_and_reports_its_validation_loss(tmp_path)
         validation_items=[i.to_json() for i in report.validation_items()],
     )  # fmt: skip
     job = SdScriptsBackend().prepare(job, report)
-    assert run_job(job, tmp_path / "events.jsonl") == EXIT_DONE
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        assert run_job(job, tmp_path / "events.jsonl") == EXIT_DONE
+    finally:
+        signal.signal(signal.SIGTERM, handler)  # run_job takes SIGTERM as a stop request in its own process
 
     events = list(read_events(tmp_path / "events.jsonl"))
     samples = [e for e in events if e.event == "samples"]
