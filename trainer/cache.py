@@ -258,9 +258,17 @@ def place_cache(cache: TrainingCache, device: torch.device) -> Placement:
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
     where = cache_placement(nbytes, device.type, free)
     move = {"device": lambda t: t.to(device), "pinned": lambda t: t.pin_memory(), "host": lambda t: t}[where]
-    cache.latents = [move(t) for t in cache.latents]
-    cache.contexts = [move(t) for t in cache.contexts]
-    cache.empty_context = move(cache.empty_context)
+    try:
+        for tensors in (cache.latents, cache.contexts):
+            for i, tensor in enumerate(tensors):  # one at a time: each host copy is freed as its moved one is made
+                tensors[i] = move(tensor)
+        cache.empty_context = move(cache.empty_context)
+    except RuntimeError as exc:  # the driver refused to lock that much host memory: pageable copies still work
+        if where != "pinned":
+            raise
+        log.warning("training cache: pinning %.1f MB of host memory failed (%s); it stays in pageable memory",
+                    nbytes / 1e6, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)  # fmt: skip
+        where = "host"
     log.info("training cache: %.1f MB of latents and contexts %s", nbytes / 1e6,
              {"device": f"on {device}", "pinned": "in pinned host memory", "host": "in host memory"}[where])  # fmt: skip
     return where
