@@ -235,9 +235,10 @@ Placement = Literal["device", "pinned", "host"]
 
 
 def cache_bytes(cache: TrainingCache) -> int:
-    """Bytes the latents and contexts (trimmed, as cached) take, wherever they are."""
-    tensors = [*cache.latents, *cache.contexts, cache.empty_context]
-    return sum(t.numel() * t.element_size() for t in tensors)
+    """Bytes the latents and contexts (trimmed, as cached) take, wherever they are; a context that several
+    images share (the same caption) counts once."""
+    tensors = {id(t): t for t in [*cache.latents, *cache.contexts, cache.empty_context]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def cache_placement(nbytes: int, device_type: str, free_bytes: int | None, share: float = DEVICE_CACHE_SHARE) -> Placement:
@@ -258,11 +259,18 @@ def place_cache(cache: TrainingCache, device: torch.device) -> Placement:
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
     where = cache_placement(nbytes, device.type, free)
     move = {"device": lambda t: t.to(device), "pinned": lambda t: t.pin_memory(), "host": lambda t: t}[where]
+    moved: dict[int, torch.Tensor] = {}  # by identity: images with the same caption share one context
+
+    def once(tensor: torch.Tensor) -> torch.Tensor:
+        if id(tensor) not in moved:
+            moved[id(tensor)] = move(tensor)
+        return moved[id(tensor)]
+
     try:
         for tensors in (cache.latents, cache.contexts):
             for i, tensor in enumerate(tensors):  # one at a time: each host copy is freed as its moved one is made
-                tensors[i] = move(tensor)
-        cache.empty_context = move(cache.empty_context)
+                tensors[i] = once(tensor)
+        cache.empty_context = once(cache.empty_context)
     except RuntimeError as exc:  # the driver refused to lock that much host memory: pageable copies still work
         if where != "pinned":
             raise

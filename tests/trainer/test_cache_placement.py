@@ -22,6 +22,12 @@ def test_cache_bytes_counts_latents_and_trimmed_contexts():
     assert cache_bytes(_cache()) == 3 * 16 * 96 * 96 * 4 + (32 + 100 + 7 + 1) * 1024 * 4
 
 
+def test_a_shared_caption_counts_once():
+    cache = _cache()
+    cache.contexts = [cache.contexts[0]] * 3  # three images, one caption (build_cache shares the tensor)
+    assert cache_bytes(cache) == 3 * 16 * 96 * 96 * 4 + (32 + 1) * 1024 * 4
+
+
 @pytest.mark.parametrize(
     ("nbytes", "device", "free", "expected"),
     [
@@ -54,6 +60,10 @@ def test_on_cuda_a_small_cache_moves_once_and_gives_the_same_batches():
     cpu_cache, cuda_cache, device = _cache(), _cache(), torch.device("cuda")
     assert place_cache(cuda_cache, device) == "device"
     assert all(t.is_cuda for t in [*cuda_cache.latents, *cuda_cache.contexts, cuda_cache.empty_context])
+    shared = _cache()
+    shared.contexts = [shared.contexts[0]] * 3
+    place_cache(shared, device)
+    assert shared.contexts[0] is shared.contexts[2]  # one device copy of a shared caption
     expected = collate([0, 2], cpu_cache, torch.Generator(device).manual_seed(0), 0.5, device)
     got = collate([0, 2], cuda_cache, torch.Generator(device).manual_seed(0), 0.5, device)
     assert all(torch.equal(expected[k], got[k]) for k in expected)
