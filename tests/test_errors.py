@@ -162,9 +162,15 @@ def _strings(tree: ast.AST):
             yield node.lineno, node.value
 
 
+# Only a setting's flag is the audience's to spell: a subcommand's own flag (`queue --wait`) or a
+# prompt file's option (`--w 1024`) reads the same to everyone.
+_SETTING_FLAGS = {"--" + name.replace("_", "-") for name in TrainingConfig.model_fields}
+
+
 def _flags_in_prose(text: str) -> list[str]:
     commands = [m.span() for m in _COMMAND_LINE.finditer(text)]
-    return [m.group() for m in _FLAG.finditer(text) if not any(a <= m.start() < b for a, b in commands)]
+    return [m.group() for m in _FLAG.finditer(text)
+            if m.group() in _SETTING_FLAGS and not any(a <= m.start() < b for a, b in commands)]
 
 
 def _modules_below_the_cli():
@@ -189,4 +195,5 @@ def test_the_scan_finds_a_planted_flag():
     planted = 'raise UserInputError(f"use --learning-rate {x}")\nparser.add_argument("--job")\ncmd = ["--quiet"]\n'
     texts = [text for _, text in _strings(ast.parse(planted))]
     assert [flag for text in texts for flag in _flags_in_prose(text)] == ["--learning-rate"]
-    assert _flags_in_prose("run `anima-lora ui --stop` first; or pass --port") == ["--port"]
+    assert _flags_in_prose("run `anima-lora ui --stop --seed 1` first; or pass --seed") == ["--seed"]
+    assert _flags_in_prose("a prompt line such as `a cat --w 512`, or queue --wait") == []
