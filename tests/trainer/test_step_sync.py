@@ -1,10 +1,12 @@
 """The training step reads nothing back from the device (what CUDA graphs and a busy GPU need): counted on the
-CPU during the real loop, trainer.loop.train, step by step; the optimizer built for cuda-graphs likewise."""
+CPU during the real loop, trainer.loop.train, step by step; the optimizer built for cuda-graphs likewise; on a GPU,
+under torch.cuda's sync debug mode."""
 
 from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
@@ -76,3 +78,39 @@ def test_the_cuda_graphs_optimizer_steps_without_a_host_read(tiny_config):
             optimizer.step()
     assert reads.count == 0, "\n".join(reads.where)
     assert all(state["step"].device == params[0].device for state in optimizer.state.values())
+
+
+class _Enough(Exception):
+    """Ends the run from the stop hook before the last step's loss read-out and the epoch-end saves."""
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("compile_mode", ["none", "cuda-graphs"])
+def test_on_cuda_steps_run_under_the_sync_debug_mode_error(items, tiny_model, tmp_path, tiny_config, monkeypatch, compile_mode):
+    """torch.cuda's own check: any synchronising call inside steps 4 to 11 raises (steps 1 to 3 compile and capture)."""
+    monkeypatch.setattr("anima_lora_flow.trainer.loop.LOG_EVERY", 1000)  # no read-out inside the checked steps
+    items = [type(i)(i.image_path, i.caption, i.bucket, repeats=4) for i in items]
+    cfg = TrainingConfig(**tiny_config(max_train_epochs=1, caption_dropout=0.3, max_grad_norm=1.0, compile_mode=compile_mode))
+    job = TrainJob(config=cfg.model_dump(), items=[i.to_json() for i in items], models_dir=str(tiny_model),
+                   work_dir=str(tmp_path / "work"), output_dir=str(tmp_path / "out"), dataset_fingerprint="ds")  # fmt: skip
+    session = build_session(job, cfg, items, tiny_model, effective_numbers(items, cfg))
+    assert session.accelerator.device.type == "cuda" and session.effective.compile_mode == compile_mode
+    steps = itertools.count(1)
+
+    def after_step() -> bool:
+        step = next(steps)
+        if step == 3:
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+        if step == 11:
+            torch.cuda.set_sync_debug_mode("default")
+            raise _Enough
+        return False
+
+    session.stop_requested = after_step
+    try:
+        with pytest.raises(_Enough):
+            train(session)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
