@@ -72,6 +72,7 @@ def loss_function(mode: str, device: torch.device, shapes: int = 1, backend: str
     compiled = torch.compile(flow_matching_loss, dynamic=False, backend=backend,
                              mode="reduce-overhead" if mode == "cuda-graphs" else None)  # fmt: skip
     log.info("compile_mode %s: the forward and loss compile once per batch shape (%d in this dataset)", mode, shapes)
+    compiled = eager_if_compiling_fails(compiled, mode)
     if mode == "model":
         return compiled
 
@@ -83,6 +84,32 @@ def loss_function(mode: str, device: torch.device, shapes: int = 1, backend: str
         return compiled(*args)
 
     return graphed
+
+
+def eager_if_compiling_fails(compiled: LossFunction, mode: str) -> LossFunction:
+    """`compiled`, or flow_matching_loss itself from the first shape the compiler fails on.
+
+    The planner picks whole-model compilation for GPUs where it has never been run by this project;
+    a compiler bug there must cost speed, not the session. A failure happens while the graph is built,
+    before anything of the step has run, so the same call made eagerly gives the step's true loss (the
+    random draws were made outside). Out-of-memory and errors of the model itself are not caught.
+    """
+    failed: list[str] = []
+
+    @functools.wraps(flow_matching_loss)
+    def step(*args: torch.Tensor) -> torch.Tensor:
+        if failed:
+            return flow_matching_loss(*args)
+        try:
+            return compiled(*args)
+        except (torch._dynamo.exc.BackendCompilerFailed, torch._dynamo.exc.InternalTorchDynamoError) as exc:
+            cause = getattr(exc, "inner_exception", None) or exc.__cause__ or exc  # the compiler's own error
+            failed.append(f"{type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}")
+            log.warning("compile_mode %s: compiling the step failed (%s); the run goes on eagerly (slower, same "
+                        "numbers). Set compile_mode = none to skip the attempt", mode, failed[0][:300])
+            return flow_matching_loss(*args)
+
+    return step
 
 
 def batch_shapes(batches: Iterable[list[int]], cache: TrainingCache) -> set[tuple[int, ...]]:

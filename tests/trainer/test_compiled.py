@@ -136,3 +136,21 @@ def test_a_compiled_run_trains_the_same_lora_as_an_eager_one(items, tiny_model, 
     assert eager.keys() == compiled.keys()
     for key in eager:
         torch.testing.assert_close(compiled[key], eager[key], rtol=1e-3, atol=1e-6)
+
+
+def test_a_compiler_failure_costs_speed_not_the_run(tiny_model, caplog):
+    """The planner sends GPUs to whole-model compilation; a compiler bug there must leave the step eager."""
+
+    def broken_backend(graph_module, example_inputs):
+        raise RuntimeError("inductor could not build this graph")
+
+    model = _model(tiny_model, gradient_checkpointing=False)
+    eager_loss, eager_grads = _loss_and_grads(model, _batch(8, 8), loss_function("none", torch.device("cpu")))
+    falling_back = loss_function("model", torch.device("cpu"), backend=broken_backend)
+    with caplog.at_level("WARNING", logger="anima_lora_flow.trainer.compiled"):
+        loss, grads = _loss_and_grads(model, _batch(8, 8), falling_back)
+        again, _ = _loss_and_grads(model, _batch(8, 8), falling_back)  # no second attempt, no second warning
+    assert torch.equal(loss, eager_loss) and torch.equal(again, eager_loss)
+    assert all(torch.equal(a, b) for a, b in zip(grads, eager_grads))
+    warnings = [r.getMessage() for r in caplog.records if "compiling the step failed" in r.getMessage()]
+    assert len(warnings) == 1 and "inductor could not build this graph" in warnings[0]
