@@ -268,12 +268,16 @@ def train(s: Session) -> TrainResult:
                 bar.close()
                 return stop(s, reason if isinstance(reason, str) else "requested")
         p.next_epoch()
+        epoch_end = time.monotonic()
         validate(s)  # before the epoch's LoRA and state: both record it (metadata, best epoch so far)
         if cfg.save_every_n_epochs and p.epoch % cfg.save_every_n_epochs == 0 and p.epoch < cfg.max_train_epochs:
             save_lora(s, Path(s.output_dir) / lora_file_name(cfg.project_name, p.epoch), prune=True)
         save_full_state(s)
         at_epoch_end(s)  # after the state: a crash while sampling loses no training
         last_state_time = time.monotonic()
+        # The planner counts validation, saving and sampling on their own: the step rate the session
+        # guard and the refined plan read must be the steps' alone.
+        meter.leave_out(last_state_time - epoch_end)
     bar.close()
     final = save_lora(s, Path(s.output_dir) / lora_file_name(cfg.project_name), prune=False)
     emit(s.sink, Done(lora=str(final), step=p.global_step, loss=p.last_loss, state=s.last_state))
@@ -287,6 +291,10 @@ class LossMeter:
     def __init__(self, step: int):
         self.total, self.count, self.step, self.time = None, 0, step, time.monotonic()
 
+    def leave_out(self, seconds: float) -> None:
+        """Time spent between steps (an epoch's end) that seconds-per-step must not include."""
+        self.time += seconds
+
     def add(self, loss: torch.Tensor) -> None:
         self.total = loss if self.total is None else self.total + loss
         self.count += 1
@@ -299,7 +307,7 @@ class LossMeter:
             total = accelerator.reduce(total.detach().clone(), "mean")  # every process reads at the same steps
         # each micro-loss carries its share of the step (data_parallel.shard): the sum per step is the step's mean
         value = float(total.item()) / steps if total is not None else math.nan
-        elapsed = time.monotonic() - self.time
+        elapsed = max(0.0, time.monotonic() - self.time)
         self.total, self.count, self.step, self.time = None, 0, step, time.monotonic()
         return value, elapsed / steps
 

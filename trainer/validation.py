@@ -23,6 +23,7 @@ import torch
 from ..core.lora_files import lora_file_name
 from ..core.train_items import TrainItem
 
+from .components import release_memory
 from .data import collate
 from .events import Validation, emit
 from .loss import Objective, flow_matching_loss
@@ -178,7 +179,15 @@ def validate(s) -> Validation | None:
     if validator is None:
         return None
     p = s.progress
-    loss = validator.measure(s.model, s.cache, s.accelerator)
+    try:
+        loss = validator.measure(s.model, s.cache, s.accelerator)
+    except Exception as exc:  # noqa: BLE001 - the measurement must not end the training
+        if s.accelerator.num_processes > 1:
+            raise  # the peers wait in the measurement's all-reduce: the run must end for all of them
+        log.warning("validation loss at epoch %d could not be measured (%s: %s); training goes on without it",
+                    p.epoch, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        release_memory()
+        return None
     record: dict[str, Any] = p.validation
     # A state saved mid-epoch and resumed measures this epoch once: a re-run replaces its own line.
     record["history"] = [h for h in record.get("history", []) if h["epoch"] != p.epoch]

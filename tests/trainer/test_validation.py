@@ -148,3 +148,17 @@ def test_a_new_validation_set_on_resume_starts_the_best_epoch_afresh(items, tiny
     (v,) = [e for e in events if e.event == "validation"]
     assert (v.epoch, v.images, v.best_epoch) == (2, 2, 2)  # epoch 1's loss was on other images: not comparable
     assert any("the validation set changed since the saved state" in e.message for e in events if e.event == "log")
+
+
+def test_a_failed_measurement_is_logged_and_the_training_goes_on(items, tiny_model, tmp_path, tiny_config, caplog):
+    """A validation set whose entry is missing from the cache (as an out-of-memory error would) ends nothing."""
+    import dataclasses
+
+    cfg = TrainingConfig(**tiny_config())
+    job = _job(items, tiny_model, tmp_path, tiny_config(), "out")
+    session = build_session(job, cfg, items, Path(tiny_model), effective_numbers(items, cfg))
+    session.validation = dataclasses.replace(session.validation, indices=[10_000])
+    with caplog.at_level("WARNING", logger="anima_lora_flow.trainer"):
+        assert validate(session) is None
+    assert any("could not be measured" in r.getMessage() for r in caplog.records)
+    assert session.progress.validation.get("history", []) == []
