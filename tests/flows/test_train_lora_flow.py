@@ -77,7 +77,7 @@ def test_demo_flow_end_to_end(prefect_harness, demo):
     # The demo samples at its end: the grid is in storage and the UI's artifact holds the image itself.
     assert [p.name for p in (project / "samples").glob("demo-step*.png")] == ["demo-step00000024.png"]
     grid = next(a for a in artifacts if a.key == "samples-demo")
-    assert "](data:image/png;base64," in grid.data and "step 24" in grid.data
+    assert "](data:image/jpeg;base64," in grid.data and "step 24" in grid.data
 
     # Same command again: the finished state is found and nothing is trained twice.
     again = train_lora(config=demo)

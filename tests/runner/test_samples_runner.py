@@ -58,7 +58,7 @@ def test_a_store_that_cannot_be_read_only_costs_the_base_row(tmp_path):
 def test_the_artifact_shows_the_image_itself_and_a_failure_says_why(tmp_path):
     grid = _png(tmp_path / "p-step00000003.png", (1, 2, 3))
     text = samples_markdown(Samples(path=str(grid), step=3, epoch=1, prompts=["1girl, solo", ""]), "p")
-    assert "](data:image/png;base64," in text and "1. 1girl, solo" in text and "2. (empty prompt)" in text
+    assert "](data:image/jpeg;base64," in text and "1. 1girl, solo" in text and "2. (empty prompt)" in text
     failed = samples_markdown(Samples(step=6, epoch=2, error="RuntimeError: boom"), "p")
     assert "failed" in failed and "RuntimeError: boom" in failed and "data:image" not in failed
 

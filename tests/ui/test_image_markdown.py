@@ -31,3 +31,16 @@ def test_a_small_image_keeps_its_size():
     data = base64.b64decode(markdown.split("base64,", 1)[1].rstrip(")"))
     with Image.open(io.BytesIO(data)) as image:
         assert image.size == (40, 30)
+
+
+def test_a_photo_is_embedded_as_a_smaller_jpeg():
+    import numpy as np
+
+    noisy = Image.fromarray(np.random.default_rng(0).integers(0, 256, (400, 800, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    noisy.save(buffer, format="PNG")
+    as_png, as_jpeg = image_markdown(buffer.getvalue(), "grid"), image_markdown(buffer.getvalue(), "grid", photo=True)
+    assert "data:image/jpeg;base64," in as_jpeg and len(as_jpeg) < len(as_png) / 2
+    data = base64.b64decode(as_jpeg.split("base64,", 1)[1].rstrip(")"))
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "JPEG" and image.size == (800, 400)
