@@ -7,7 +7,9 @@ project name, so its own folder in storage: each resumes on its own, like any ot
 
 The queue remembers nothing itself: which entries are done is read from the server's flow runs (each
 run carries a tag naming its project), so a queue interrupted and started again submits only the
-entries that have neither finished nor a run queued or training now.
+entries that have neither finished nor a run queued or training now. A run left Running by a worker
+that died is first closed (Crashed) when its process is known to be gone, so its entry is submitted
+again and resumes from its storage.
 """
 
 from __future__ import annotations
@@ -255,6 +257,20 @@ def entry_runs(client, deployment_id, entries: list[QueueEntry]) -> list[EntryRu
     return found
 
 
+def close_dead_entry_runs(client, entries: list[QueueEntry], log=print) -> list[str]:
+    """Close the entries' runs whose process is known to be gone (a worker or machine that died mid-run
+    leaves its run Running for ever), by the same rule as a run's own start (tasks/history.py). A dead run
+    must not count as still training: it would never be submitted again, and it would keep its pool slot
+    and its project's turn. Returns the closed runs' ids."""
+    from ..tasks.history import close_dead_runs  # noqa: PLC0415 - Prefect, once the API URL is settled
+
+    closed = []
+    for entry in entries:
+        closed += close_dead_runs(client, entry.project,
+                                  log=lambda line, entry=entry: log(f"entry {entry.number} ({entry.project}): {line}"))
+    return closed
+
+
 def submit(client, deployment, status: list[EntryRuns], queue_name: str, log=print) -> list[EntryRuns]:
     """One run per entry that has neither finished nor a run queued or training; returns the entries submitted."""
     submitted = []
@@ -402,6 +418,7 @@ def run_queue(args) -> int:
         deployment = deployment_for(client, args.deployment, args.pool)
         if hint := pool_limit_hint(client, args.pool):
             print(hint, file=sys.stderr)
+        close_dead_entry_runs(client, entries)
         status = entry_runs(client, deployment.id, entries)
         submitted = submit(client, deployment, status, queue_name)
         print(f"{len(submitted)} of {len(entries)} entries submitted to work pool {args.pool} "

@@ -10,18 +10,30 @@ with it; there the storage lock remains the guard.
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
+import threading
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import PurePosixPath, PureWindowsPath
 
+import httpx
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.concurrency.sync import concurrency
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.exceptions import ObjectAlreadyExists
-from prefect.runtime import deployment
+from prefect.runtime import deployment, flow_run
 
 from ..errors import UserInputError, setting
+from ..tasks.history import HOST_LABEL, PID_LABEL, TURN_LEASE_LABEL, close_dead_runs
 
+# The server frees the turn of a run that stopped renewing after this (when its lease service runs; a
+# dead run closed by close_dead_runs gives its turn back at once). Renewed three times per period, so a
+# renewal may fail twice (a server restart) before the turn is lost.
+LEASE_S = 120.0
+WAIT_MAX_S = 30.0  # the longest pause between two tries for the turn (the server's Retry-After, capped)
 
 def turn_limit_name(project: str) -> str:
     return f"anima-lora-{project}"
@@ -59,10 +71,49 @@ def project_turn(project: str, *, storage: str | None = None, needed: bool = Tru
     if storage is not None:
         check_lasting_storage(storage)
     name = ensure_turn_limit(project)
-    get_run_logger().info("taking project %s's turn (concurrency limit %s): another run of it training now makes "
-                          "this one wait until that run ends", project, name)
-    # The lease is renewed while the run lives; if its process is killed, the server frees the slot
-    # when the lease runs out, so a crashed run does not block the project for ever.
-    # A renewal that fails once (a server restart) must not end hours of training: strict only for the acquiring.
-    with concurrency(name, occupy=1, strict=True, raise_on_lease_renewal_failure=False):
+    logger = get_run_logger()
+    logger.info("taking project %s's turn (concurrency limit %s): another run of it training now makes "
+                "this one wait until that run ends", project, name)
+    me = flow_run.get_id()
+    with get_client(sync_client=True) as client:
+        # Host and pid first: if this process dies while waiting, the next run or queue can tell it is gone.
+        client.update_flow_run_labels(me, {HOST_LABEL: socket.gethostname(), PID_LABEL: os.getpid()})
+        lease = take_turn(client, name, project, me, log=logger.info)
+        client.update_flow_run_labels(me, {TURN_LEASE_LABEL: str(lease)})
+    stop = threading.Event()
+    renewer = threading.Thread(target=_renew, args=(lease, stop, logger), name="project-turn-lease", daemon=True)
+    renewer.start()
+    try:
         yield
+    finally:
+        stop.set()
+        renewer.join(timeout=10)
+        with get_client(sync_client=True) as client, contextlib.suppress(Exception):
+            client.release_concurrency_slots_with_lease(lease)
+
+
+def take_turn(client, name: str, project: str, me, *, log=print) -> uuid.UUID:
+    """Wait for the project's one slot and return the lease holding it. While waiting, the project's runs
+    whose process is known to be gone are closed and give their turn back (tasks/history.py): a killed
+    holder would otherwise keep it until its lease expires, or for ever on a server without services."""
+    holder = ConcurrencyLeaseHolder(type="flow_run", id=me) if me else None
+    while True:
+        close_dead_runs(client, project, skip=me, log=log)
+        try:
+            response = client.increment_concurrency_slots_with_lease([name], 1, "concurrency", LEASE_S, holder=holder)
+            return uuid.UUID(response.json()["lease_id"])
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != 423:  # 423 Locked: the slot is taken, try again later
+                raise
+            retry_after = float(exc.response.headers.get("Retry-After") or WAIT_MAX_S)
+            time.sleep(min(max(retry_after, 1.0), WAIT_MAX_S))
+
+
+def _renew(lease: uuid.UUID, stop: threading.Event, logger) -> None:
+    # A renewal that fails (a server restart) must not end hours of training: the storage lock still guards.
+    while not stop.wait(LEASE_S / 3):
+        try:
+            with get_client(sync_client=True) as client:
+                client.renew_concurrency_lease(lease, LEASE_S).raise_for_status()
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("could not renew project turn lease %s: %s", lease, exc)

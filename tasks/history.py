@@ -8,13 +8,22 @@ only on evidence that it is dead:
 - elsewhere, the storage lock it took (storage/lock.py) has had no heartbeat for STALE_S.
 A run on another machine with no lock of its own (it died before taking it, or another run took it
 over) is left alone: nothing here proves it dead, and a live run must never be marked Crashed.
+A deployment run writes its host and pid before it waits for its project's turn (flows/turns.py), so a
+run killed while waiting is judged too; its run id (and so its lock) comes once it trains.
+
+The same rule serves the flow at its start, a run waiting for its project's turn (flows/turns.py) and
+`anima-lora queue` before it decides what to submit. Closing a dead run also frees what it held: the
+pool's slot (a Crashed run no longer counts) and its project's turn (the lease it labelled its run
+with), so nothing waits for a process that will never end it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +50,9 @@ FLOW_NAME = "train-anima-lora"
 HOST_LABEL = "anima-lora.host"
 PID_LABEL = "anima-lora.pid"
 RUN_LABEL = "anima-lora.run-id"  # the run id in the storage lock, which ties the lock to this flow run
+TURN_LEASE_LABEL = "anima-lora.turn-lease"  # the lease on the project's turn (flows/turns.py) the run holds
+# A run in these states holds a pool slot (and maybe its project's turn) until it ends.
+OPEN_STATES = (StateType.PENDING, StateType.RUNNING, StateType.CANCELLING)
 
 
 def run_labels(run_id: str) -> dict[str, str | int]:
@@ -97,25 +109,43 @@ def lock_reader(parameters: dict) -> Callable[[], dict | None]:
     return read
 
 
+def close_dead_runs(client, project_name: str, *, skip: str | None = None, log: Callable[[str], Any] | None = None,
+                    ) -> list[str]:
+    """Mark Crashed the open (pending, running, cancelling) runs of this project whose process is known to
+    be gone, freeing their project turn; returns their ids. `skip`: the caller's own flow run."""
+    runs = client.read_flow_runs(
+        flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
+        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(OPEN_STATES)))),
+    )
+    closed = []
+    for run in runs:
+        if skip is not None and str(run.id) == str(skip):
+            continue
+        if ((run.parameters or {}).get("config") or {}).get("project_name") != project_name:
+            continue
+        reason = why_dead(run.labels or {}, lock_reader(run.parameters or {}))
+        if reason:
+            close_run(client, run, reason)
+            if log is not None:
+                log(f"marked earlier run {run.name} of project {project_name} Crashed: {reason}")
+            closed.append(str(run.id))
+    return closed
+
+
+def close_run(client, run, reason: str) -> None:
+    """Mark a dead run Crashed and give back the project turn it held (its lease would otherwise hold the
+    turn until the server's lease expiry, and a server without its services never expires it)."""
+    client.set_flow_run_state(run.id, Crashed(message=f"run never finished: {reason}"), force=True)
+    lease = (run.labels or {}).get(TURN_LEASE_LABEL)
+    if lease:
+        # Already expired and revoked, or never taken: nothing to give back.
+        with contextlib.suppress(Exception):
+            client.release_concurrency_slots_with_lease(uuid.UUID(str(lease))).raise_for_status()
+
+
 @task(name="close-stale-runs")
 def mark_stale_runs_crashed_task(project_name: str) -> list[str]:
-    """Mark this project's Running runs whose process is known to be gone Crashed; returns their ids."""
+    """Mark this project's open runs whose process is known to be gone Crashed; returns their ids."""
     logger = get_run_logger()
-    current = flow_run.get_id()
-    closed = []
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))),
-        )
-        for run in runs:
-            if str(run.id) == str(current):
-                continue
-            if (run.parameters.get("config") or {}).get("project_name") != project_name:
-                continue
-            reason = why_dead(run.labels or {}, lock_reader(run.parameters))
-            if reason:
-                client.set_flow_run_state(run.id, Crashed(message=f"run never finished: {reason}"), force=True)
-                logger.info("marked earlier run %s Crashed: %s", run.name, reason)
-                closed.append(str(run.id))
-    return closed
+        return close_dead_runs(client, project_name, skip=flow_run.get_id(), log=logger.info)
