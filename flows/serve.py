@@ -45,8 +45,8 @@ def serve_here(name: str) -> None:
     from .train_lora import train_lora  # noqa: PLC0415
 
     # A deployment (not `train_lora.serve`): the runner then starts each run as a worker does, importing
-    # the flow's module afresh. Its in-memory shortcut for a served flow object fails every run here:
-    # the parameter model cannot resolve the `config: TrainingConfig` annotation in that subprocess.
+    # the installed flow's module afresh rather than unpickling the flow object this process holds.
+    # (`train_lora.serve()` works too, for a notebook; tests/flows/test_served_flow_object.py.)
     deployment = train_lora.to_deployment(
         name=name, entrypoint_type=EntrypointType.MODULE_PATH, tags=["anima", "lora", "served"],
         description="Train one Anima LoRA on the machine running `anima-lora serve`.",

@@ -1,6 +1,8 @@
 """The resumable Anima LoRA flow: it reads like the pipeline, each stage a task."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: a flow served from its object (`train_lora.serve()`, a notebook
+# user's way) is pickled by value into each run's process, with only the globals its body uses, so a
+# string annotation "TrainingConfig" could not be resolved there and every run failed its parameter check.
 
 import sys
 import time
