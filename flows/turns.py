@@ -3,7 +3,8 @@
 A second deployment run of a project that is training waits here for its turn instead of failing on
 the storage lock. Only deployment runs take a turn: a deployment exists only on a server that
 outlives the run (a worker's, `anima-lora serve`'s, Prefect Cloud), where the limit's lease is kept
-and freed again if the holder dies. A CLI or notebook run may be on a private server that vanishes
+and freed again if the holder dies: at once when the holder is proven dead (a waiting run or
+`anima-lora queue` closes it, tasks/history.py), else when its lease expires on the server. A CLI or notebook run may be on a private server that vanishes
 with it; there the storage lock remains the guard.
 """
 
@@ -34,6 +35,7 @@ from ..tasks.history import HOST_LABEL, PID_LABEL, TURN_LEASE_LABEL, close_dead_
 # renewal may fail twice (a server restart) before the turn is lost.
 LEASE_S = 120.0
 WAIT_MAX_S = 30.0  # the longest pause between two tries for the turn (the server's Retry-After, capped)
+
 
 def turn_limit_name(project: str) -> str:
     return f"anima-lora-{project}"
