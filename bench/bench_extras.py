@@ -235,6 +235,7 @@ def summarise(clock: Clock) -> dict:
     n_steps = train["total_steps"] - train["start_step"]
     val_forwards = sum(r["forwards"] for r in validation)
     lora_forwards = sum(r["forwards"] for r in lora)
+    row_forwards = lora_forwards + sum(r["forwards"] for r in base)
     out = {
         "steps": n_steps,
         "training_steps": {**steps, "forwards": train["forwards"], "s_per_step": steps["wall_s"] / n_steps,
@@ -254,6 +255,8 @@ def summarise(clock: Clock) -> dict:
         "s_per_forward": {
             "validation": _sum(validation) / val_forwards if val_forwards else None,
             "lora_row": _sum(lora) / lora_forwards if lora_forwards else None,  # with its share of decoding
+            # the rows' denoising alone (both rows, less the VAE decodes inside them): what the planner's rule prices
+            "sampling_denoise": (_sum(lora) + _sum(base) - _sum(clock.of("vae_decode"))) / row_forwards if row_forwards else None,
         },
     }
     out["share"] = {  # the planner's definition: extra time / the training steps' time
@@ -356,6 +359,7 @@ def format_report(result: dict) -> str:
     fwd = m["s_per_forward"]
     lines.append("s per forward: validation " + (f"{fwd['validation'] * 1e3:.1f} ms" if fwd["validation"] else "-")
                  + ", LoRA row incl. decode " + (f"{fwd['lora_row'] * 1e3:.1f} ms" if fwd["lora_row"] else "-")
+                 + ", denoising alone " + (f"{fwd['sampling_denoise'] * 1e3:.1f} ms" if fwd["sampling_denoise"] else "-")
                  + f"; planner's rule on this CPU: {p['cpu_scaled']['s_per_forward'] * 1e3:.1f} ms (step / 3)")  # fmt: skip
     lines.append("")
     lines.append(f"{'share of the training steps':34} {'wall':>8} {'CPU':>8} {'planner rule, CPU':>18}")

@@ -52,6 +52,7 @@ def test_smallest_run_times_every_part_and_restores_the_trainer(bench, tmp_path,
     assert m["lora_row"]["count"] == 2 and m["base_row"]["count"] == 1
     assert all(r["forwards"] == 8 and r["wall_s"] > 0 for r in m["lora_row"]["each"] + m["base_row"]["each"])
     assert m["vae_load"]["count"] == 2 and m["vae_decode"]["count"] == 6 and _positive(m["vae_decode"])
+    assert all(v > 0 for v in m["s_per_forward"].values())
 
     for key in ("validation", "sampling", "validation_and_sampling"):
         assert m["share"][key]["wall_s"] > 0
