@@ -337,6 +337,12 @@ def cmd_notify(args: argparse.Namespace) -> int:
     return run_notify(args)
 
 
+def cmd_auto_resume(args: argparse.Namespace) -> int:
+    from .ui.notify import run_auto_resume
+
+    return run_auto_resume(args)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .flows.serve import run_serve
 
@@ -464,6 +470,21 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the http(s) URL to POST the JSON message to (its `text` field is what Slack-style webhooks show)")
     what.add_argument("--remove", action="store_true", help="remove the automation and its webhook")
     notify.set_defaults(func=cmd_notify)
+
+    auto = sub.add_parser("auto-resume", help="put a pool's training runs whose process died back in its queue, to resume",
+                          description="Create (or replace) Prefect automations on the server runs report to "
+                          "(`anima-lora ui`'s, or PREFECT_API_URL's): a deployment run of the training flow whose "
+                          "heartbeats stop is marked Crashed, and a crashed run of the work pool is put back to "
+                          "Scheduled (AwaitingRetry), so the next free worker resumes it from its storage.")
+    auto.add_argument("--pool", metavar="NAME", help="the work pool whose crashed runs resume (required unless --remove)")
+    auto.add_argument("--resumes", type=int, default=3, metavar="N",
+                      help="put a run back at most N times; one that crashes on its (N+1)-th start stays Crashed (default 3)")
+    auto.add_argument("--heartbeat-seconds", type=int, default=180, metavar="S",
+                      help="the workers' PREFECT_FLOWS_HEARTBEAT_FREQUENCY (default: Prefect's 180); a run is "
+                      "crashed after 3 missed heartbeats")
+    auto.add_argument("--remove", action="store_true",
+                      help="remove the automations (of --pool only, when given)")
+    auto.set_defaults(func=cmd_auto_resume)
 
     serve = sub.add_parser("serve", help="run training runs started from the Prefect UI's form on this machine",
                            description="Serve the training flow from this machine as the deployment "

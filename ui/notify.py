@@ -142,3 +142,156 @@ def run_notify(args) -> int:
     print(f"a failed, crashed or timed-out run of {FLOW_NAME} now POSTs a JSON message to {host} "
           f"(automation {automation_id} on {api}); remove it with `anima-lora notify --remove`")
     return 0
+
+
+# `anima-lora auto-resume`: a deployment run whose process died (SIGKILL, OOM, a machine lost) sends no
+# state change and stays Running for ever, holding its pool's slot. Two automations bring it back: one
+# marks a run Crashed when its heartbeats stop, the other puts a crashed run of the pool back to
+# Scheduled, where the next free worker picks it up and the flow resumes from its storage.
+SILENT_AUTOMATION_NAME = "anima-lora: a deployment run whose heartbeats stopped is crashed"
+RESUME_AUTOMATION_PREFIX = "anima-lora: resume crashed runs of work pool "
+DEFAULT_HEARTBEAT_S = 180  # Prefect 3.9's default PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+MIN_HEARTBEAT_S = 30  # Prefect refuses a shorter heartbeat
+# A heartbeat is one event on a loaded server; missing three in a row is a dead process, not a late one.
+MISSED_HEARTBEATS = 3
+DEFAULT_RESUMES = 3
+
+
+def resume_automation_name(pool: str) -> str:
+    return RESUME_AUTOMATION_PREFIX + pool
+
+
+def silent_run_automation(heartbeat_s: int = DEFAULT_HEARTBEAT_S):
+    """After a heartbeat of a training deployment run, expect another event of that run (a heartbeat or
+    a state change) within MISSED_HEARTBEATS heartbeats, or mark the run Crashed. A finished run's
+    own Completed/Failed event closes its watch; marking a run that already ended is refused by the server."""
+    from prefect.automations import AutomationCore, ChangeFlowRunState, EventTrigger, Posture
+    from prefect.client.schemas.objects import StateType
+
+    within = heartbeat_s * MISSED_HEARTBEATS
+    return AutomationCore(
+        name=SILENT_AUTOMATION_NAME,
+        description=f"Created by `anima-lora auto-resume` for workers sending a heartbeat every {heartbeat_s} s; "
+                    "remove it with `anima-lora auto-resume --remove`.",
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            # Heartbeats carry the flow and the deployment, not the pool: a run outside a deployment has no
+            # worker to run it again, so it is left to the CLI's own stale-run closer.
+            match_related=[{"prefect.resource.role": "flow", "prefect.resource.name": FLOW_NAME},
+                           {"prefect.resource.role": "deployment"}],
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.*"},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=within,
+        ),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                    message=f"no heartbeat for {within} s: its process or machine died")],
+    )
+
+
+def resume_automation(pool: str, resumes: int = DEFAULT_RESUMES):
+    """A training run of `pool` that crashed goes back to Scheduled (AwaitingRetry), at most `resumes`
+    times: the state event carries the run's run count (how many times it entered Running), and only
+    counts 1..resumes match, so the run that crashes on its (resumes+1)-th start stays Crashed. A run
+    that crashed before it ever ran (count 0: its infrastructure failed) is left alone, as rerunning
+    it would most likely fail the same way for ever."""
+    from prefect.automations import AutomationCore, ChangeFlowRunState, EventTrigger, Posture
+    from prefect.client.schemas.objects import StateType
+
+    return AutomationCore(
+        name=resume_automation_name(pool),
+        description=f"Created by `anima-lora auto-resume`; puts a crashed training run back in the queue of "
+                    f"work pool {pool} (at most {resumes} times); remove it with `anima-lora auto-resume --remove`.",
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "prefect.flow-run.*",
+                   "prefect.run-count": [str(n) for n in range(1, resumes + 1)]},
+            match_related=[{"prefect.resource.role": "flow", "prefect.resource.name": FLOW_NAME},
+                           {"prefect.resource.role": "work-pool", "prefect.resource.name": pool}],
+            expect={"prefect.flow-run.Crashed"},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=0,
+        ),
+        actions=[ChangeFlowRunState(state=StateType.SCHEDULED, name="AwaitingRetry",
+                                    message="crashed; put back in the pool's queue by `anima-lora auto-resume` "
+                                            "to resume from its storage")],
+    )
+
+
+def check_auto_resume_options(resumes: int, heartbeat_s: int) -> None:
+    if resumes < 1:
+        raise UserInputError(f"{setting('resumes', resumes)} must be at least 1 (or remove auto-resume)",
+                             field="resumes")
+    if heartbeat_s < MIN_HEARTBEAT_S:
+        raise UserInputError(f"{setting('heartbeat_seconds', heartbeat_s)} must be at least {MIN_HEARTBEAT_S}: "
+                             "Prefect sends no more often; give the workers' PREFECT_FLOWS_HEARTBEAT_FREQUENCY",
+                             field="heartbeat_seconds")
+
+
+def set_auto_resume(pool: str, resumes: int = DEFAULT_RESUMES, heartbeat_s: int = DEFAULT_HEARTBEAT_S) -> list[str]:
+    """Create or replace both automations for `pool`; returns their ids (silent-run watch first).
+
+    Raises:
+        UserInputError: the server has no work pool `pool`.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(pool)
+        except ObjectNotFound:
+            raise UserInputError(f"the Prefect server has no work pool {pool!r}; create it first "
+                                 f"(`prefect work-pool create {pool} --type process`) or name an existing one",
+                                 field="pool") from None
+        ids = []
+        for automation in (silent_run_automation(heartbeat_s), resume_automation(pool, resumes)):
+            for old in client.read_automations_by_name(automation.name):
+                client.delete_automation(old.id)
+            ids.append(str(client.create_automation(automation)))
+    return ids
+
+
+def remove_auto_resume(pool: str | None) -> int:
+    """Delete the resume automation of `pool` (of every pool when None), and the silent-run watch once no
+    pool's resume automation is left; returns how many automations were deleted."""
+    from prefect.client.orchestration import get_client
+
+    removed = 0
+    with get_client(sync_client=True) as client:
+        for automation in client.read_automations():
+            if (automation.name == resume_automation_name(pool) if pool
+                    else automation.name.startswith(RESUME_AUTOMATION_PREFIX)):
+                client.delete_automation(automation.id)
+                removed += 1
+        if not any(a.name.startswith(RESUME_AUTOMATION_PREFIX) for a in client.read_automations()):
+            for old in client.read_automations_by_name(SILENT_AUTOMATION_NAME):
+                client.delete_automation(old.id)
+                removed += 1
+    return removed
+
+
+def run_auto_resume(args) -> int:
+    """The `anima-lora auto-resume --pool NAME [--resumes N] [--heartbeat-seconds S] | --remove` command."""
+    if not args.remove:
+        if not args.pool:
+            raise UserInputError(f"name the work pool whose crashed runs should resume: {setting('pool', 'NAME')}",
+                                 field="pool")
+        check_auto_resume_options(args.resumes, args.heartbeat_seconds)
+    api = connect_to_lasting_api("auto-resume needs")
+    if args.remove:
+        removed = remove_auto_resume(args.pool)
+        print(f"removed {removed} auto-resume automation(s) from {api}" if removed
+              else f"no auto-resume was set up on {api}")
+        return 0
+    silent_id, resume_id = set_auto_resume(args.pool, args.resumes, args.heartbeat_seconds)
+    within = args.heartbeat_seconds * MISSED_HEARTBEATS
+    print(f"a run of {FLOW_NAME} in work pool {args.pool} that sends no heartbeat for {within} s is marked Crashed "
+          f"(automation {silent_id}) and put back in the pool's queue, at most {args.resumes} times "
+          f"(automation {resume_id}), on {api}; the next free worker resumes it from its storage. Workers must send "
+          f"heartbeats every {args.heartbeat_seconds} s (PREFECT_FLOWS_HEARTBEAT_FREQUENCY={args.heartbeat_seconds}, "
+          f"Prefect's default is {DEFAULT_HEARTBEAT_S}). Remove with `anima-lora auto-resume --remove`")
+    return 0
