@@ -53,8 +53,6 @@ def add_config_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] =
             kwargs.update(choices=list(choices), type=_choice_of(choices))  # AdamW8bit and adamw8bit alike
         elif typing.get_origin(annotation) is tuple:
             kwargs.update(nargs=2, type=float, metavar=("B1", "B2"))
-        elif typing.get_origin(annotation) is list:
-            kwargs.update(action="append", metavar="TEXT", help=f"{help_text} Repeat the flag for more.")
         elif annotation in (int, float):
             kwargs.update(type=annotation, metavar=annotation.__name__.upper())
         else:  # a field may name what it holds (a FILE) in its json_schema_extra
