@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from PIL import Image
 
 from anima_lora_flow.dataset.intake import prepare_dataset
@@ -13,6 +15,7 @@ from anima_lora_flow.runner.train import run_training_session
 from anima_lora_flow.storage import RunStore, resolve_location
 
 
+@pytest.mark.slow  # about a minute; tests/flows/test_train_lora_flow.py checks the demo's grid artifact in CI
 def test_the_demo_run_ends_with_a_sample_grid_in_storage(tmp_path):
     cfg = demo_config(tmp_path, epochs=1)
     check_supported(cfg)  # its prompt file and sizes pass the same preflight as a user's

@@ -8,6 +8,8 @@ server, `serve()` in its own process, a run created from the served deployment (
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import signal
 import subprocess
@@ -23,6 +25,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow  # about a minute: its own serve() process and server round trips
 def test_a_run_of_the_flow_served_from_its_object_validates_and_completes(prefect_harness, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
