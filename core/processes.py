@@ -92,26 +92,31 @@ def group_alive(pgid: int) -> bool:
 
 
 def stop_process_group(proc: subprocess.Popen, *, grace_s: float = 30.0) -> int | None:
-    """SIGTERM the whole group, wait `grace_s`, then SIGKILL whatever is left; returns the exit code."""
-    if not signal_group(proc, signal.SIGTERM):
-        proc.wait()
-        return proc.returncode
-    if not _wait_group_gone(proc, grace_s):
-        signal_group(proc, signal.SIGKILL)
-        _wait_group_gone(proc, 5)
-    proc.wait()  # the leader is dead by now; reap it
+    """stop_group on our own child's group, then reap the leader; returns its exit code."""
+    stop_group(proc.pid, grace_s)
+    proc.wait()  # the leader is dead by now (a zombie does not count as alive in group_alive)
     return proc.returncode
 
 
-def _wait_group_gone(proc: subprocess.Popen, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        proc.poll()  # reap the leader, or its zombie keeps the group "alive"
-        if not group_alive(proc.pid):
+def stop_group(pgid: int, grace_s: float, *, kill_wait_s: float = 5.0) -> bool:
+    """SIGTERM the whole group, wait `grace_s`, then SIGKILL whatever is left; whether the group is gone.
+
+    The one stop of a trainer's, a server's or a guarded group: our child (stop_process_group), a group
+    found by its pid (`anima-lora ui --stop`), or a watchdog's orphaned group.
+    """
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, kill_wait_s)):
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
             return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
+        deadline = time.monotonic() + wait_s
+        while group_alive(pgid):
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+        else:
+            return True
+    return not group_alive(pgid)
 
 
 def _pgid_and_state(pid: str) -> tuple[int, bool] | None:

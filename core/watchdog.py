@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 
-from .processes import group_alive
+from .processes import group_alive, stop_group
 
 POLL_S = 0.5
 
@@ -44,20 +44,6 @@ def _leader_running(pgid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
-
-
-def stop_group(pgid: int, grace_s: float) -> None:
-    """SIGTERM the group, then SIGKILL what is left after `grace_s`."""
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            if not group_alive(pgid):
-                return
-            time.sleep(0.1)
 
 
 def main(argv: list[str]) -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.processes import free_port, guard_group, pid_alive
+from ..core.processes import free_port, guard_group, pid_alive, stop_group
 from ..errors import UserInputError, setting
 from ..platforms.prefect_env import UI_PID_FILE, History, configured_api, running_ui_history, ui_server_record, user_history
 
@@ -302,17 +301,9 @@ def _alive(pid: int) -> bool:
 
 
 def _kill_group(pid: int, grace_s: float = 10) -> None:
-    """SIGTERM the server's process group (it was started in its own session), then SIGKILL after `grace_s`."""
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            if not _alive(pid):
-                return
-            time.sleep(0.2)
+    """Stop the server's process group (it was started in its own session), and reap it if it is our child."""
+    stop_group(pid, grace_s)
+    _reap(pid)
 
 
 def _colab_proxy_url(port: int) -> str | None:
