@@ -20,8 +20,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..errors import setting
+
 CompileMode = Literal["none", "blocks", "model", "cuda-graphs"]
 COMPILE_MODES: tuple[CompileMode, ...] = ("none", "blocks", "model", "cuda-graphs")
+
+
+def cuda_graphs_need_cuda() -> str:
+    """Why compile_mode cuda-graphs cannot run here: the plan's refusal and the trainer's say the same."""
+    return (f"{setting('compile_mode', 'cuda-graphs')} needs a CUDA GPU and this machine has none; use "
+            f"{setting('compile_mode', 'model')} (the same compiled step without CUDA graphs) or {setting('compile_mode', 'auto')}")
 
 # --- memory -------------------------------------------------------------------------------------------
 STATIC_GIB = 3.48  # DiT blocks in bf16 + rank-16 LoRA with its optimizer state (measured fit)

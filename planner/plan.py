@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from ..config import TrainingConfig
 from ..core.gpu import GpuInfo
+from ..core.step_model import cuda_graphs_need_cuda
 from ..effective import Effective, Machine, derive
 from ..errors import UserInputError, setting
 from ..errors import render as spoken
@@ -315,6 +316,8 @@ def _decide(plan: Plan, config: TrainingConfig, gpu: GpuInfo | None) -> tuple[De
         fix = f"; on Kaggle: {NO_GPU_FIX['kaggle']}" if plan.platform_kind == "kaggle" else ""
         return "stop", spoken(f"{setting('num_gpus', config.num_gpus)} needs {config.num_gpus} CUDA GPUs, this machine has {have}: "
                               f"use {setting('num_gpus', gpu.count if gpu else 1)}{fix}")
+    if config.compile_mode == "cuda-graphs" and gpu is None and plan.gpu_source != "named":
+        return "stop", spoken(cuda_graphs_need_cuda())  # the trainer would refuse it after the download
     if plan.fits is not False:
         return "ok", ""
     if plan.sessions_needed is None:

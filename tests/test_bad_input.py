@@ -208,6 +208,19 @@ def test_train_without_a_gpu_is_refused_before_the_download_and_plan_for_another
     assert code == 0 and no_gpu not in err
 
 
+def test_cuda_graphs_without_a_gpu_are_refused_by_the_dry_run_and_planned_for_a_named_gpu(tmp_path, dataset, capsys):
+    if _has_cuda():
+        pytest.skip("this machine has a GPU")
+    says = "--compile-mode cuda-graphs needs a CUDA GPU and this machine has none; use --compile-mode model"
+    work = ["--work-dir", str(tmp_path / "w"), "--storage", str(tmp_path / "runs"), "--compile-mode", "cuda-graphs"]
+    # --models-dir: a small local model may train on a CPU, but not with CUDA graphs (the trainer would refuse
+    # it only after the caches were built)
+    code, err = _run(["train", "--dataset", str(dataset), *work, "--models-dir", str(tmp_path), "--dry-run"], capsys)
+    assert code == 2 and says in err
+    code, err = _run(["plan", str(dataset), *work, "--gpu", "H100"], capsys)
+    assert code == 0 and says not in err
+
+
 # --- optional packages, refused before the download (issue 17 item 7, issue 16 item 4) ---------------------
 def test_a_missing_attention_package_is_refused_by_plan_and_train(tmp_path, dataset, no_flow, capsys):
     import importlib.util

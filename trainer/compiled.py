@@ -25,7 +25,8 @@ from collections.abc import Iterable
 
 import torch
 
-from ..errors import UserInputError, setting
+from ..core.step_model import cuda_graphs_need_cuda
+from ..errors import UserInputError
 
 from .cache import TrainingCache
 from .loss import LossFunction, Objective, draw_noise, flow_matching_loss
@@ -45,12 +46,7 @@ def check_compile_mode(mode: str, device: torch.device) -> None:
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile_mode must be resolved to one of {COMPILE_MODES}, got {mode!r}")
     if mode == "cuda-graphs" and torch.device(device).type != "cuda":
-        raise UserInputError(
-            f"{setting('compile_mode', 'cuda-graphs')} needs a CUDA GPU and this run has none; "
-            f"use {setting('compile_mode', 'model')} (the same compiled step without CUDA graphs) or "
-            f"{setting('compile_mode', 'auto')}",
-            field="compile_mode",
-        )
+        raise UserInputError(cuda_graphs_need_cuda(), field="compile_mode")
 
 
 def loss_function(mode: str, device: torch.device, shapes: int = 1, backend: str = "inductor") -> LossFunction:
