@@ -97,6 +97,7 @@ def _hours(hours: float) -> str:
 def _memory(plan: "Plan") -> str:
     m = plan.memory
     if m.available_gib is None:
-        return f"{m.predicted_gib:.1f} GiB predicted ({m.status}), no GPU to compare"
+        # Without a GPU only a small local model (the demo's) gets this far: the figure is the real model's.
+        return f"no GPU here; the Anima model would need {m.predicted_gib:.1f} GiB of GPU memory at these settings ({m.status})"
     verdict = "fits" if m.fits else "does NOT fit"
     return f"{m.predicted_gib:.1f} GiB predicted ({m.status}) of {m.available_gib:.1f} GiB: {verdict}"
