@@ -80,6 +80,12 @@ def project_turn(project: str, *, storage: str | None = None, needed: bool = Tru
     with get_client(sync_client=True) as client:
         # Host and pid first: if this process dies while waiting, the next run or queue can tell it is gone.
         client.update_flow_run_labels(me, {HOST_LABEL: socket.gethostname(), PID_LABEL: os.getpid()})
+        earlier = (client.read_flow_run(uuid.UUID(str(me))).labels or {}).get(TURN_LEASE_LABEL)
+        if earlier:
+            # This run started before and died holding the turn (a crashed run put back in its pool's
+            # queue, `anima-lora auto-resume`): the lease is its own and would make it wait for itself.
+            with contextlib.suppress(Exception):
+                client.release_concurrency_slots_with_lease(uuid.UUID(str(earlier)))
         lease = take_turn(client, name, project, me, log=logger.info)
         client.update_flow_run_labels(me, {TURN_LEASE_LABEL: str(lease)})
     stop = threading.Event()

@@ -97,6 +97,41 @@ def test_auto_resume_refuses_bad_options_before_reaching_a_server(args, named, c
     assert named in capsys.readouterr().err
 
 
+def test_a_rescheduled_run_gives_back_the_turn_its_dead_try_held(prefect_harness):
+    """A crashed run put back in the queue runs again under the same flow run, whose label names the
+    lease its dead try took: without giving it back, the run would wait for itself until the lease expired
+    (for ever on a server without the lease service)."""
+    import threading
+    import uuid
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+    from prefect.flow_engine import run_flow
+    from test_turns import takes_a_turn
+
+    from anima_lora_flow.flows.turns import LEASE_S, ensure_turn_limit
+    from anima_lora_flow.tasks.history import TURN_LEASE_LABEL
+
+    project = f"rerun-{uuid.uuid4().hex[:8]}"
+    name = ensure_turn_limit(project)
+    with get_client(sync_client=True) as client:
+        deployment_id = takes_a_turn.to_deployment(name=f"turns-{project}").apply()
+        flow_run = client.create_flow_run_from_deployment(deployment_id, parameters={"project": project})
+        # The dead first try: took the turn, labelled the run with it, and never renews or releases it.
+        lease = client.increment_concurrency_slots_with_lease(
+            [name], 1, "concurrency", LEASE_S, holder=ConcurrencyLeaseHolder(type="flow_run", id=flow_run.id),
+        ).json()["lease_id"]
+        client.update_flow_run_labels(flow_run.id, {TURN_LEASE_LABEL: lease})
+    results: list = []
+    rerun = threading.Thread(target=lambda: results.append(run_flow(takes_a_turn, flow_run=flow_run,
+                                                                    parameters={"project": project})), daemon=True)
+    rerun.start()
+    rerun.join(timeout=60)
+    assert results == ["trained"]
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(name).active_slots == 0
+
+
 def _run_config(demo, tmp_path: Path, project: str, **changes) -> dict:
     settings = {
         "dataset": str(demo.dataset), "models_dir": str(demo.models_dir), "storage": str(tmp_path / "runs"),
