@@ -58,3 +58,18 @@ def test_cpu_tiny_form_writes_json_and_markdown(tmp_path):
     assert result["precision_check"]["finite"] and result["forward_ms"] > 0
     markdown = (tmp_path / "gpu_check.md").read_text()
     assert markdown.startswith("# gpu_check: cpu") and "| tiny 256px bs1 r4 gc fp32 |" in markdown
+
+
+def test_the_one_command_runs_end_to_end_in_its_shortest_cpu_form(tmp_path):
+    """What CI keeps working: gpu_check.sh itself, every stage, with a table budget that leaves one row."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--out", str(tmp_path), "--budget-s", "1"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "graph_breaks: 0" in done.stdout
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    ran = [r for r in result["rows"] if not r.get("skipped")]
+    assert len(ran) == 1 and ran[0]["error"] is None and ran[0]["ms_step_median"] > 0
+    assert all("time budget" in r["skipped"] for r in result["rows"] if r.get("skipped"))  # listed, not dropped
+    assert result["precision_check"]["finite"] and result["forward_ms"] > 0
+    assert "skipped: time budget" in (tmp_path / "gpu_check.md").read_text()
