@@ -103,9 +103,10 @@ def test_group_of_a_sigkilled_parent_is_stopped(tmp_path, parent_code):
 
 
 def test_watchdog_leaves_with_a_group_that_ends_normally(tmp_path):
-    proc = start_process_group([sys.executable, "-c", "import time; time.sleep(1)"], log_path=tmp_path / "log")
+    proc = start_process_group([sys.executable, "-c", "import time; time.sleep(4)"], log_path=tmp_path / "log")
+    # The watchdog's command line shows once its exec is done: on a loaded machine, after start returns.
+    assert _wait_for(lambda: len(_watchdogs_of(proc.pid)) == 1, 3)
     watchdogs = _watchdogs_of(proc.pid)
-    assert len(watchdogs) == 1
     proc.wait()
     assert _wait_for(lambda: not any(pid_alive(w) and not _zombie(w) for w in watchdogs), 10)
 
