@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import tomli_w
 
 from anima_lora_flow.demo import demo_config
@@ -59,6 +60,7 @@ def _steps(work: Path) -> list[dict]:
     return events
 
 
+@pytest.mark.slow  # about a minute: two CLI runs and a 15 s wait; tests/core/test_watchdog.py proves the mechanism in CI
 def test_sigkilled_cli_leaves_no_process_and_the_rerun_resumes_with_full_history(tmp_path):
     base = demo_config(tmp_path / "demo")
     # A state every step: whatever moment the kill lands, a state in storage is what the rerun starts from.

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from safetensors import safe_open
 
 from anima_lora_flow.runner.prepare import dataset_report
@@ -14,6 +16,7 @@ from anima_lora_flow.storage import RunStore, resolve_location
 from anima_lora_flow.ui.summary import summary_text
 
 
+@pytest.mark.slow  # a whole demo session; tests/trainer/test_validation.py covers the numbers in CI
 def test_a_session_reports_the_validation_loss_and_the_best_epoch(tmp_path):
     cfg = demo_config(tmp_path, epochs=2).model_copy(update={"validation_split": 0.25, "sample_every_n_epochs": 0})
     report = dataset_report(cfg)  # the split happens where the flow makes its report

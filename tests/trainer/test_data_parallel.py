@@ -94,6 +94,7 @@ def _train(job_file, events_file, *extra):
     return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
 
 
+@pytest.mark.slow  # about a minute: three 2-process runs; CI keeps the 2-vs-1 process schedule and weights test
 def test_two_processes_train_stop_and_resume_to_the_same_weights(tmp_path, dp_job):
     full_job, full_events = dp_job("full")
     done = _train(full_job, full_events)

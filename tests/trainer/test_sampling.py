@@ -112,6 +112,7 @@ def test_a_sampling_failure_is_reported_and_training_finishes(job, tiny_model, t
     assert not (tmp_path / "f" / "samples").exists()
 
 
+@pytest.mark.slow  # two gloo processes sampling; the one-process grids are tested in CI
 def test_two_processes_draw_one_grid_per_point_and_finish(tmp_path, items, tiny_model, tiny_config):
     """Data parallel: process 0 samples while the other waits at the barrier; neither hangs, one grid per point."""
     import os

@@ -64,7 +64,8 @@ def test_kaggle_defaults_and_secrets():
 
 
 @pytest.mark.skipif(not _flow_runs_end_to_end(), reason="the flow does not import end to end yet")
-@pytest.mark.parametrize("path", [COLAB, KAGGLE], ids=["colab", "kaggle"])
+# The Kaggle run is slow-marked: the same demo through the same cells as Colab's, a minute more of CI.
+@pytest.mark.parametrize("path", [COLAB, pytest.param(KAGGLE, marks=pytest.mark.slow)], ids=["colab", "kaggle"])
 def test_notebook_runs_the_demo_headless(path, tmp_path, monkeypatch):
     from nbclient import NotebookClient
 
