@@ -301,9 +301,15 @@ def _alive(pid: int) -> bool:
 
 
 def _kill_group(pid: int, grace_s: float = 10) -> None:
-    """Stop the server's process group (it was started in its own session), and reap it if it is our child."""
+    """Stop the server's process group (it was started in its own session), then wait for its leader to be gone.
+
+    stop_group ends when no member runs (a zombie does not count); the leader's pid stays taken until it is
+    reaped, by us when it is our child, so wait for that too: a caller may start the next server on its port.
+    """
     stop_group(pid, grace_s)
-    _reap(pid)
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _colab_proxy_url(port: int) -> str | None:
