@@ -112,9 +112,11 @@ KILL_POINTS = {
     "during-state-save": lambda work, store: any(
         p.name.startswith(".") or p.name.endswith(".tmp") for p in work.glob("runs/*/output/state/*")
     ) and any(e["event"] == "step" and e["step"] >= 3 for e in _events(work)),
-    # while the background sync uploads into the store (a temporary upload name exists)
+    # while the background sync uploads into the store (a temporary upload name exists), before the final
+    # LoRA is stored: the run's last grid is uploaded after it, and a kill there leaves nothing to resume
     "during-upload": lambda work, store: any(PART_MARK in p.name for p in store.rglob("*"))
-    and any(e["event"] == "step" and e["step"] >= 3 for e in _events(work)),
+    and any(e["event"] == "step" and e["step"] >= 3 for e in _events(work))
+    and not any(store.glob("*/checkpoints/demo.safetensors")),
 }
 
 
